@@ -2,7 +2,18 @@
 //!
 //! Data flows one way: accept → route → forward → tap → queue → span → store → query/UI.
 
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod listener;
+pub mod metrics;
+pub mod mock;
 pub mod propagate;
+pub mod queue;
+pub mod route;
 pub mod span;
 pub mod store;
 pub mod tap;

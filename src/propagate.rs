@@ -162,7 +162,9 @@ pub fn parse_traceparent(value: &str) -> Option<W3cContext> {
     let flags = parts.next()?;
     let extra = parts.next();
     let lower_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !lower_hex(version, 2) || version == "ff" || (version == "00" && extra.is_some()) {
         return None;
@@ -224,7 +226,10 @@ mod tests {
 
     #[test]
     fn traceparent_table() {
-        assert!(parse_traceparent(TP).is_some(), "a valid version-00 traceparent parses");
+        assert!(
+            parse_traceparent(TP).is_some(),
+            "a valid version-00 traceparent parses"
+        );
         let cases = [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
@@ -237,26 +242,40 @@ mod tests {
             "",
         ];
         for case in cases {
-            assert!(parse_traceparent(case).is_none(), "{case:?} must be rejected");
+            assert!(
+                parse_traceparent(case).is_none(),
+                "{case:?} must be rejected"
+            );
         }
         assert!(
-            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_some(),
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")
+                .is_some(),
             "future versions may carry extra fields"
         );
     }
 
     #[test]
     fn explicit_trace_id_beats_traceparent_and_fresh_ids_are_minted() {
-        let ctx = TraceContext::extract(&headers(&[("x-tracer-trace-id", "run-42"), ("traceparent", TP)]));
+        let ctx = TraceContext::extract(&headers(&[
+            ("x-tracer-trace-id", "run-42"),
+            ("traceparent", TP),
+        ]));
         assert_eq!(ctx.trace_id, "run-42");
-        assert_eq!(ctx.parent_span_id, None, "a traceparent of another trace is not our parent");
+        assert_eq!(
+            ctx.parent_span_id, None,
+            "a traceparent of another trace is not our parent"
+        );
 
         let ctx = TraceContext::extract(&headers(&[("traceparent", TP)]));
         assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ctx.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
 
         let ctx = TraceContext::extract(&headers(&[("x-tracer-trace-id", "bad id with spaces")]));
-        assert_eq!(ctx.trace_id.len(), 32, "an invalid trace id is ignored and a fresh one minted");
+        assert_eq!(
+            ctx.trace_id.len(),
+            32,
+            "an invalid trace id is ignored and a fresh one minted"
+        );
         assert_eq!(ctx.span_id.len(), 16);
     }
 
@@ -275,7 +294,11 @@ mod tests {
         assert_eq!(ctx.span_name.as_deref(), Some("summarise"));
         assert_eq!(ctx.session_id.as_deref(), Some("s1"));
         assert_eq!(ctx.user_id.as_deref(), Some("u1"));
-        assert_eq!(ctx.tags, vec!["a", "b"], "tags are trimmed, de-duplicated, empties dropped");
+        assert_eq!(
+            ctx.tags,
+            vec!["a", "b"],
+            "tags are trimmed, de-duplicated, empties dropped"
+        );
         assert_eq!(ctx.metadata.get("env"), Some(&Value::String("prod".into())));
     }
 
@@ -289,9 +312,15 @@ mod tests {
         ]);
         let ctx = TraceContext::extract(&h);
         ctx.apply_to_upstream(&mut h);
-        assert!(h.keys().all(|k| !k.as_str().starts_with("x-tracer-")), "x-tracer-* never reaches upstream");
+        assert!(
+            h.keys().all(|k| !k.as_str().starts_with("x-tracer-")),
+            "x-tracer-* never reaches upstream"
+        );
         let tp = h.get("traceparent").unwrap().to_str().unwrap();
-        assert_eq!(tp, format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", ctx.span_id));
+        assert_eq!(
+            tp,
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", ctx.span_id)
+        );
         assert!(h.contains_key("authorization"), "credentials are forwarded");
     }
 }

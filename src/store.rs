@@ -3,13 +3,36 @@
 //! lookup, cursor pagination and stats. The only module that imports `sled`.
 //!
 //! All calls block: callers on the runtime use `spawn_blocking`.
-//! STUB: interface fixed, implementation in progress.
+//!
+//! Layout: ONE sled tree (`v1`) whose keys carry a one-byte prefix per logical key space, so every
+//! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
+//! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
+//! order is the query plan (`inv(t)` is `u64::MAX - t`, big-endian, so a forward scan is newest-first):
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `m` | `m` `schema_version` | `"1"` |
+//! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
+//! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
+//! | `u` | `u` trace_id | stored summary JSON (public fields' inputs + merge bookkeeping) |
+//! | `t` | `t` inv(trace start) trace_id | empty |
+//! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
+//! | `l` | `l` start_us(be) span_id | compact call record (stats), only for `Kind::is_call` spans |
+//!
+//! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
+//! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
+//! therefore ends it unambiguously. Trace ids are `span::is_valid_id` (no 0x00), so 0x00 is a safe
+//! separator after them too; `put_spans` skips spans whose ids are not valid.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::span::{Span, Status, Timestamp};
+use crate::span::{is_valid_id, Kind, Span, Status, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,7 +57,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { cache_capacity: 64 * 1024 * 1024, flush_every_ms: Some(500) }
+        Self {
+            cache_capacity: 64 * 1024 * 1024,
+            flush_every_ms: Some(500),
+        }
     }
 }
 
@@ -45,14 +71,32 @@ pub struct Cursor {
     pub trace_id: String,
 }
 
+/// First byte of an encoded cursor, so a future layout can reject today's cursors.
+const CURSOR_VERSION: u8 = 1;
+
 impl Cursor {
-    /// The wire form (URL-safe, opaque to clients).
+    /// The wire form (URL-safe, opaque to clients): hex of version ++ start_us(be) ++ trace_id.
     pub fn encode(&self) -> String {
-        unimplemented!()
+        let mut raw = Vec::with_capacity(9 + self.trace_id.len());
+        raw.push(CURSOR_VERSION);
+        raw.extend_from_slice(&self.start_us.to_be_bytes());
+        raw.extend_from_slice(self.trace_id.as_bytes());
+        hex::encode(raw)
     }
     /// `None` when the text is not a cursor this store produced.
-    pub fn decode(_s: &str) -> Option<Cursor> {
-        unimplemented!()
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let raw = hex::decode(s).ok()?;
+        let (&version, rest) = raw.split_first()?;
+        if version != CURSOR_VERSION || rest.len() < 9 {
+            return None;
+        }
+        let (start, id) = rest.split_at(8);
+        let start_us = u64::from_be_bytes(start.try_into().ok()?);
+        let trace_id = std::str::from_utf8(id).ok()?;
+        is_valid_id(trace_id).then(|| Cursor {
+            start_us,
+            trace_id: trace_id.to_string(),
+        })
     }
 }
 
@@ -139,41 +183,2146 @@ pub struct Stats {
     pub groups: Option<Vec<StatsRow>>,
 }
 
+/// The `model` of the `group_by=model` row that collects calls without a known model.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
+/// The schema this binary writes and understands.
+const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"mschema_version";
+
+/// Upper bound on the summaries one `list_traces` call examines (filters and `q` are checked on
+/// summaries, so a rare match could otherwise walk the whole store). When reached, the page is
+/// returned as it is, with a `next_cursor` at the last examined position so the client can go on.
+const MAX_EXAMINED: usize = 100_000;
+
+/// Length of `input_preview` / `output_preview`, in chars.
+const PREVIEW_CHARS: usize = 200;
+
+const P_SPAN: u8 = b's';
+const P_SPAN_ID: u8 = b'i';
+const P_SUMMARY: u8 = b'u';
+const P_TIME: u8 = b't';
+const P_INDEX: u8 = b'x';
+const P_CALL: u8 = b'l';
+
+const F_STATUS: u8 = b's';
+const F_MODEL: u8 = b'm';
+const F_SESSION: u8 = b'e';
+const F_USER: u8 = b'u';
+const F_TAG: u8 = b'g';
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    tree: sled::Tree,
+    /// Serialises writers (the queue's writer task and `POST /api/spans`): each write reads the
+    /// summaries it merges into, so two writers must not interleave. Readers never take it.
+    writer: Arc<Mutex<()>>,
 }
 
+// === impl Store ===
+
 impl Store {
-    pub fn open(dir: &Path, _opts: &StoreOptions) -> Result<Store, StoreError> {
-        let db = sled::open(dir).map_err(|source| StoreError::Open { dir: dir.to_owned(), source })?;
-        Ok(Store { db })
+    pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            dir: dir.to_owned(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_capacity)
+            .flush_every_ms(opts.flush_every_ms)
+            .open()
+            .map_err(open_err)?;
+        let tree = db.open_tree("v1").map_err(open_err)?;
+        match tree.get(SCHEMA_KEY)? {
+            None => {
+                tree.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+            }
+            Some(raw) => {
+                let found = String::from_utf8_lossy(&raw).into_owned();
+                match found.trim().parse::<u32>() {
+                    Ok(v) if v <= SCHEMA_VERSION => {}
+                    _ => {
+                        return Err(StoreError::Schema {
+                            found,
+                            supported: SCHEMA_VERSION,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(Store {
+            db,
+            tree,
+            writer: Arc::new(Mutex::new(())),
+        })
     }
-    pub fn put_spans(&self, _spans: &[Span]) -> Result<(), StoreError> {
-        unimplemented!()
+
+    /// Writes a batch of spans and brings every touched trace's summary and indexes up to date,
+    /// all in one atomic sled batch. A span whose `span_id` is already stored for the same trace
+    /// replaces it (upsert). Spans with an invalid trace or span id are skipped with a warning.
+    pub fn put_spans(&self, spans: &[Span]) -> Result<(), StoreError> {
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = sled::Batch::default();
+        let mut works: BTreeMap<&str, TraceWork<'_>> = BTreeMap::new();
+        // Where each span id lives once this batch is applied (overlays the `i` records).
+        let mut located: HashMap<&str, (&str, u64)> = HashMap::new();
+
+        for span in spans {
+            let (trace_id, span_id) = (span.trace_id.as_str(), span.span_id.as_str());
+            if !is_valid_id(trace_id) || !is_valid_id(span_id) {
+                tracing::warn!(
+                    trace_id,
+                    span_id,
+                    "store: span skipped, its trace or span id is not valid"
+                );
+                continue;
+            }
+            let work = match works.entry(trace_id) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let before = self.load_agg(trace_id)?;
+                    let agg = before.clone().unwrap_or_else(|| Agg::new(trace_id));
+                    e.insert(TraceWork {
+                        before,
+                        agg,
+                        recompute: false,
+                        changes: BTreeMap::new(),
+                    })
+                }
+            };
+            let start = span.start_time.micros();
+            let skey = span_key(trace_id, start, span_id);
+
+            // Is this span already part of the trace? Then it replaces the stored one.
+            let previous = match located.get(span_id) {
+                Some(&(t, s)) => Some((t.to_string(), s)),
+                None => self.locate_span(span_id)?,
+            };
+            let mut replaced = false;
+            if let Some((prev_trace, prev_start)) = previous {
+                if prev_trace == trace_id {
+                    replaced = true;
+                    let old = span_key(trace_id, prev_start, span_id);
+                    batch.remove(old.clone());
+                    batch.remove(call_key(prev_start, span_id));
+                    work.changes.insert(old, None);
+                }
+            }
+            if !replaced {
+                replaced = match work.changes.get(&skey) {
+                    Some(change) => change.is_some(),
+                    None => self.tree.contains_key(&skey)?,
+                };
+            }
+            if replaced {
+                work.recompute = true;
+            } else {
+                work.agg.merge(span);
+            }
+
+            batch.insert(skey.clone(), encode_json(span, &skey)?);
+            batch.insert(span_id_key(span_id), span_id_value(trace_id, start));
+            if span.kind.is_call() {
+                let ckey = call_key(start, span_id);
+                batch.insert(ckey.clone(), encode_json(&CallRec::of(span), &ckey)?);
+            }
+            work.changes.insert(skey, Some(span));
+            located.insert(span_id, (trace_id, start));
+        }
+
+        for (trace_id, work) in works {
+            let agg = if work.recompute {
+                self.recompute(trace_id, &work.changes)?
+            } else {
+                work.agg
+            };
+            let before = work
+                .before
+                .as_ref()
+                .map(Agg::index_keys)
+                .unwrap_or_default();
+            let after = agg.index_keys();
+            for gone in before.difference(&after) {
+                batch.remove(gone.clone());
+            }
+            for new in after.difference(&before) {
+                batch.insert(new.clone(), &[][..]);
+            }
+            let ukey = summary_key(trace_id);
+            batch.insert(ukey.clone(), encode_json(&agg, &ukey)?);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
-    pub fn list_traces(&self, _q: &TraceQuery) -> Result<TracePage, StoreError> {
-        unimplemented!()
+
+    /// Newest first by trace start. Uses the most selective index among the filters (session,
+    /// user, tag, model, status, else the time index) and checks the others on the summary.
+    /// Never reads spans. `limit` is validated 1..=1000 by the caller (0 is treated as 1).
+    pub fn list_traces(&self, q: &TraceQuery) -> Result<TracePage, StoreError> {
+        let limit = q.limit.max(1);
+        let prefix = if let Some(v) = &q.session_id {
+            index_prefix(F_SESSION, v)
+        } else if let Some(v) = &q.user_id {
+            index_prefix(F_USER, v)
+        } else if let Some(v) = &q.tag {
+            index_prefix(F_TAG, v)
+        } else if let Some(v) = &q.model {
+            index_prefix(F_MODEL, v)
+        } else if let Some(s) = q.status {
+            index_prefix(F_STATUS, s.as_str())
+        } else {
+            vec![P_TIME]
+        };
+        let empty = TracePage {
+            traces: Vec::new(),
+            next_cursor: None,
+        };
+
+        // start < until  ⇔  inv(start) ≥ inv(until) + 1.
+        let mut lower = prefix.clone();
+        if let Some(until) = q.until {
+            if until.micros() == 0 {
+                return Ok(empty);
+            }
+            lower.extend_from_slice(&(u64::MAX - until.micros() + 1).to_be_bytes());
+        }
+        // Strictly after the cursor: the smallest key above it (no trace id contains 0x00).
+        if let Some(c) = &q.cursor {
+            let mut after = prefix.clone();
+            after.extend_from_slice(&inv(c.start_us).to_be_bytes());
+            after.extend_from_slice(c.trace_id.as_bytes());
+            after.push(0);
+            lower = lower.max(after);
+        }
+        // start ≥ since  ⇔  inv(start) ≤ inv(since); trace id bytes are ASCII, below 0xFF.
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&inv(q.since.map_or(0, Timestamp::micros)).to_be_bytes());
+        upper.push(0xFF);
+        if lower >= upper {
+            return Ok(empty);
+        }
+
+        let needle = q.q.as_deref().map(str::to_lowercase);
+        let mut traces = Vec::new();
+        let mut more = false;
+        let mut last_examined: Option<Cursor> = None;
+        let mut examined = 0usize;
+        for item in self
+            .tree
+            .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)))
+        {
+            let (key, _) = item?;
+            let Some((start, trace_id)) = key.get(prefix.len()..).and_then(parse_position) else {
+                return Err(corrupt(&key, "index key has no start and trace id"));
+            };
+            examined += 1;
+            last_examined = Some(Cursor {
+                start_us: start,
+                trace_id: trace_id.to_string(),
+            });
+            if let Some(agg) = self.load_agg(trace_id)? {
+                // The batch keeps indexes and summaries in step; the start check is a guard only.
+                if agg.start == start && agg.matches(q, needle.as_deref()) {
+                    if traces.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    traces.push(agg.summary());
+                }
+            }
+            if examined >= MAX_EXAMINED {
+                more = true;
+                break;
+            }
+        }
+        let next_cursor = if !more {
+            None
+        } else if traces.len() == limit {
+            traces.last().map(|t| Cursor {
+                start_us: t.start_time.micros(),
+                trace_id: t.trace_id.clone(),
+            })
+        } else {
+            last_examined
+        };
+        Ok(TracePage {
+            traces,
+            next_cursor: next_cursor.map(|c| c.encode()),
+        })
     }
-    pub fn get_trace(&self, _trace_id: &str) -> Result<Option<(TraceSummary, Vec<Span>)>, StoreError> {
-        unimplemented!()
+
+    /// The summary and the spans ordered by start time; `None` for an unknown trace.
+    pub fn get_trace(
+        &self,
+        trace_id: &str,
+    ) -> Result<Option<(TraceSummary, Vec<Span>)>, StoreError> {
+        if !is_valid_id(trace_id) {
+            return Ok(None);
+        }
+        let Some(agg) = self.load_agg(trace_id)? else {
+            return Ok(None);
+        };
+        let mut spans = Vec::with_capacity(usize::try_from(agg.span_count).unwrap_or(0));
+        for item in self.tree.scan_prefix(span_prefix(trace_id)) {
+            let (key, value) = item?;
+            spans.push(decode_json::<Span>(&key, &value)?);
+        }
+        Ok(Some((agg.summary(), spans)))
     }
-    pub fn get_span(&self, _span_id: &str) -> Result<Option<Span>, StoreError> {
-        unimplemented!()
+
+    pub fn get_span(&self, span_id: &str) -> Result<Option<Span>, StoreError> {
+        if !is_valid_id(span_id) {
+            return Ok(None);
+        }
+        let Some((trace_id, start)) = self.locate_span(span_id)? else {
+            return Ok(None);
+        };
+        let key = span_key(&trace_id, start, span_id);
+        match self.tree.get(&key)? {
+            Some(value) => Ok(Some(decode_json(&key, &value)?)),
+            None => Ok(None),
+        }
     }
-    /// `true` when the trace existed.
-    pub fn delete_trace(&self, _trace_id: &str) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    /// Removes the trace's spans, span-id lookups, call records, summary and index entries in one
+    /// batch. `true` when the trace existed.
+    pub fn delete_trace(&self, trace_id: &str) -> Result<bool, StoreError> {
+        if !is_valid_id(trace_id) {
+            return Ok(false);
+        }
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = sled::Batch::default();
+        let agg = self.load_agg(trace_id)?;
+        let mut existed = agg.is_some();
+        let prefix = span_prefix(trace_id);
+        for item in self.tree.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            existed = true;
+            let Some((start, span_id)) = key.get(prefix.len()..).and_then(parse_start_and_id)
+            else {
+                return Err(corrupt(&key, "span key has no start and span id"));
+            };
+            // The span id may since have been claimed by another trace (last write wins).
+            if self
+                .locate_span(span_id)?
+                .is_some_and(|(t, _)| t == trace_id)
+            {
+                batch.remove(span_id_key(span_id));
+            }
+            batch.remove(call_key(start, span_id));
+            batch.remove(key);
+        }
+        if let Some(agg) = &agg {
+            for key in agg.index_keys() {
+                batch.remove(key);
+            }
+        }
+        batch.remove(summary_key(trace_id));
+        if existed {
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(existed)
     }
-    pub fn stats(&self, _q: &StatsQuery) -> Result<Stats, StoreError> {
-        unimplemented!()
+
+    /// Call statistics over the `l` records with start in `[since, until)`.
+    pub fn stats(&self, q: &StatsQuery) -> Result<Stats, StoreError> {
+        let mut lower = vec![P_CALL];
+        lower.extend_from_slice(&q.since.map_or(0, Timestamp::micros).to_be_bytes());
+        let upper = match q.until {
+            Some(until) => {
+                let mut k = vec![P_CALL];
+                k.extend_from_slice(&until.micros().to_be_bytes());
+                k
+            }
+            None => vec![P_CALL + 1],
+        };
+        let mut total = StatsAcc::default();
+        let mut groups: BTreeMap<String, StatsAcc> = BTreeMap::new();
+        if lower < upper {
+            for item in self
+                .tree
+                .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)))
+            {
+                let (key, value) = item?;
+                let rec: CallRec = decode_json(&key, &value)?;
+                total.add(&rec);
+                if q.group_by_model {
+                    let model = rec
+                        .model
+                        .clone()
+                        .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
+                    groups.entry(model).or_default().add(&rec);
+                }
+            }
+        }
+        let groups = q.group_by_model.then(|| {
+            let mut rows: Vec<StatsRow> = groups
+                .into_iter()
+                .map(|(m, acc)| acc.row(Some(m)))
+                .collect();
+            rows.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.model.cmp(&b.model)));
+            rows
+        });
+        Ok(Stats {
+            total: total.row(None),
+            groups,
+        })
     }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    // --- helpers ---
+
+    fn load_agg(&self, trace_id: &str) -> Result<Option<Agg>, StoreError> {
+        let key = summary_key(trace_id);
+        match self.tree.get(&key)? {
+            Some(value) => Ok(Some(decode_json(&key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the `i` record says a span lives: (trace id, start µs).
+    fn locate_span(&self, span_id: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let key = span_id_key(span_id);
+        let Some(value) = self.tree.get(&key)? else {
+            return Ok(None);
+        };
+        let parsed = value.iter().position(|&b| b == 0).and_then(|sep| {
+            let trace_id = std::str::from_utf8(&value[..sep]).ok()?;
+            let start = u64::from_be_bytes(value.get(sep + 1..)?.try_into().ok()?);
+            Some((trace_id.to_string(), start))
+        });
+        parsed
+            .map(Some)
+            .ok_or_else(|| corrupt(&key, "span-id record is not trace_id 0x00 start"))
+    }
+
+    /// Slow path: the trace's summary from all its spans as they will be once `changes` (this
+    /// batch's removals and writes of `s` keys) is applied.
+    fn recompute(
+        &self,
+        trace_id: &str,
+        changes: &BTreeMap<Vec<u8>, Option<&Span>>,
+    ) -> Result<Agg, StoreError> {
+        let mut agg = Agg::new(trace_id);
+        for item in self.tree.scan_prefix(span_prefix(trace_id)) {
+            let (key, value) = item?;
+            if !changes.contains_key(key.as_ref()) {
+                agg.merge(&decode_json::<Span>(&key, &value)?);
+            }
+        }
+        for span in changes.values().flatten() {
+            agg.merge(span);
+        }
+        Ok(agg)
+    }
+}
+
+/// One trace's pending changes inside a `put_spans` batch.
+struct TraceWork<'a> {
+    /// The summary as stored before this batch (its index keys are what to retract).
+    before: Option<Agg>,
+    /// Fast path: `before` with this batch's new spans merged in.
+    agg: Agg,
+    /// A span was replaced: rebuild the summary from all spans instead.
+    recompute: bool,
+    /// `s` keys this batch removes (`None`) or writes.
+    changes: BTreeMap<Vec<u8>, Option<&'a Span>>,
+}
+
+// === the stored summary ===
+
+/// What `u` holds: everything the public summary is derived from, kept so that merging one more
+/// span is cheap and the result does not depend on the order spans arrive in (every "first"/
+/// "latest" pick is by (time, span_id), costs are summed as integers).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+struct Agg {
+    trace_id: String,
+    start: u64,
+    end: u64,
+    status: Status,
+    span_count: u64,
+    llm_calls: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    /// Sum of the known span costs in picodollars; `None` while no span had a cost.
+    cost_pico: Option<u64>,
+    models: BTreeSet<String>,
+    tags: BTreeSet<String>,
+    root: Option<Root>,
+    /// Earliest error span's message.
+    first_error: Option<Pick>,
+    /// Earliest span with a session / user id.
+    first_session: Option<Pick>,
+    first_user: Option<Pick>,
+    /// Output preview of the latest-ending LLM span that has an output (`at` = its end).
+    last_llm_output: Option<Pick>,
+}
+
+/// The trace's root candidate: spans without a parent first, then earliest start, then span id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Root {
+    has_parent: bool,
+    start: u64,
+    span_id: String,
+    name: String,
+    session_id: Option<String>,
+    user_id: Option<String>,
+    input_preview: Option<String>,
+    output_preview: Option<String>,
+}
+
+/// A value taken from one span, ranked by (`at`, `span_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pick {
+    at: u64,
+    span_id: String,
+    value: String,
+}
+
+impl Pick {
+    fn rank(&self) -> (u64, &str) {
+        (self.at, &self.span_id)
+    }
+}
+
+/// Keeps the pick with the lowest (`earliest`) or highest rank; `value` is only built if it wins.
+fn pick(
+    slot: &mut Option<Pick>,
+    earliest: bool,
+    at: u64,
+    span_id: &str,
+    value: impl FnOnce() -> Option<String>,
+) {
+    let wins = match slot {
+        None => true,
+        Some(cur) if earliest => (at, span_id) < cur.rank(),
+        Some(cur) => (at, span_id) > cur.rank(),
+    };
+    if wins {
+        if let Some(value) = value() {
+            *slot = Some(Pick {
+                at,
+                span_id: span_id.to_string(),
+                value,
+            });
+        }
+    }
+}
+
+impl Agg {
+    fn new(trace_id: &str) -> Agg {
+        Agg {
+            trace_id: trace_id.to_string(),
+            ..Agg::default()
+        }
+    }
+
+    /// Adds one span that is not yet part of the trace. Commutative: any arrival order of the
+    /// same spans gives the same `Agg`.
+    fn merge(&mut self, span: &Span) {
+        let (start, end) = (
+            span.start_time.micros(),
+            span.end_time.micros().max(span.start_time.micros()),
+        );
+        if self.span_count == 0 {
+            (self.start, self.end) = (start, end);
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+        }
+        self.span_count += 1;
+        self.status = self.status.worst(span.status);
+        if matches!(span.kind, Kind::Llm | Kind::Embedding) {
+            self.llm_calls += 1;
+        }
+        if let Some(llm) = &span.llm {
+            self.input_tokens = self
+                .input_tokens
+                .saturating_add(llm.input_tokens.unwrap_or(0));
+            self.output_tokens = self
+                .output_tokens
+                .saturating_add(llm.output_tokens.unwrap_or(0));
+            if let Some(pico) = llm.cost_usd.and_then(to_pico) {
+                self.cost_pico = Some(self.cost_pico.unwrap_or(0).saturating_add(pico));
+            }
+        }
+        if let Some(model) = span.model().filter(|m| !m.is_empty()) {
+            self.models.insert(model.to_string());
+        }
+        self.tags.extend(span.tags.iter().cloned());
+
+        let sid = span.span_id.as_str();
+        if span.status == Status::Error {
+            pick(&mut self.first_error, true, start, sid, || {
+                Some(error_message(span))
+            });
+        }
+        pick(&mut self.first_session, true, start, sid, || {
+            span.session_id.clone()
+        });
+        pick(&mut self.first_user, true, start, sid, || {
+            span.user_id.clone()
+        });
+        if span.kind == Kind::Llm && !span.output.is_null() {
+            pick(&mut self.last_llm_output, false, end, sid, || {
+                output_preview(&span.output)
+            });
+        }
+
+        let has_parent = span.parent_span_id.is_some();
+        let wins = match &self.root {
+            None => true,
+            Some(r) => (has_parent, start, sid) < (r.has_parent, r.start, r.span_id.as_str()),
+        };
+        if wins {
+            self.root = Some(Root {
+                has_parent,
+                start,
+                span_id: sid.to_string(),
+                name: span.name.clone(),
+                session_id: span.session_id.clone(),
+                user_id: span.user_id.clone(),
+                input_preview: input_preview(&span.input),
+                output_preview: output_preview(&span.output),
+            });
+        }
+    }
+
+    fn session_id(&self) -> Option<&str> {
+        let root = self.root.as_ref().and_then(|r| r.session_id.as_deref());
+        root.or(self.first_session.as_ref().map(|p| p.value.as_str()))
+    }
+
+    fn user_id(&self) -> Option<&str> {
+        let root = self.root.as_ref().and_then(|r| r.user_id.as_deref());
+        root.or(self.first_user.as_ref().map(|p| p.value.as_str()))
+    }
+
+    fn summary(&self) -> TraceSummary {
+        let root = self.root.as_ref();
+        let start = Timestamp(self.start);
+        let end = Timestamp(self.end);
+        TraceSummary {
+            trace_id: self.trace_id.clone(),
+            name: root.map(|r| r.name.clone()).unwrap_or_default(),
+            start_time: start,
+            end_time: end,
+            duration_ms: start.ms_until(end),
+            status: self.status,
+            error: self.first_error.as_ref().map(|p| p.value.clone()),
+            span_count: self.span_count,
+            llm_calls: self.llm_calls,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_usd: self.cost_pico.map(from_pico),
+            models: self.models.iter().cloned().collect(),
+            session_id: self.session_id().map(str::to_string),
+            user_id: self.user_id().map(str::to_string),
+            tags: self.tags.iter().cloned().collect(),
+            input_preview: root.and_then(|r| r.input_preview.clone()),
+            output_preview: root
+                .and_then(|r| r.output_preview.clone())
+                .or_else(|| self.last_llm_output.as_ref().map(|p| p.value.clone())),
+        }
+    }
+
+    /// Every `t` and `x` key that should exist for this trace.
+    fn index_keys(&self) -> BTreeSet<Vec<u8>> {
+        let mut position = inv(self.start).to_be_bytes().to_vec();
+        position.extend_from_slice(self.trace_id.as_bytes());
+        let with_position = |mut prefix: Vec<u8>| {
+            prefix.extend_from_slice(&position);
+            prefix
+        };
+        let mut keys = BTreeSet::new();
+        keys.insert(with_position(vec![P_TIME]));
+        keys.insert(with_position(index_prefix(F_STATUS, self.status.as_str())));
+        for model in &self.models {
+            keys.insert(with_position(index_prefix(F_MODEL, model)));
+        }
+        for tag in &self.tags {
+            keys.insert(with_position(index_prefix(F_TAG, tag)));
+        }
+        if let Some(session) = self.session_id() {
+            keys.insert(with_position(index_prefix(F_SESSION, session)));
+        }
+        if let Some(user) = self.user_id() {
+            keys.insert(with_position(index_prefix(F_USER, user)));
+        }
+        keys
+    }
+
+    /// All `list_traces` filters, checked on the summary (the chosen index already implies one).
+    fn matches(&self, q: &TraceQuery, needle: Option<&str>) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        q.since.is_none_or(|t| self.start >= t.micros())
+            && q.until.is_none_or(|t| self.start < t.micros())
+            && q.status.is_none_or(|s| self.status == s)
+            && q.model.as_ref().is_none_or(|m| self.models.contains(m))
+            && q.tag.as_ref().is_none_or(|t| self.tags.contains(t))
+            && eq(&q.session_id, self.session_id())
+            && eq(&q.user_id, self.user_id())
+            && needle.is_none_or(|n| self.contains_text(n))
+    }
+
+    /// Case-insensitive substring search over the summary's text fields; `needle` is lowercase.
+    fn contains_text(&self, needle: &str) -> bool {
+        let has = |s: &str| s.to_lowercase().contains(needle);
+        let root = self.root.as_ref();
+        has(&self.trace_id)
+            || root.is_some_and(|r| has(&r.name))
+            || root
+                .and_then(|r| r.input_preview.as_deref())
+                .is_some_and(has)
+            || root
+                .and_then(|r| r.output_preview.as_deref())
+                .is_some_and(has)
+            || self.last_llm_output.as_ref().is_some_and(|p| has(&p.value))
+            || self.first_error.as_ref().is_some_and(|p| has(&p.value))
+            || self.session_id().is_some_and(has)
+            || self.user_id().is_some_and(has)
+            || self.models.iter().any(|m| has(m))
+            || self.tags.iter().any(|t| has(t))
+    }
+}
+
+fn error_message(span: &Span) -> String {
+    match &span.error {
+        Some(e) if !e.message.is_empty() => e.message.clone(),
+        Some(e) if !e.kind.is_empty() => e.kind.clone(),
+        _ => format!("{} failed", span.name),
+    }
+}
+
+/// Costs are summed as integer picodollars so the sum does not depend on the order of addition.
+/// Negative or non-finite costs count as unknown.
+fn to_pico(usd: f64) -> Option<u64> {
+    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1e12).round() as u64)
+}
+
+fn from_pico(pico: u64) -> f64 {
+    pico as f64 / 1e12
+}
+
+// === previews ===
+
+/// The text a user would call "the input": a chat request's last user message, a prompt or input
+/// string, else compact JSON.
+fn input_preview(v: &Value) -> Option<String> {
+    let text = match v {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Object(o) => {
+            let from_messages = |msgs: &Vec<Value>| {
+                let user = msgs
+                    .iter()
+                    .rev()
+                    .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+                user.or_else(|| msgs.last())
+                    .and_then(|m| m.get("content"))
+                    .and_then(content_text)
+            };
+            let found = match (o.get("messages"), o.get("input"), o.get("prompt")) {
+                (Some(Value::Array(msgs)), _, _) => from_messages(msgs),
+                (_, Some(Value::String(s)), _) => Some(s.clone()),
+                (_, Some(Value::Array(items)), _)
+                    if items.iter().any(|i| i.get("role").is_some()) =>
+                {
+                    from_messages(items)
+                }
+                (_, _, Some(Value::String(s))) => Some(s.clone()),
+                _ => None,
+            };
+            found.unwrap_or_else(|| compact_json(v))
+        }
+        _ => compact_json(v),
+    };
+    clip(&text)
+}
+
+/// The text a user would call "the answer": a chat completion's first choice, a completion's
+/// text, an Anthropic message's or a Responses output's text blocks, a string, else compact JSON.
+fn output_preview(v: &Value) -> Option<String> {
+    let text = match v {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Object(o) => {
+            let choice = o.get("choices").and_then(|c| c.get(0));
+            let message = choice.and_then(|c| c.get("message"));
+            let found = message
+                .and_then(|m| m.get("content"))
+                .and_then(content_text)
+                .or_else(|| message.and_then(|m| m.get("tool_calls")).map(compact_json))
+                .or_else(|| {
+                    choice
+                        .and_then(|c| c.get("text"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .or_else(|| o.get("content").and_then(content_text))
+                .or_else(|| {
+                    o.get("output_text")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .or_else(|| {
+                    let items = o.get("output")?.as_array()?;
+                    let parts: Vec<String> = items
+                        .iter()
+                        .filter_map(|i| i.get("content").and_then(content_text))
+                        .collect();
+                    (!parts.is_empty()).then(|| parts.join(" "))
+                });
+            found.unwrap_or_else(|| compact_json(v))
+        }
+        _ => compact_json(v),
+    };
+    clip(&text)
+}
+
+/// Message content: a string, or the text of an array of content parts.
+fn content_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            (!texts.is_empty()).then(|| texts.join(" "))
+        }
+        _ => None,
+    }
+}
+
+/// Compact JSON, but at most a few KB of it (a captured body can be megabytes).
+fn compact_json(v: &Value) -> String {
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = (PREVIEW_CHARS * 8).saturating_sub(self.0.len());
+            if room == 0 {
+                return Err(std::io::Error::other("preview is long enough"));
+            }
+            let n = buf.len().min(room);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new());
+    let _ = serde_json::to_writer(&mut out, v); // stops early, on purpose, when the cap is hit
+    String::from_utf8_lossy(&out.0).into_owned()
+}
+
+/// One line of at most `PREVIEW_CHARS` chars (whitespace runs collapsed, `…` when cut).
+fn clip(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = 0;
+    for word in text.split_whitespace() {
+        for c in (!out.is_empty())
+            .then_some(' ')
+            .into_iter()
+            .chain(word.chars())
+        {
+            if chars == PREVIEW_CHARS {
+                out.pop();
+                out.push('…');
+                return Some(out);
+            }
+            out.push(c);
+            chars += 1;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+// === call records (stats) ===
+
+/// What `l` holds per call: just what stats need, so they never read span JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CallRec {
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(rename = "e", default)]
+    error: bool,
+    #[serde(rename = "d")]
+    duration_ms: f64,
+    #[serde(rename = "i", default)]
+    input_tokens: u64,
+    #[serde(rename = "o", default)]
+    output_tokens: u64,
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<f64>,
+    /// Only for streamed calls.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    ttft_ms: Option<f64>,
+}
+
+impl CallRec {
+    fn of(span: &Span) -> CallRec {
+        let llm = span.llm.as_ref();
+        CallRec {
+            model: span.model().map(str::to_string),
+            error: span.status == Status::Error,
+            duration_ms: span.start_time.ms_until(span.end_time),
+            input_tokens: llm.and_then(|l| l.input_tokens).unwrap_or(0),
+            output_tokens: llm.and_then(|l| l.output_tokens).unwrap_or(0),
+            cost_usd: llm.and_then(|l| l.cost_usd),
+            ttft_ms: llm
+                .filter(|l| l.stream)
+                .and_then(|l| l.ttft_ms)
+                .filter(|t| t.is_finite()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct StatsAcc {
+    calls: u64,
+    errors: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_pico: Option<u64>,
+    latencies: Vec<f64>,
+    ttfts: Vec<f64>,
+}
+
+impl StatsAcc {
+    fn add(&mut self, rec: &CallRec) {
+        self.calls += 1;
+        self.errors += u64::from(rec.error);
+        self.input_tokens = self.input_tokens.saturating_add(rec.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(rec.output_tokens);
+        if let Some(pico) = rec.cost_usd.and_then(to_pico) {
+            self.cost_pico = Some(self.cost_pico.unwrap_or(0).saturating_add(pico));
+        }
+        if rec.duration_ms.is_finite() {
+            self.latencies.push(rec.duration_ms);
+        }
+        if let Some(t) = rec.ttft_ms {
+            self.ttfts.push(t);
+        }
+    }
+
+    fn row(self, model: Option<String>) -> StatsRow {
+        StatsRow {
+            model,
+            calls: self.calls,
+            errors: self.errors,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_usd: self.cost_pico.map(from_pico),
+            latency_ms: quantiles(self.latencies),
+            ttft_ms: quantiles(self.ttfts),
+        }
+    }
+}
+
+/// Nearest-rank p50/p95/p99; all `None` when there are no values.
+fn quantiles(mut values: Vec<f64>) -> Quantiles {
+    values.sort_by(f64::total_cmp);
+    let at = |p: usize| {
+        let n = values.len();
+        let rank = (p * n).div_ceil(100).max(1);
+        values.get(rank - 1).copied()
+    };
+    Quantiles {
+        p50: at(50),
+        p95: at(95),
+        p99: at(99),
+    }
+}
+
+// === keys ===
+
+fn inv(t: u64) -> u64 {
+    u64::MAX - t
+}
+
+/// `s` trace_id 0x00 — every span of the trace, in start order.
+fn span_prefix(trace_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + trace_id.len());
+    key.push(P_SPAN);
+    key.extend_from_slice(trace_id.as_bytes());
+    key.push(0);
+    key
+}
+
+fn span_key(trace_id: &str, start_us: u64, span_id: &str) -> Vec<u8> {
+    let mut key = span_prefix(trace_id);
+    key.extend_from_slice(&start_us.to_be_bytes());
+    key.extend_from_slice(span_id.as_bytes());
+    key
+}
+
+fn span_id_key(span_id: &str) -> Vec<u8> {
+    let mut key = vec![P_SPAN_ID];
+    key.extend_from_slice(span_id.as_bytes());
+    key
+}
+
+fn span_id_value(trace_id: &str, start_us: u64) -> Vec<u8> {
+    let mut value = trace_id.as_bytes().to_vec();
+    value.push(0);
+    value.extend_from_slice(&start_us.to_be_bytes());
+    value
+}
+
+fn summary_key(trace_id: &str) -> Vec<u8> {
+    let mut key = vec![P_SUMMARY];
+    key.extend_from_slice(trace_id.as_bytes());
+    key
+}
+
+fn call_key(start_us: u64, span_id: &str) -> Vec<u8> {
+    let mut key = vec![P_CALL];
+    key.extend_from_slice(&start_us.to_be_bytes());
+    key.extend_from_slice(span_id.as_bytes());
+    key
+}
+
+/// `x` field escaped(value) 0x00: all traces with this value, newest first.
+fn index_prefix(field: u8, value: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + value.len());
+    key.push(P_INDEX);
+    key.push(field);
+    for &b in value.as_bytes() {
+        match b {
+            0 => key.extend_from_slice(&[1, 1]),
+            1 => key.extend_from_slice(&[1, 2]),
+            b => key.push(b),
+        }
+    }
+    key.push(0);
+    key
+}
+
+/// inv(start)(be) ++ trace_id, the tail of every `t` and `x` key → (start, trace_id).
+fn parse_position(tail: &[u8]) -> Option<(u64, &str)> {
+    let (start, id) = parse_start_and_id(tail)?;
+    Some((inv(start), id))
+}
+
+/// u64(be) ++ id.
+fn parse_start_and_id(tail: &[u8]) -> Option<(u64, &str)> {
+    let (n, id) = tail.split_at_checked(8)?;
+    let id = std::str::from_utf8(id).ok().filter(|id| !id.is_empty())?;
+    Some((u64::from_be_bytes(n.try_into().ok()?), id))
+}
+
+// === encoding ===
+
+fn show_key(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}
+
+fn corrupt(key: &[u8], message: &str) -> StoreError {
+    StoreError::Corrupt {
+        key: show_key(key),
+        message: message.to_string(),
+    }
+}
+
+fn encode_json<T: Serialize>(value: &T, key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        key: show_key(key),
+        message: format!("cannot encode: {e}"),
+    })
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: show_key(key),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{LlmInfo, SpanError};
+    use serde_json::json;
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, &StoreOptions::default()).expect("a fresh temp dir opens")
+    }
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(dir.path());
+        (dir, store)
+    }
+
+    /// A chain span starting `start_ms` after T0 and lasting `dur_ms`.
+    fn span(trace: &str, id: &str, start_ms: u64, dur_ms: u64) -> Span {
+        let start = Timestamp(T0 + start_ms * 1000);
+        let end = Timestamp(T0 + (start_ms + dur_ms) * 1000);
+        Span {
+            trace_id: trace.into(),
+            span_id: id.into(),
+            parent_span_id: None,
+            name: format!("span {id}"),
+            kind: Kind::Chain,
+            start_time: start,
+            end_time: end,
+            duration_ms: start.ms_until(end),
+            status: Status::Ok,
+            error: None,
+            session_id: None,
+            user_id: None,
+            tags: Vec::new(),
+            metadata: Default::default(),
+            http: None,
+            llm: None,
+            input: Value::Null,
+            output: Value::Null,
+            capture: None,
+        }
+    }
+
+    /// An LLM chat call with a parent, tokens and an optional cost.
+    fn llm(
+        trace: &str,
+        id: &str,
+        start_ms: u64,
+        dur_ms: u64,
+        model: &str,
+        tokens: (u64, u64),
+        cost: Option<f64>,
+    ) -> Span {
+        let mut s = span(trace, id, start_ms, dur_ms);
+        s.kind = Kind::Llm;
+        s.name = format!("chat {model}");
+        s.llm = Some(LlmInfo {
+            request_model: Some(model.into()),
+            input_tokens: Some(tokens.0),
+            output_tokens: Some(tokens.1),
+            cost_usd: cost,
+            ..LlmInfo::default()
+        });
+        s.input = json!({"model": model, "messages": [{"role": "user", "content": format!("question {id}")}]});
+        s.output = json!({"choices": [{"message": {"role": "assistant", "content": format!("answer {id}")}}]});
+        s
+    }
+
+    trait With: Sized {
+        fn with(self, f: impl FnOnce(&mut Span)) -> Span;
+    }
+    impl With for Span {
+        fn with(mut self, f: impl FnOnce(&mut Span)) -> Span {
+            f(&mut self);
+            self
+        }
+    }
+
+    fn failed(msg: &str) -> impl FnOnce(&mut Span) + '_ {
+        move |s| {
+            s.status = Status::Error;
+            s.error = Some(SpanError {
+                kind: "upstream".into(),
+                message: msg.into(),
+            });
+        }
+    }
+
+    fn child_of(p: &str) -> impl FnOnce(&mut Span) + '_ {
+        move |s| s.parent_span_id = Some(p.into())
+    }
+
+    /// A small agent trace: root chain, two LLM calls (one failing), a tool.
+    fn agent_trace(trace: &str) -> Vec<Span> {
+        vec![
+            span(trace, "root", 0, 1000).with(|s| {
+                s.name = "agent run".into();
+                s.session_id = Some("sess-1".into());
+                s.input = json!("What is the weather?");
+                s.tags = vec!["prod".into()];
+            }),
+            llm(
+                trace,
+                "call1",
+                10,
+                200,
+                "gpt-4o-mini",
+                (100, 20),
+                Some(0.001),
+            )
+            .with(child_of("root"))
+            .with(|s| {
+                s.user_id = Some("alice".into());
+                s.tags = vec!["beta".into(), "prod".into()];
+            }),
+            span(trace, "tool1", 220, 100)
+                .with(child_of("root"))
+                .with(|s| s.kind = Kind::Tool),
+            llm(trace, "call2", 400, 300, "gpt-4o", (50, 30), Some(0.002)).with(child_of("root")),
+            llm(trace, "call3", 750, 100, "gpt-4o", (10, 0), None)
+                .with(child_of("root"))
+                .with(failed("rate limited"))
+                .with(|s| s.output = Value::Null),
+        ]
+    }
+
+    fn summary(store: &Store, trace: &str) -> TraceSummary {
+        store
+            .get_trace(trace)
+            .expect("get_trace")
+            .expect("the trace exists")
+            .0
+    }
+
+    fn ids(page: &TracePage) -> Vec<&str> {
+        page.traces.iter().map(|t| t.trace_id.as_str()).collect()
+    }
+
+    fn list(store: &Store, f: impl FnOnce(&mut TraceQuery)) -> Vec<String> {
+        let mut q = TraceQuery {
+            limit: 1000,
+            ..TraceQuery::default()
+        };
+        f(&mut q);
+        ids(&store.list_traces(&q).expect("list"))
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    fn keys_with_prefix(store: &Store, p: u8) -> Vec<Vec<u8>> {
+        store
+            .tree
+            .scan_prefix([p])
+            .map(|kv| kv.expect("scan").0.to_vec())
+            .collect()
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn put_then_get_trace_round_trips_spans_in_start_order() {
+        let (_dir, store) = temp_store();
+        let mut spans = agent_trace("t1");
+        spans.reverse();
+        store.put_spans(&spans).expect("put");
+        let (sum, got) = store
+            .get_trace("t1")
+            .expect("get")
+            .expect("the trace was stored");
+        let order: Vec<&str> = got.iter().map(|s| s.span_id.as_str()).collect();
+        assert_eq!(
+            order,
+            ["root", "call1", "tool1", "call2", "call3"],
+            "spans come back ordered by start time"
+        );
+        let mut expected = agent_trace("t1");
+        expected.sort_by_key(|s| s.start_time);
+        assert_eq!(
+            got, expected,
+            "spans round-trip unchanged through the store"
+        );
+        assert_eq!(sum.span_count, 5, "the summary counts every span");
+        assert_eq!(
+            store.get_span("call2").expect("get_span"),
+            Some(expected[3].clone()),
+            "a span is found by its id"
+        );
+        assert_eq!(
+            store.get_span("nope").expect("get_span"),
+            None,
+            "an unknown span id is None"
+        );
+        assert!(
+            store.get_trace("other").expect("get").is_none(),
+            "an unknown trace is None"
+        );
+    }
+
+    #[test]
+    fn summary_fields_follow_the_rules() {
+        let (_dir, store) = temp_store();
+        store.put_spans(&agent_trace("t1")).expect("put");
+        let s = summary(&store, "t1");
+        assert_eq!(s.name, "agent run", "the name is the root span's name");
+        assert_eq!(
+            s.start_time,
+            Timestamp(T0),
+            "start is the earliest span start"
+        );
+        assert_eq!(
+            s.end_time,
+            Timestamp(T0 + 1_000_000),
+            "end is the latest span end"
+        );
+        assert_eq!(s.duration_ms, 1000.0, "duration is end minus start in ms");
+        assert_eq!(
+            s.status,
+            Status::Error,
+            "the trace is as bad as its worst span"
+        );
+        assert_eq!(
+            s.error.as_deref(),
+            Some("rate limited"),
+            "error is the earliest error span's message"
+        );
+        assert_eq!(s.llm_calls, 3, "llm_calls counts LLM spans");
+        assert_eq!(
+            (s.input_tokens, s.output_tokens),
+            (160, 50),
+            "tokens are summed, unknown counts as 0"
+        );
+        let cost = s.cost_usd.expect("known costs are summed");
+        assert!(
+            (cost - 0.003).abs() < 1e-12,
+            "cost is the sum of the known costs, got {cost}"
+        );
+        assert_eq!(
+            s.models,
+            ["gpt-4o", "gpt-4o-mini"],
+            "models are sorted and unique"
+        );
+        assert_eq!(
+            s.session_id.as_deref(),
+            Some("sess-1"),
+            "session comes from the root span"
+        );
+        assert_eq!(
+            s.user_id.as_deref(),
+            Some("alice"),
+            "user falls back to the first span that has one"
+        );
+        assert_eq!(s.tags, ["beta", "prod"], "tags are the sorted union");
+        assert_eq!(
+            s.input_preview.as_deref(),
+            Some("What is the weather?"),
+            "input preview is the root input"
+        );
+        assert_eq!(
+            s.output_preview.as_deref(),
+            Some("answer call2"),
+            "without root output, the latest-ending LLM output is used"
+        );
+
+        store
+            .put_spans(&[llm("t2", "a", 0, 10, "m", (1, 1), None)])
+            .expect("put");
+        let s2 = summary(&store, "t2");
+        assert_eq!(
+            s2.cost_usd, None,
+            "cost is null, never 0, when no span had a cost"
+        );
+        assert_eq!(s2.status, Status::Ok, "a trace without failures is ok");
+        assert_eq!(s2.error, None, "error is null without error spans");
+        assert_eq!(
+            s2.input_preview.as_deref(),
+            Some("question a"),
+            "a chat input previews its last user message"
+        );
+        assert_eq!(
+            s2.output_preview.as_deref(),
+            Some("answer a"),
+            "a chat completion previews choices[0].message.content"
+        );
+    }
+
+    #[test]
+    fn previews_are_short_single_lines() {
+        let long = "word\n ".repeat(100);
+        let p = clip(&long).expect("text gives a preview");
+        assert_eq!(
+            p.chars().count(),
+            PREVIEW_CHARS,
+            "a preview is cut at the char limit"
+        );
+        assert!(
+            p.ends_with('…') && !p.contains('\n'),
+            "a cut preview ends with an ellipsis and is one line"
+        );
+        assert_eq!(clip("  "), None, "blank text gives no preview");
+        assert_eq!(
+            input_preview(&json!({"a": 1})).as_deref(),
+            Some(r#"{"a":1}"#),
+            "other JSON previews compactly"
+        );
+        let anthropic =
+            json!({"content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]});
+        assert_eq!(
+            output_preview(&anthropic).as_deref(),
+            Some("hi there"),
+            "text blocks are joined"
+        );
+        let huge = json!({"data": "x".repeat(1_000_000)});
+        assert!(
+            compact_json(&huge).len() <= PREVIEW_CHARS * 8,
+            "compact JSON of a huge body is capped"
+        );
+    }
+
+    #[test]
+    fn arrival_order_does_not_change_the_summary() {
+        let spans = agent_trace("t1");
+        let (_d1, a) = temp_store();
+        a.put_spans(&spans).expect("put");
+        let (_d2, b) = temp_store();
+        for s in spans.iter().rev() {
+            b.put_spans(std::slice::from_ref(s)).expect("put");
+        }
+        let (_d3, c) = temp_store();
+        c.put_spans(&[spans[3].clone(), spans[1].clone()])
+            .expect("put");
+        c.put_spans(&[spans[4].clone(), spans[0].clone(), spans[2].clone()])
+            .expect("put");
+        let (sa, sb, sc) = (summary(&a, "t1"), summary(&b, "t1"), summary(&c, "t1"));
+        assert_eq!(
+            sa, sb,
+            "inserting the same spans in reverse order gives the same summary"
+        );
+        assert_eq!(
+            sa, sc,
+            "inserting the same spans in shuffled batches gives the same summary"
+        );
+    }
+
+    #[test]
+    fn a_late_earlier_span_moves_the_trace_in_the_time_index() {
+        let (_dir, store) = temp_store();
+        store
+            .put_spans(&[span("late", "l1", 30_000, 10).with(child_of("lroot"))])
+            .expect("put");
+        store
+            .put_spans(&[span("mid", "m1", 20_000, 10)])
+            .expect("put");
+        assert_eq!(
+            list(&store, |_| {}),
+            ["late", "mid"],
+            "newest trace start first"
+        );
+        assert_eq!(
+            list(&store, |q| q.status = Some(Status::Ok)),
+            ["late", "mid"],
+            "both are ok"
+        );
+
+        let root = span("late", "lroot", 10_000, 30_000)
+            .with(failed("boom"))
+            .with(|s| s.name = "late root".into());
+        store.put_spans(&[root]).expect("put");
+        assert_eq!(
+            list(&store, |_| {}),
+            ["mid", "late"],
+            "the trace moves to its new, earlier start and appears once"
+        );
+        assert_eq!(
+            list(&store, |q| q.status = Some(Status::Ok)),
+            ["mid"],
+            "the old status index entry is gone"
+        );
+        assert_eq!(
+            list(&store, |q| q.status = Some(Status::Error)),
+            ["late"],
+            "the new status index entry exists"
+        );
+        let s = summary(&store, "late");
+        assert_eq!(
+            s.name, "late root",
+            "a parentless span that arrives late becomes the root"
+        );
+        assert_eq!(
+            s.start_time,
+            Timestamp(T0 + 10_000_000),
+            "the start moved earlier"
+        );
+
+        let late_keys = |p: u8| {
+            keys_with_prefix(&store, p)
+                .into_iter()
+                .filter(|k| contains(k, b"late"))
+                .count()
+        };
+        assert_eq!(
+            late_keys(P_TIME),
+            1,
+            "exactly one time-index key remains for the trace"
+        );
+        assert_eq!(
+            late_keys(P_INDEX),
+            1,
+            "exactly one secondary-index key (its status) remains for the trace"
+        );
+        let old = inv(T0 + 30_000_000).to_be_bytes();
+        assert!(
+            !keys_with_prefix(&store, P_TIME)
+                .iter()
+                .chain(&keys_with_prefix(&store, P_INDEX))
+                .any(|k| contains(k, &old)),
+            "no index key still carries the old start"
+        );
+    }
+
+    #[test]
+    fn resending_a_span_id_replaces_the_span() {
+        let (_dir, store) = temp_store();
+        store
+            .put_spans(&[
+                llm("t", "a", 0, 100, "m1", (10, 10), Some(0.5)),
+                span("t", "b", 0, 50),
+            ])
+            .expect("put");
+        let resent = llm("t", "a", 5, 100, "m2", (1, 2), Some(0.25));
+        store.put_spans(std::slice::from_ref(&resent)).expect("put");
+        let (s, spans) = store.get_trace("t").expect("get").expect("exists");
+        assert_eq!(s.span_count, 2, "a re-sent span id is not counted twice");
+        assert_eq!(
+            (s.input_tokens, s.output_tokens, s.cost_usd),
+            (1, 2, Some(0.25)),
+            "only the new version counts"
+        );
+        assert_eq!(s.models, ["m2"], "the replaced span's model is gone");
+        assert_eq!(spans.len(), 2, "the old span record is removed");
+        assert_eq!(
+            store.get_span("a").expect("get"),
+            Some(resent),
+            "the span id resolves to the new version"
+        );
+        assert_eq!(
+            list(&store, |q| q.model = Some("m1".into())),
+            Vec::<String>::new(),
+            "the old model index is gone"
+        );
+        assert_eq!(
+            keys_with_prefix(&store, P_CALL).len(),
+            1,
+            "one call record per call, the old one is removed"
+        );
+
+        // Duplicates inside one batch: the last one wins.
+        store
+            .put_spans(&[
+                span("d", "x", 0, 10),
+                span("d", "x", 1, 10),
+                span("d", "x", 1, 20),
+            ])
+            .expect("put");
+        let (s, spans) = store.get_trace("d").expect("get").expect("exists");
+        assert_eq!(
+            (s.span_count, spans.len()),
+            (1, 1),
+            "duplicates in one batch collapse into one span"
+        );
+        assert_eq!(s.duration_ms, 20.0, "the last duplicate in a batch wins");
+        assert_eq!(
+            store
+                .stats(&StatsQuery::default())
+                .expect("stats")
+                .total
+                .calls,
+            1,
+            "stats count the call once"
+        );
+    }
+
+    #[test]
+    fn invalid_ids_are_skipped() {
+        let (_dir, store) = temp_store();
+        store
+            .put_spans(&[
+                span("bad\0id", "a", 0, 1),
+                span("ok", "bad id", 0, 1),
+                span("ok", "b", 0, 1),
+            ])
+            .expect("put");
+        assert_eq!(
+            list(&store, |_| {}),
+            ["ok"],
+            "spans with invalid ids are not stored"
+        );
+        assert_eq!(
+            summary(&store, "ok").span_count,
+            1,
+            "only the valid span was counted"
+        );
+    }
+
+    #[test]
+    fn a_span_id_reused_by_another_trace_points_to_the_latest_and_survives_deleting_the_first() {
+        let (_dir, store) = temp_store();
+        store.put_spans(&[span("a", "same", 0, 10)]).expect("put");
+        store
+            .put_spans(&[span("b", "same", 5, 10), span("b", "other", 6, 10)])
+            .expect("put");
+        assert_eq!(
+            store.get_span("same").expect("get").map(|s| s.trace_id),
+            Some("b".into()),
+            "last write wins for the span-id lookup"
+        );
+        assert_eq!(
+            summary(&store, "a").span_count,
+            1,
+            "the first trace keeps its span"
+        );
+        assert!(
+            store.delete_trace("a").expect("delete"),
+            "the first trace existed"
+        );
+        assert_eq!(
+            store.get_span("same").expect("get").map(|s| s.trace_id),
+            Some("b".into()),
+            "deleting the first trace keeps the other trace's lookup"
+        );
+        assert_eq!(
+            summary(&store, "b").span_count,
+            2,
+            "the other trace is untouched"
+        );
+    }
+
+    /// Four traces, 1 s apart, newest = t4.
+    fn filter_fixture(store: &Store) {
+        let t = |id: &str, at: u64, f: &dyn Fn(&mut Span)| {
+            let mut s = llm(
+                id,
+                &format!("{id}-s"),
+                at * 1000,
+                10,
+                "gpt-4o",
+                (1, 1),
+                None,
+            );
+            f(&mut s);
+            store.put_spans(&[s]).expect("put");
+        };
+        t("t1", 1, &|s| {
+            s.session_id = Some("S1".into());
+            s.user_id = Some("alice".into());
+            s.tags = vec!["prod".into()];
+        });
+        t("t2", 2, &|s| {
+            s.session_id = Some("S1".into());
+            s.user_id = Some("bob".into());
+            s.status = Status::Error;
+            s.llm.as_mut().expect("llm").request_model = Some("claude-3".into());
+        });
+        t("t3", 3, &|s| {
+            s.session_id = Some("S2".into());
+            s.user_id = Some("alice".into());
+            s.tags = vec!["prod".into(), "exp".into()];
+            s.name = "Summarize Invoice".into();
+        });
+        t("t4", 4, &|s| {
+            s.user_id = Some("alice".into());
+            s.status = Status::Cancelled;
+            s.input = json!("Needle in the INPUT");
+        });
+    }
+
+    #[test]
+    fn each_filter_and_their_combinations() {
+        let (_dir, store) = temp_store();
+        filter_fixture(&store);
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            list(&store, |_| {}),
+            ["t4", "t3", "t2", "t1"],
+            "no filter lists all, newest first"
+        );
+        assert_eq!(
+            list(&store, |q| q.status = Some(Status::Error)),
+            ["t2"],
+            "status filter"
+        );
+        assert_eq!(
+            list(&store, |q| q.status = Some(Status::Cancelled)),
+            ["t4"],
+            "status cancelled"
+        );
+        assert_eq!(
+            list(&store, |q| q.model = s("gpt-4o")),
+            ["t4", "t3", "t1"],
+            "model filter"
+        );
+        assert_eq!(
+            list(&store, |q| q.model = s("gpt")),
+            Vec::<String>::new(),
+            "model filter is exact"
+        );
+        assert_eq!(
+            list(&store, |q| q.session_id = s("S1")),
+            ["t2", "t1"],
+            "session filter"
+        );
+        assert_eq!(
+            list(&store, |q| q.user_id = s("alice")),
+            ["t4", "t3", "t1"],
+            "user filter"
+        );
+        assert_eq!(
+            list(&store, |q| q.tag = s("prod")),
+            ["t3", "t1"],
+            "tag filter"
+        );
+        assert_eq!(
+            list(&store, |q| q.q = s("invoice")),
+            ["t3"],
+            "q matches the name case-insensitively"
+        );
+        assert_eq!(
+            list(&store, |q| q.q = s("needle in")),
+            ["t4"],
+            "q matches the input preview"
+        );
+        assert_eq!(
+            list(&store, |q| q.q = s("CLAUDE")),
+            ["t2"],
+            "q matches models"
+        );
+        assert_eq!(
+            list(&store, |q| q.q = s("t3")),
+            ["t3"],
+            "q matches the trace id"
+        );
+        assert_eq!(list(&store, |q| q.q = s("EXP")), ["t3"], "q matches tags");
+        let at = |sec: u64| Some(Timestamp(T0 + sec * 1_000_000));
+        assert_eq!(
+            list(&store, |q| q.since = at(2)),
+            ["t4", "t3", "t2"],
+            "since is inclusive"
+        );
+        assert_eq!(
+            list(&store, |q| q.until = at(3)),
+            ["t2", "t1"],
+            "until is exclusive"
+        );
+        assert_eq!(
+            list(&store, |q| (q.since, q.until) = (at(2), at(4))),
+            ["t3", "t2"],
+            "since and until together"
+        );
+        assert_eq!(
+            list(&store, |q| (q.since, q.until) = (at(3), at(3))),
+            Vec::<String>::new(),
+            "an empty window is empty"
+        );
+        assert_eq!(
+            list(&store, |q| q.until = Some(Timestamp(0))),
+            Vec::<String>::new(),
+            "until 0 is empty"
+        );
+        assert_eq!(
+            list(&store, |q| (q.user_id, q.tag) = (s("alice"), s("prod"))),
+            ["t3", "t1"],
+            "user and tag"
+        );
+        assert_eq!(
+            list(&store, |q| (q.session_id, q.status) =
+                (s("S1"), Some(Status::Ok))),
+            ["t1"],
+            "session and status"
+        );
+        assert_eq!(
+            list(&store, |q| (q.user_id, q.model, q.since) =
+                (s("alice"), s("gpt-4o"), at(3))),
+            ["t4", "t3"],
+            "user, model and since"
+        );
+        assert_eq!(
+            list(&store, |q| (q.tag, q.q) = (s("prod"), s("summarize"))),
+            ["t3"],
+            "tag and q"
+        );
+        assert_eq!(
+            list(&store, |q| (q.session_id, q.user_id) = (s("S2"), s("bob"))),
+            Vec::<String>::new(),
+            "AND, not OR"
+        );
+    }
+
+    #[test]
+    fn index_values_with_nul_bytes_stay_exact() {
+        let (_dir, store) = temp_store();
+        store
+            .put_spans(&[
+                llm("a", "a1", 0, 1, "m", (0, 0), None),
+                llm("b", "b1", 1, 1, "m\0x", (0, 0), None),
+            ])
+            .expect("put");
+        store
+            .put_spans(&[llm("c", "c1", 2, 1, "m\u{1}", (0, 0), None)])
+            .expect("put");
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            list(&store, |q| q.model = s("m")),
+            ["a"],
+            "a value is not matched by a longer one containing 0x00"
+        );
+        assert_eq!(
+            list(&store, |q| q.model = s("m\0x")),
+            ["b"],
+            "a value containing 0x00 is found exactly"
+        );
+        assert_eq!(
+            list(&store, |q| q.model = s("m\u{1}")),
+            ["c"],
+            "a value containing 0x01 is found exactly"
+        );
+    }
+
+    #[test]
+    fn cursor_pagination_returns_every_trace_exactly_once() {
+        let (_dir, store) = temp_store();
+        // Pairs share a start time so the trace id breaks ties.
+        let spans: Vec<Span> = (0..25)
+            .map(|i| span(&format!("tr{i:02}"), &format!("s{i}"), (i / 2) * 1000, 5))
+            .collect();
+        store.put_spans(&spans).expect("put");
+        for filter in [None, Some(Status::Ok)] {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            let mut pages = 0;
+            loop {
+                let q = TraceQuery {
+                    limit: 10,
+                    cursor: cursor.clone(),
+                    status: filter,
+                    ..TraceQuery::default()
+                };
+                let page = store.list_traces(&q).expect("list");
+                pages += 1;
+                seen.extend(page.traces.iter().map(|t| t.trace_id.clone()));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(Cursor::decode(&c).expect("next_cursor decodes")),
+                    None => break,
+                }
+            }
+            assert_eq!(
+                pages, 3,
+                "25 traces at limit 10 take three pages, the last without next_cursor"
+            );
+            let mut unique = seen.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                (seen.len(), unique.len()),
+                (25, 25),
+                "every trace is returned exactly once"
+            );
+            let starts: Vec<u64> = seen
+                .iter()
+                .map(|id| summary(&store, id).start_time.micros())
+                .collect();
+            assert!(
+                starts.windows(2).all(|w| w[0] >= w[1]),
+                "pages run newest first"
+            );
+        }
+        let q = TraceQuery {
+            limit: 25,
+            ..TraceQuery::default()
+        };
+        assert_eq!(
+            store.list_traces(&q).expect("list").next_cursor,
+            None,
+            "an exact last page has no next_cursor"
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_malformed_ones_decode_to_none() {
+        let c = Cursor {
+            start_us: T0,
+            trace_id: "abc-1.2:3_x".into(),
+        };
+        assert_eq!(
+            Cursor::decode(&c.encode()),
+            Some(c.clone()),
+            "a cursor round-trips"
+        );
+        assert!(
+            c.encode().bytes().all(|b| b.is_ascii_hexdigit()),
+            "the wire form is URL-safe"
+        );
+        let mut bad_id = vec![CURSOR_VERSION];
+        bad_id.extend_from_slice(&T0.to_be_bytes());
+        bad_id.extend_from_slice(b"a b");
+        let mut wrong_version = hex::decode(c.encode()).expect("hex");
+        wrong_version[0] = 9;
+        for bad in [
+            String::new(),
+            "zz".into(),
+            "abc".into(),
+            "01".into(),
+            hex::encode([CURSOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 1]),
+            hex::encode(bad_id),
+            hex::encode(wrong_version),
+            hex::encode([CURSOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF]),
+        ] {
+            assert_eq!(
+                Cursor::decode(&bad),
+                None,
+                "a malformed cursor {bad:?} decodes to None"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_removes_everything_about_the_trace() {
+        let (_dir, store) = temp_store();
+        store.put_spans(&agent_trace("doomed")).expect("put");
+        store
+            .put_spans(
+                &agent_trace("kept")
+                    .into_iter()
+                    .map(|s| s.with(|s| s.span_id.push_str("-k")))
+                    .collect::<Vec<_>>(),
+            )
+            .expect("put");
+        assert!(
+            store.delete_trace("doomed").expect("delete"),
+            "deleting an existing trace reports it existed"
+        );
+        assert!(
+            !store.delete_trace("doomed").expect("delete"),
+            "deleting it again reports it did not exist"
+        );
+        assert!(
+            store.get_trace("doomed").expect("get").is_none(),
+            "the trace is gone"
+        );
+        assert_eq!(
+            store.get_span("call1").expect("get"),
+            None,
+            "its spans are gone"
+        );
+        assert_eq!(
+            list(&store, |_| {}),
+            ["kept"],
+            "only the other trace is listed"
+        );
+        for kv in store.tree.iter() {
+            let (k, v) = kv.expect("scan");
+            assert!(
+                !contains(&k, b"doomed") && !contains(&v, b"doomed"),
+                "no key or value mentions the deleted trace: {}",
+                show_key(&k)
+            );
+            assert!(
+                !contains(&k, b"call1") || contains(&k, b"call1-k"),
+                "no key names a deleted span"
+            );
+        }
+        assert_eq!(
+            store
+                .stats(&StatsQuery::default())
+                .expect("stats")
+                .total
+                .calls,
+            3,
+            "its call records are gone"
+        );
+        assert_eq!(
+            summary(&store, "kept").span_count,
+            5,
+            "the other trace is untouched"
+        );
+    }
+
+    #[test]
+    fn data_survives_reopening_the_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let before = {
+            let store = open(dir.path());
+            store.put_spans(&agent_trace("t1")).expect("put");
+            store.flush().expect("flush");
+            summary(&store, "t1")
+        };
+        let store = open(dir.path());
+        assert_eq!(
+            summary(&store, "t1"),
+            before,
+            "the summary is still there after reopening"
+        );
+        assert_eq!(
+            store.get_trace("t1").expect("get").expect("exists").1.len(),
+            5,
+            "the spans are still there"
+        );
+        assert_eq!(
+            list(&store, |q| q.tag = Some("beta".into())),
+            ["t1"],
+            "the indexes are still there"
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let store = open(dir.path());
+            store.tree.insert(SCHEMA_KEY, &b"2"[..]).expect("insert");
+            store.flush().expect("flush");
+        }
+        let err = Store::open(dir.path(), &StoreOptions::default())
+            .err()
+            .expect("a newer schema must not open");
+        assert!(
+            matches!(err, StoreError::Schema { ref found, supported: 1 } if found == "2"),
+            "the error names both versions: {err}"
+        );
+    }
+
+    #[test]
+    fn stats_count_calls_tokens_cost_and_quantiles() {
+        let (_dir, store) = temp_store();
+        let mut spans = Vec::new();
+        for i in 0..10u64 {
+            let model = if i < 6 { "gpt-4o" } else { "claude" };
+            let cost = (i % 2 == 0).then_some(0.01);
+            let mut s = llm(
+                "t",
+                &format!("c{i}"),
+                i * 1000,
+                (i + 1) * 10,
+                model,
+                (i, 2 * i),
+                cost,
+            );
+            if i == 3 || i == 7 {
+                s = s.with(failed("boom"));
+            }
+            if i < 4 {
+                let l = s.llm.as_mut().expect("llm");
+                l.stream = true;
+                l.ttft_ms = Some(i as f64 + 1.0);
+            }
+            spans.push(s);
+        }
+        spans.push(span("t", "chain", 0, 20_000)); // not a call: ignored by stats
+        spans.push(
+            llm("u", "nostream", 0, 5, "x", (0, 0), None)
+                .with(|s| s.llm.as_mut().expect("llm").ttft_ms = Some(99.0)),
+        );
+        store.put_spans(&spans).expect("put");
+
+        let window = StatsQuery {
+            since: Some(Timestamp(T0)),
+            until: Some(Timestamp(T0 + 10_000_000)),
+            group_by_model: true,
+        };
+        let st = store.stats(&window).expect("stats");
+        let t = &st.total;
+        assert_eq!(
+            t.calls, 11,
+            "every call span in the window counts, chain spans do not"
+        );
+        assert_eq!(t.errors, 2, "errors count error-status calls");
+        assert_eq!(
+            (t.input_tokens, t.output_tokens),
+            (45, 90),
+            "tokens are summed"
+        );
+        let cost = t.cost_usd.expect("some calls had a cost");
+        assert!(
+            (cost - 0.05).abs() < 1e-12,
+            "cost sums the known costs, got {cost}"
+        );
+        // Latencies: 5, 10, 20, ..., 100 ms → nearest rank p50 = 6th = 50, p95 = p99 = 11th = 100.
+        assert_eq!(
+            t.latency_ms,
+            Quantiles {
+                p50: Some(50.0),
+                p95: Some(100.0),
+                p99: Some(100.0)
+            },
+            "nearest-rank latency quantiles"
+        );
+        assert_eq!(
+            t.ttft_ms,
+            Quantiles {
+                p50: Some(2.0),
+                p95: Some(4.0),
+                p99: Some(4.0)
+            },
+            "ttft counts streamed calls only"
+        );
+
+        let groups = st.groups.expect("group_by_model gives rows");
+        let models: Vec<(&str, u64)> = groups
+            .iter()
+            .map(|g| (g.model.as_deref().unwrap_or("-"), g.calls))
+            .collect();
+        assert_eq!(
+            models,
+            [("gpt-4o", 6), ("claude", 4), ("x", 1)],
+            "groups are per model, by calls desc"
+        );
+        assert_eq!(groups[1].errors, 1, "group errors are per model");
+        assert_eq!(
+            groups[2].cost_usd, None,
+            "a group without known cost has cost null"
+        );
+
+        let narrow = StatsQuery {
+            since: Some(Timestamp(T0 + 2_000_000)),
+            until: Some(Timestamp(T0 + 4_000_000)),
+            group_by_model: false,
+        };
+        let st = store.stats(&narrow).expect("stats");
+        assert_eq!(st.total.calls, 2, "since is inclusive and until exclusive");
+        assert_eq!(st.groups, None, "no groups unless asked");
+        let empty = store
+            .stats(&StatsQuery {
+                since: Some(Timestamp(T0 * 2)),
+                ..StatsQuery::default()
+            })
+            .expect("stats");
+        assert_eq!(
+            empty.total,
+            StatsRow::default(),
+            "an empty window has zero counts and null quantiles"
+        );
+    }
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        assert_eq!(
+            quantiles(vec![]),
+            Quantiles::default(),
+            "no values, no quantiles"
+        );
+        assert_eq!(
+            quantiles(vec![7.0]),
+            Quantiles {
+                p50: Some(7.0),
+                p95: Some(7.0),
+                p99: Some(7.0)
+            },
+            "one value is every quantile"
+        );
+        let hundred: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(
+            quantiles(hundred),
+            Quantiles {
+                p50: Some(50.0),
+                p95: Some(95.0),
+                p99: Some(99.0)
+            },
+            "rank ceil(p·n)"
+        );
     }
 }

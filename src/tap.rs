@@ -68,10 +68,14 @@ impl Captured {
 /// A body wrapper that returns every frame unchanged and reports what it saw exactly once:
 /// at the end, on error, or when dropped early.
 pub struct TapBody<B> {
-    inner: B,
+    /// Always `Some` until drop (an `Option` only so `Drop` can hand it to `salvage`).
+    inner: Option<B>,
     limit: usize,
     captured: Captured,
     report: Option<oneshot::Sender<Captured>>,
+    /// When set, a body dropped before its end hands its unread rest here, so the recorder can
+    /// still capture a request the upstream never read (e.g. connection refused).
+    salvage: Option<oneshot::Sender<B>>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> TapBody<B>
@@ -82,25 +86,41 @@ where
     pub fn new(inner: B, limit: usize) -> (Self, oneshot::Receiver<Captured>) {
         let (tx, rx) = oneshot::channel();
         let mut tap = Self {
-            inner,
+            inner: Some(inner),
             limit,
             captured: Captured::default(),
             report: Some(tx),
+            salvage: None,
         };
         // NB: hyper may never poll an empty body, so report it now or it would look cancelled.
-        if tap.inner.is_end_stream() {
+        if tap.inner.as_ref().is_some_and(Body::is_end_stream) {
             tap.finish(End::Complete);
         }
         (tap, rx)
     }
 
+    /// Like [`TapBody::new`], and if the body is dropped before its end, its unread rest is sent
+    /// to the second receiver.
+    pub fn salvageable(
+        inner: B,
+        limit: usize,
+    ) -> (Self, oneshot::Receiver<Captured>, oneshot::Receiver<B>) {
+        let (mut tap, report) = Self::new(inner, limit);
+        let (tx, rx) = oneshot::channel();
+        if tap.report.is_some() {
+            tap.salvage = Some(tx);
+        }
+        (tap, report, rx)
+    }
+
     /// Wraps `inner` without observing it (capture off): one type for both modes.
     pub fn passthrough(inner: B) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             limit: 0,
             captured: Captured::default(),
             report: None,
+            salvage: None,
         }
     }
 }
@@ -126,6 +146,7 @@ impl<B> TapBody<B> {
     }
 
     fn finish(&mut self, end: End) {
+        self.salvage = None;
         if let Some(tx) = self.report.take() {
             let mut captured = std::mem::take(&mut self.captured);
             captured.end = Some(end);
@@ -147,14 +168,17 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(Pin::new(inner).poll_frame(cx));
         if self.report.is_some() {
             match &polled {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         self.observe(data);
                     }
-                    if self.inner.is_end_stream() {
+                    if self.inner.as_ref().is_some_and(Body::is_end_stream) {
                         self.finish(End::Complete);
                     }
                 }
@@ -169,11 +193,12 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint() // keeps Content-Length intact
+        // Keeps Content-Length intact.
+        self.inner.as_ref().map(Body::size_hint).unwrap_or_default()
     }
 }
 
@@ -182,6 +207,11 @@ where
 impl<B> Drop for TapBody<B> {
     /// The client hung up (or hyper dropped the body) before the end: the span says "cancelled".
     fn drop(&mut self) {
+        if self.report.is_some() {
+            if let (Some(tx), Some(inner)) = (self.salvage.take(), self.inner.take()) {
+                let _ = tx.send(inner);
+            }
+        }
         self.finish(End::Cancelled);
     }
 }
@@ -223,7 +253,9 @@ mod tests {
     use http_body_util::{BodyExt, Full, StreamBody};
     use std::convert::Infallible;
 
-    fn stream(parts: &[&'static str]) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>> {
+    type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+
+    fn stream(parts: &[&'static str]) -> StreamBody<Frames> {
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
@@ -235,7 +267,11 @@ mod tests {
     async fn frames_pass_through_unchanged_and_are_reported_once() {
         let (tap, rx) = TapBody::new(stream(&["data: a\n\n", "data: b\n\n"]), 1024);
         let out = tap.collect().await.unwrap().to_bytes();
-        assert_eq!(&out[..], b"data: a\n\ndata: b\n\n", "the client sees the bytes as they came");
+        assert_eq!(
+            &out[..],
+            b"data: a\n\ndata: b\n\n",
+            "the client sees the bytes as they came"
+        );
         let c = rx.await.unwrap();
         assert_eq!(c.end, Some(End::Complete));
         assert_eq!(c.frames, 2);
@@ -248,7 +284,11 @@ mod tests {
     async fn the_cap_truncates_the_copy_but_not_the_stream() {
         let (tap, rx) = TapBody::new(stream(&["12345", "67890"]), 7);
         let out = tap.collect().await.unwrap().to_bytes();
-        assert_eq!(&out[..], b"1234567890", "capping the copy never shortens what the client gets");
+        assert_eq!(
+            &out[..],
+            b"1234567890",
+            "capping the copy never shortens what the client gets"
+        );
         let c = rx.await.unwrap();
         assert_eq!(&c.bytes()[..], b"1234567");
         assert!(c.truncated, "a capped copy says so");
@@ -261,14 +301,36 @@ mod tests {
         let _ = tap.frame().await;
         drop(tap);
         let c = rx.await.unwrap();
-        assert_eq!(c.end, Some(End::Cancelled), "a body dropped before its end is cancelled");
+        assert_eq!(
+            c.end,
+            Some(End::Cancelled),
+            "a body dropped before its end is cancelled"
+        );
         assert_eq!(&c.bytes()[..], b"first");
+    }
+
+    #[tokio::test]
+    async fn an_unread_salvageable_body_hands_over_its_rest() {
+        let (tap, rx, salvage) = TapBody::salvageable(stream(&["never", "read"]), 1024);
+        drop(tap);
+        assert_eq!(rx.await.unwrap().end, Some(End::Cancelled));
+        let rest = salvage.await.expect("the unread body is handed over");
+        let bytes = rest.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &bytes[..],
+            b"neverread",
+            "nothing of the unread body is lost"
+        );
     }
 
     #[tokio::test]
     async fn an_empty_body_reports_complete_when_built() {
         let (_tap, rx) = TapBody::new(Full::new(Bytes::new()), 1024);
         let c = rx.await.unwrap();
-        assert_eq!(c.end, Some(End::Complete), "an empty body hyper never polls is still complete");
+        assert_eq!(
+            c.end,
+            Some(End::Complete),
+            "an empty body hyper never polls is still complete"
+        );
     }
 }

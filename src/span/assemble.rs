@@ -1,13 +1,441 @@
-//! STUB: `assemble` turns a `CallRecord` into a `Span`. Implementation in progress.
+//! `assemble`: turns one captured exchange (`CallRecord`) into a `Span`.
+//!
+//! Owns what every call shares: times and IDs, capture counters, the redacted HTTP summary, body
+//! decoding, the choice of operation by path, and the span's status and error (proxy failure,
+//! upstream 4xx/5xx, a body that failed or was abandoned). What a body *means* belongs to the
+//! operation modules (`openai` for chat), chosen by [`Operation::detect`].
+//!
+//! Pure and total: no I/O, no panics on any input. What cannot be parsed is kept raw.
 
-use super::Span;
-use crate::tap::CallRecord;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{
+    decode, openai, redact, CaptureInfo, HttpInfo, Kind, LlmInfo, Span, SpanError, Status,
+    Timestamp,
+};
+use crate::tap::{CallRecord, Captured, End};
 
 /// Knobs for assembly.
-#[derive(Debug, Clone, Default)]
-pub struct AssembleOptions {}
+#[derive(Debug, Clone)]
+pub struct AssembleOptions {
+    /// Most bytes a compressed body may inflate to; past it the decoded copy is cut, so a
+    /// zip bomb costs at most this much memory.
+    pub max_decoded_bytes: usize,
+    /// Longest error message kept, in chars.
+    pub max_error_message_chars: usize,
+}
+
+impl Default for AssembleOptions {
+    fn default() -> Self {
+        Self {
+            max_decoded_bytes: 64 << 20,
+            max_error_message_chars: 2000,
+        }
+    }
+}
+
+/// Metadata key under which assembly leaves notes (an undecodable body, skipped stream events).
+pub const NOTES_KEY: &str = "tracer.notes";
+
+/// The API operation a call is, by the path it was forwarded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    /// `…/chat/completions`: OpenAI and every server that copies its API.
+    Chat,
+}
+
+impl Operation {
+    /// Matches on the upstream path (query already gone), ignoring a trailing slash.
+    fn detect(upstream_path: &str) -> Option<Self> {
+        let path = upstream_path.trim_end_matches('/');
+        if path.ends_with("/chat/completions") || path == "chat/completions" {
+            return Some(Operation::Chat);
+        }
+        None
+    }
+
+    fn assemble(self, x: &Exchange<'_>) -> Outcome {
+        match self {
+            Operation::Chat => openai::chat(x),
+        }
+    }
+}
+
+/// One captured body, decoded once.
+#[derive(Debug)]
+pub(super) struct BodyView {
+    pub bytes: Bytes,
+    /// JSON when it parses, else text; `null` when empty.
+    pub value: Value,
+    pub json: bool,
+    /// The capture cap cut the copy.
+    pub truncated: bool,
+    /// `bytes` are the wire bytes, so offsets in them map to `Captured::marks`.
+    pub wire: bool,
+}
+
+/// How a response body is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Form {
+    /// Upstream status ≥ 400: the body is an error report, kept as is.
+    Failed,
+    Sse,
+    Json,
+    /// Text, binary or nothing.
+    Other,
+}
+
+/// What an operation reads: the call, with both bodies decoded.
+#[derive(Debug)]
+pub(super) struct Exchange<'a> {
+    pub provider_hint: Option<&'a str>,
+    pub status: Option<u16>,
+    pub response_content_type: Option<&'a str>,
+    pub request: &'a BodyView,
+    pub response: &'a BodyView,
+}
+
+impl Exchange<'_> {
+    /// Picks how to read the response. `expect_stream`: the request asked for a stream, so a body
+    /// that is neither labelled SSE nor JSON is tried as SSE.
+    pub fn form(&self, expect_stream: bool) -> Form {
+        let content_type = self
+            .response_content_type
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if self.status.is_some_and(|s| s >= 400) {
+            Form::Failed
+        } else if content_type.contains("text/event-stream") {
+            Form::Sse
+        } else if self.response.json {
+            Form::Json
+        } else if expect_stream && !self.response.bytes.is_empty() {
+            Form::Sse
+        } else {
+            Form::Other
+        }
+    }
+}
+
+/// What an operation made of an exchange; `assemble` adds times, status and errors.
+#[derive(Debug)]
+pub(super) struct Outcome {
+    pub kind: Kind,
+    /// The name when the app gave none.
+    pub name: String,
+    pub llm: Option<LlmInfo>,
+    pub output: Value,
+    /// An error the body itself reported (a mid-stream error event or chunk).
+    pub body_error: Option<SpanError>,
+    /// The body reached its logical end (`[DONE]`, a whole JSON document): a client that hung
+    /// up after that missed nothing, so the call is not "cancelled".
+    pub finished: bool,
+    /// The response was read as a stream (TTFT applies).
+    pub streamed: bool,
+    /// Offset in the response body just past the first event that carried generated output.
+    pub first_token_end: Option<u64>,
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    pub fn new(kind: Kind, name: String) -> Self {
+        Self {
+            kind,
+            name,
+            llm: None,
+            output: Value::Null,
+            body_error: None,
+            finished: false,
+            streamed: false,
+            first_token_end: None,
+            notes: Vec::new(),
+        }
+    }
+}
 
 /// Builds the span for one proxied call. Never fails: what cannot be parsed is kept raw.
-pub fn assemble(_record: CallRecord, _opts: &AssembleOptions) -> Span {
-    unimplemented!()
+pub fn assemble(record: CallRecord, opts: &AssembleOptions) -> Span {
+    let CallRecord {
+        ctx,
+        method,
+        path,
+        upstream_path,
+        upstream,
+        provider_hint,
+        request_content_type: _,
+        request_content_encoding,
+        response_content_type,
+        response_content_encoding,
+        status,
+        started,
+        started_at,
+        head_at: _,
+        ended_at,
+        request,
+        response,
+        proxy_error,
+    } = record;
+
+    let start_time = Timestamp::from_system(started);
+    let elapsed = micros(ended_at.saturating_duration_since(started_at));
+    let end_time = Timestamp(start_time.micros().saturating_add(elapsed));
+
+    let mut notes = Vec::new();
+    let req = view(
+        request.as_ref(),
+        request_content_encoding.as_deref(),
+        opts,
+        "request",
+        &mut notes,
+    );
+    let rsp = view(
+        response.as_ref(),
+        response_content_encoding.as_deref(),
+        opts,
+        "response",
+        &mut notes,
+    );
+    let exchange = Exchange {
+        provider_hint: provider_hint.as_deref(),
+        status,
+        response_content_type: response_content_type.as_deref(),
+        request: &req,
+        response: &rsp,
+    };
+    let app_path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut outcome = match Operation::detect(&upstream_path) {
+        Some(op) => op.assemble(&exchange),
+        None => raw_http(&exchange, &method, app_path),
+    };
+    notes.append(&mut outcome.notes);
+
+    // Status and error, most telling cause first.
+    let mut output = outcome.output;
+    let (status_out, error) = if let Some((kind, message)) = proxy_error {
+        output = Value::Null;
+        (Status::Error, Some(SpanError { kind, message }))
+    } else if let Some(code) = status.filter(|s| *s >= 400) {
+        output = rsp.value.clone();
+        (Status::Error, Some(upstream_error(code, &rsp.value)))
+    } else if let Some(e) = outcome.body_error {
+        (Status::Error, Some(e))
+    } else {
+        ending(
+            status,
+            request.as_ref(),
+            response.as_ref(),
+            outcome.finished,
+        )
+    };
+    let error = error.map(|e| SpanError {
+        kind: e.kind,
+        message: truncate_chars(&e.message, opts.max_error_message_chars),
+    });
+
+    let mut llm = outcome.llm;
+    if let (Some(llm), true) = (llm.as_mut(), outcome.streamed) {
+        llm.ttft_ms = response.as_ref().and_then(|c| {
+            let first_token = outcome
+                .first_token_end
+                .filter(|_| rsp.wire)
+                .and_then(|end| arrival(&c.marks, end));
+            first_token
+                .or(c.first_byte_at)
+                .map(|at| ms(micros(at.saturating_duration_since(started_at))))
+        });
+    }
+
+    let mut metadata = ctx.metadata;
+    if !notes.is_empty() {
+        metadata.insert(NOTES_KEY.to_string(), Value::String(notes.join("; ")));
+    }
+    let seen = |c: &Option<Captured>| c.as_ref().map_or(0, |c| c.seen);
+
+    Span {
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent_span_id,
+        name: ctx.span_name.unwrap_or(outcome.name),
+        kind: outcome.kind,
+        start_time,
+        end_time,
+        duration_ms: ms(elapsed),
+        status: status_out,
+        error,
+        session_id: ctx.session_id,
+        user_id: ctx.user_id,
+        tags: ctx.tags,
+        metadata,
+        http: Some(HttpInfo {
+            method,
+            path: redact::redact_path(&path),
+            status,
+            upstream: redact::redact_url(&upstream),
+        }),
+        llm,
+        input: req.value,
+        output,
+        capture: Some(CaptureInfo {
+            truncated: req.truncated || rsp.truncated,
+            bytes_in: seen(&request),
+            bytes_out: seen(&response),
+            chunks: response.as_ref().map_or(0, |c| c.frames),
+        }),
+    }
 }
+
+/// A call on a path no operation claims: the raw exchange.
+fn raw_http(x: &Exchange<'_>, method: &str, app_path: &str) -> Outcome {
+    let mut outcome = Outcome::new(Kind::Http, format!("{method} {app_path}"));
+    outcome.output = x.response.value.clone();
+    outcome.finished = x.response.json && !x.response.truncated;
+    outcome
+}
+
+fn view(
+    captured: Option<&Captured>,
+    encoding: Option<&str>,
+    opts: &AssembleOptions,
+    side: &str,
+    notes: &mut Vec<String>,
+) -> BodyView {
+    let (raw, truncated) = captured.map_or((Bytes::new(), false), |c| (c.bytes(), c.truncated));
+    let decoded = decode::decode(raw, encoding, truncated, opts.max_decoded_bytes);
+    if let Some(note) = &decoded.note {
+        notes.push(format!("{side} body: {note}"));
+    }
+    let (value, json) = decode::to_value(&decoded.bytes, decoded.undecoded.as_deref());
+    BodyView {
+        bytes: decoded.bytes,
+        value,
+        json,
+        truncated,
+        wire: decoded.wire,
+    }
+}
+
+/// Status when neither the proxy, the upstream status nor the body reported an error: how the
+/// bodies ended decides.
+fn ending(
+    status: Option<u16>,
+    request: Option<&Captured>,
+    response: Option<&Captured>,
+    finished: bool,
+) -> (Status, Option<SpanError>) {
+    match response.and_then(|c| c.end) {
+        Some(End::Error) => {
+            let message = response
+                .and_then(|c| c.error.clone())
+                .unwrap_or_else(|| "the upstream response body failed".to_string());
+            return (Status::Error, Some(err("upstream_body_error", message)));
+        }
+        Some(End::Cancelled) if !finished => return (Status::Cancelled, Some(cancelled())),
+        _ => {}
+    }
+    if status.is_some() {
+        return (Status::Ok, None);
+    }
+    // No response head and no proxy error: the request side tells what happened.
+    match request.and_then(|c| c.end) {
+        Some(End::Cancelled) => (Status::Cancelled, Some(cancelled())),
+        Some(End::Error) => {
+            let message = request
+                .and_then(|c| c.error.clone())
+                .unwrap_or_else(|| "the request body failed".to_string());
+            (Status::Error, Some(err("request_body_error", message)))
+        }
+        _ => (
+            Status::Error,
+            Some(err("no_response", "the upstream sent no response head")),
+        ),
+    }
+}
+
+fn cancelled() -> SpanError {
+    err(
+        "cancelled",
+        "client disconnected before the response completed",
+    )
+}
+
+fn err(kind: &str, message: impl Into<String>) -> SpanError {
+    SpanError {
+        kind: kind.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The error an upstream 4xx/5xx body reports, in any of the shapes upstreams use.
+fn upstream_error(status: u16, body: &Value) -> SpanError {
+    let (kind, message) = describe_error(body);
+    SpanError {
+        kind: kind.unwrap_or_else(|| format!("http_{status}")),
+        message: message.unwrap_or_else(|| format!("upstream returned HTTP {status}")),
+    }
+}
+
+/// Reads (type, message) from an error body: OpenAI's `{"error":{"message","type","code"}}`,
+/// `{"error":"…"}`, `{"message":…}`, `{"detail":…}` (FastAPI), or plain text.
+pub(super) fn describe_error(body: &Value) -> (Option<String>, Option<String>) {
+    match body {
+        Value::Object(obj) => {
+            let kind_of = |o: &serde_json::Map<String, Value>| {
+                text(o.get("type")).or_else(|| text(o.get("code")))
+            };
+            match obj.get("error") {
+                Some(Value::Object(inner)) => (
+                    kind_of(inner).or_else(|| kind_of(obj).filter(|k| k != "error")),
+                    text(inner.get("message")).or_else(|| text(obj.get("message"))),
+                ),
+                Some(Value::String(s)) if !s.is_empty() => {
+                    (kind_of(obj).filter(|k| k != "error"), Some(s.clone()))
+                }
+                _ => (
+                    kind_of(obj).filter(|k| k != "error"),
+                    text(obj.get("message"))
+                        .or_else(|| text(obj.get("detail")))
+                        .or_else(|| obj.get("detail").map(Value::to_string)),
+                ),
+            }
+        }
+        Value::String(s) if !s.trim().is_empty() => (None, Some(s.trim().to_string())),
+        _ => (None, None),
+    }
+}
+
+/// A non-empty string or a number, as text.
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+/// When the frame that completed byte `end` of the body arrived: the first mark whose
+/// cumulative byte count reaches it.
+fn arrival(marks: &[(u64, Instant)], end: u64) -> Option<Instant> {
+    let i = marks.partition_point(|(seen, _)| *seen < end);
+    marks.get(i).map(|(_, at)| *at)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests;

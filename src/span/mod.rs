@@ -191,3 +191,7 @@ pub fn is_valid_id(id: &str) -> bool {
 
 mod assemble;
 pub use self::assemble::{assemble, AssembleOptions};
+mod decode;
+mod openai;
+mod redact;
+mod sse;

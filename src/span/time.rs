@@ -14,7 +14,10 @@ impl Timestamp {
     }
 
     pub fn from_system(t: SystemTime) -> Self {
-        let micros = t.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+        let micros = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
         Self(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
@@ -74,7 +77,11 @@ mod tests {
         let t = Timestamp(1_764_210_088_123_456);
         let s = t.to_rfc3339();
         assert_eq!(s, "2025-11-27T02:21:28.123456Z");
-        assert_eq!(Timestamp::parse_rfc3339(&s), Some(t), "formatting then parsing is lossless");
+        assert_eq!(
+            Timestamp::parse_rfc3339(&s),
+            Some(t),
+            "formatting then parsing is lossless"
+        );
     }
 
     #[test]

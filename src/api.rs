@@ -1,0 +1,610 @@
+//! API: the admin listener. `/api/*` (traces, spans, stats, ingest), `/healthz`, `/metrics` and
+//! the web UI at `/`. Parses and validates query params (400 naming the param), calls the store
+//! on blocking threads, and maps [`ApiError`] to `{"error":{"code","message"}}` in one place.
+
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::ApiError,
+    metrics::Metrics,
+    queue::SpanQueue,
+    span::{self, Kind, Span, Status, Timestamp},
+    store::{Cursor, StatsQuery, Store, TraceQuery},
+};
+
+/// Largest `POST /api/spans` body.
+const MAX_INGEST_BYTES: usize = 16 * 1024 * 1024;
+/// Most spans in one `POST /api/spans`.
+const MAX_INGEST_SPANS: usize = 10_000;
+/// Longest free-text filter value.
+const MAX_FILTER_LEN: usize = 1024;
+
+const UI_HTML: &str = include_str!("ui/index.html");
+
+/// Shared state of the admin listener.
+pub struct Admin {
+    store: Store,
+    metrics: Arc<Metrics>,
+    queue: Option<SpanQueue>,
+    queue_capacity: usize,
+}
+
+type Rsp = Response<Full<Bytes>>;
+
+impl Admin {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        queue: Option<SpanQueue>,
+        queue_capacity: usize,
+    ) -> Self {
+        Self {
+            store,
+            metrics,
+            queue,
+            queue_capacity,
+        }
+    }
+
+    /// Handles one admin request; never fails (errors become JSON responses).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Rsp {
+        match self.dispatch(req).await {
+            Ok(rsp) => rsp,
+            Err(e) => e.to_response().map(Full::new),
+        }
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Rsp, ApiError> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let not_allowed = || ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.clone(),
+        };
+        match segments.as_slice() {
+            [""] | ["index.html"] => match method {
+                Method::GET | Method::HEAD => Ok(ui()),
+                _ => Err(not_allowed()),
+            },
+            ["healthz"] => match method {
+                Method::GET | Method::HEAD => Ok(self.healthz()),
+                _ => Err(not_allowed()),
+            },
+            ["metrics"] => match method {
+                Method::GET => Ok(self.metrics_text()),
+                _ => Err(not_allowed()),
+            },
+            ["api", "traces"] => match method {
+                Method::GET => self.list_traces(&query).await,
+                _ => Err(not_allowed()),
+            },
+            ["api", "traces", id] => {
+                let id = path_id("trace_id", id)?;
+                match method {
+                    Method::GET => self.get_trace(id).await,
+                    Method::DELETE => self.delete_trace(id).await,
+                    _ => Err(not_allowed()),
+                }
+            }
+            ["api", "spans"] => match method {
+                Method::POST => self.ingest(req).await,
+                _ => Err(not_allowed()),
+            },
+            ["api", "spans", id] => {
+                let id = path_id("span_id", id)?;
+                match method {
+                    Method::GET => self.get_span(id).await,
+                    _ => Err(not_allowed()),
+                }
+            }
+            ["api", "stats"] => match method {
+                Method::GET => self.stats(&query).await,
+                _ => Err(not_allowed()),
+            },
+            _ => Err(ApiError::NoSuchRoute {
+                method: method.to_string(),
+                path,
+            }),
+        }
+    }
+
+    fn healthz(&self) -> Rsp {
+        let store_ok = self.metrics.store_ok.load(Relaxed);
+        let body = json!({
+            "status": if store_ok { "ok" } else { "degraded" },
+            "store": { "backend": "sled", "ok": store_ok, "size_bytes": self.store.size_on_disk() },
+            "capture": self.queue.is_some(),
+            "queue": {
+                "length": self.queue.as_ref().map(SpanQueue::len).unwrap_or(0),
+                "capacity": self.queue_capacity,
+            },
+            "captures_dropped": self.metrics.captures_dropped(),
+        });
+        json_response(StatusCode::OK, &body)
+    }
+
+    fn metrics_text(&self) -> Rsp {
+        let text = self.metrics.render(
+            self.store.size_on_disk(),
+            self.queue.as_ref().map(SpanQueue::len).unwrap_or(0),
+        );
+        let mut rsp = Response::new(Full::new(Bytes::from(text)));
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        rsp
+    }
+
+    async fn list_traces(&self, query: &str) -> Result<Rsp, ApiError> {
+        let q = parse_trace_query(query)?;
+        let store = self.store.clone();
+        let page = blocking(move || store.list_traces(&q)).await?;
+        Ok(json_response(StatusCode::OK, &page))
+    }
+
+    async fn get_trace(&self, id: String) -> Result<Rsp, ApiError> {
+        let store = self.store.clone();
+        let lookup = id.clone();
+        match blocking(move || store.get_trace(&lookup)).await? {
+            Some((trace, spans)) => Ok(json_response(
+                StatusCode::OK,
+                &json!({ "trace": trace, "spans": spans }),
+            )),
+            None => Err(ApiError::NotFound { what: "trace", id }),
+        }
+    }
+
+    async fn delete_trace(&self, id: String) -> Result<Rsp, ApiError> {
+        let store = self.store.clone();
+        let lookup = id.clone();
+        if blocking(move || store.delete_trace(&lookup)).await? {
+            let mut rsp = Response::new(Full::new(Bytes::new()));
+            *rsp.status_mut() = StatusCode::NO_CONTENT;
+            Ok(rsp)
+        } else {
+            Err(ApiError::NotFound { what: "trace", id })
+        }
+    }
+
+    async fn get_span(&self, id: String) -> Result<Rsp, ApiError> {
+        let store = self.store.clone();
+        let lookup = id.clone();
+        match blocking(move || store.get_span(&lookup)).await? {
+            Some(span) => Ok(json_response(StatusCode::OK, &span)),
+            None => Err(ApiError::NotFound { what: "span", id }),
+        }
+    }
+
+    async fn stats(&self, query: &str) -> Result<Rsp, ApiError> {
+        let params = Params::parse(query)?;
+        let since = params.time("since")?;
+        let until = params.time("until")?;
+        check_window(since, until)?;
+        let group_by_model = match params.get("group_by")? {
+            None | Some("") => false,
+            Some("model") => true,
+            Some(other) => {
+                return Err(ApiError::bad_param(
+                    "group_by",
+                    format!("{other:?} is not supported; use group_by=model"),
+                ))
+            }
+        };
+        let q = StatsQuery {
+            since,
+            until,
+            group_by_model,
+        };
+        let store = self.store.clone();
+        let stats = blocking(move || store.stats(&q)).await?;
+        Ok(json_response(StatusCode::OK, &stats))
+    }
+
+    async fn ingest(&self, req: Request<Incoming>) -> Result<Rsp, ApiError> {
+        let body = Limited::new(req.into_body(), MAX_INGEST_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ApiError::TooLarge {
+                        limit: MAX_INGEST_BYTES,
+                    }
+                } else {
+                    ApiError::BadBody(format!("body: could not be read: {e}"))
+                }
+            })?
+            .to_bytes();
+        let spans = parse_ingest(&body)?;
+        let count = spans.len();
+        let store = self.store.clone();
+        blocking(move || store.put_spans(&spans)).await?;
+        self.metrics.spans_ingested.fetch_add(count as u64, Relaxed);
+        Ok(json_response(StatusCode::OK, &json!({ "stored": count })))
+    }
+}
+
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Rsp {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| {
+        format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"serialisation failed: {e}\"}}}}")
+            .into_bytes()
+    });
+    let mut rsp = Response::new(Full::new(Bytes::from(bytes)));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    rsp
+}
+
+fn ui() -> Rsp {
+    let mut rsp = Response::new(Full::new(Bytes::from_static(UI_HTML.as_bytes())));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    rsp
+}
+
+/// A path segment naming an ID: percent-decoded, then held to the ID alphabet.
+fn path_id(param: &str, raw: &str) -> Result<String, ApiError> {
+    let decoded = percent_decode(raw)
+        .ok_or_else(|| ApiError::bad_param(param, "is not valid percent-encoded UTF-8"))?;
+    if span::is_valid_id(&decoded) {
+        Ok(decoded)
+    } else {
+        Err(ApiError::bad_param(
+            param,
+            "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        ))
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Query params, each allowed once.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: &str) -> Result<Self, ApiError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if pairs.iter().any(|(seen, _)| *seen == k) {
+                return Err(ApiError::bad_param(&k, "given more than once"));
+            }
+            pairs.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        Ok(self
+            .0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str()))
+    }
+
+    /// A free-text filter: empty means absent; too long is an error.
+    fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(v) if v.trim().is_empty() => Ok(None),
+            Some(v) if v.len() > MAX_FILTER_LEN => Err(ApiError::bad_param(
+                name,
+                format!("longer than {MAX_FILTER_LEN} bytes"),
+            )),
+            Some(v) => Ok(Some(v.to_string())),
+        }
+    }
+
+    /// RFC 3339, or unix milliseconds.
+    fn time(&self, name: &str) -> Result<Option<Timestamp>, ApiError> {
+        let Some(v) = self.get(name)? else {
+            return Ok(None);
+        };
+        let v = v.trim();
+        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+            return v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= 253_402_300_799_999) // year 9999
+                .map(|ms| Some(Timestamp::from_unix_millis(ms)))
+                .ok_or_else(|| ApiError::bad_param(name, format!("{v:?} is out of range")));
+        }
+        Timestamp::parse_rfc3339(v).map(Some).ok_or_else(|| {
+            ApiError::bad_param(
+                name,
+                format!("{v:?} is neither RFC 3339 nor unix milliseconds"),
+            )
+        })
+    }
+}
+
+fn check_window(since: Option<Timestamp>, until: Option<Timestamp>) -> Result<(), ApiError> {
+    if let (Some(s), Some(u)) = (since, until) {
+        if s > u {
+            return Err(ApiError::bad_param("until", "must not be before since"));
+        }
+    }
+    Ok(())
+}
+
+fn parse_trace_query(query: &str) -> Result<TraceQuery, ApiError> {
+    let p = Params::parse(query)?;
+    let limit = match p.get("limit")? {
+        None => 50,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_param(
+                    "limit",
+                    format!("{v:?} is not an integer in 1..=1000"),
+                ))
+            }
+        },
+    };
+    let cursor = match p.get("cursor")? {
+        None | Some("") => None,
+        Some(v) => Some(Cursor::decode(v).ok_or_else(|| {
+            ApiError::bad_param(
+                "cursor",
+                "malformed cursor; use next_cursor from a previous page",
+            )
+        })?),
+    };
+    let status = match p.get("status")? {
+        None | Some("") => None,
+        Some(v) => Some(Status::parse(v).ok_or_else(|| {
+            ApiError::bad_param(
+                "status",
+                format!("{v:?} is not one of ok, error, cancelled"),
+            )
+        })?),
+    };
+    let since = p.time("since")?;
+    let until = p.time("until")?;
+    check_window(since, until)?;
+    Ok(TraceQuery {
+        limit,
+        cursor,
+        since,
+        until,
+        status,
+        model: p.text("model")?,
+        session_id: p.text("session_id")?,
+        user_id: p.text("user_id")?,
+        tag: p.text("tag")?,
+        q: p.text("q")?,
+    })
+}
+
+/// Validates an ingest body: a JSON array of spans. Every problem is reported, each naming its
+/// field (`[2].start_time: …`).
+fn parse_ingest(body: &[u8]) -> Result<Vec<Span>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadBody(format!("body: not JSON: {e}")))?;
+    let Value::Array(items) = value else {
+        return Err(ApiError::BadBody(
+            "body: expected a JSON array of spans".into(),
+        ));
+    };
+    if items.is_empty() {
+        return Err(ApiError::BadBody("body: the array is empty".into()));
+    }
+    if items.len() > MAX_INGEST_SPANS {
+        return Err(ApiError::BadBody(format!(
+            "body: more than {MAX_INGEST_SPANS} spans in one request"
+        )));
+    }
+    let mut problems: Vec<String> = Vec::new();
+    let mut spans = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match validate_span(item) {
+            Ok(span) => spans.push(span),
+            Err(mut errs) => {
+                for e in errs.drain(..) {
+                    if problems.len() < 100 {
+                        problems.push(format!("[{i}].{e}"));
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(spans)
+    } else {
+        Err(ApiError::BadBody(problems.join("; ")))
+    }
+}
+
+fn validate_span(item: Value) -> Result<Span, Vec<String>> {
+    let Value::Object(mut obj) = item else {
+        return Err(vec!["span: expected a JSON object".into()]);
+    };
+    let mut errs = Vec::new();
+    let mut id = |field: &str, required: bool, obj: &Map<String, Value>| match obj.get(field) {
+        None | Some(Value::Null) if required => errs.push(format!("{field}: required")),
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if span::is_valid_id(s) => {}
+        Some(_) => errs.push(format!(
+            "{field}: must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+        )),
+    };
+    id("trace_id", true, &obj);
+    id("span_id", true, &obj);
+    id("parent_span_id", false, &obj);
+    match obj.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 1024 => {}
+        None | Some(Value::Null) => errs.push("name: required".into()),
+        Some(_) => errs.push("name: must be a non-empty string of at most 1024 bytes".into()),
+    }
+    match obj.get("kind") {
+        None | Some(Value::Null) => errs.push("kind: required".into()),
+        Some(k) if serde_json::from_value::<Kind>(k.clone()).is_ok() => {}
+        Some(_) => errs.push(
+            "kind: must be one of llm, chain, agent, tool, retriever, embedding, http".into(),
+        ),
+    }
+    let mut time = |field: &str| match obj.get(field) {
+        None | Some(Value::Null) => {
+            errs.push(format!("{field}: required"));
+            None
+        }
+        Some(Value::String(s)) => match Timestamp::parse_rfc3339(s) {
+            Some(t) => Some(t),
+            None => {
+                errs.push(format!("{field}: {s:?} is not an RFC 3339 timestamp"));
+                None
+            }
+        },
+        Some(_) => {
+            errs.push(format!("{field}: must be an RFC 3339 timestamp string"));
+            None
+        }
+    };
+    let start = time("start_time");
+    let end = time("end_time");
+    if let (Some(s), Some(e)) = (start, end) {
+        if e < s {
+            errs.push("end_time: must not be before start_time".into());
+        }
+    }
+    if let Some(v) = obj.get("status") {
+        if !v.is_null() && serde_json::from_value::<Status>(v.clone()).is_err() {
+            errs.push("status: must be one of ok, error, cancelled".into());
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    // Derived, never trusted from the app.
+    obj.remove("duration_ms");
+    if obj.get("status").is_some_and(Value::is_null) {
+        obj.remove("status");
+    }
+    match serde_json::from_value::<Span>(Value::Object(obj)) {
+        Ok(mut span) => {
+            span.duration_ms = span.start_time.ms_until(span.end_time);
+            if span.error.is_some() && span.status == Status::Ok {
+                span.status = Status::Error;
+            }
+            Ok(span)
+        }
+        Err(e) => Err(vec![format!("span: {e}")]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_names_each_bad_field() {
+        let body = br#"[
+            {"trace_id":"t1","span_id":"s1","name":"chain","kind":"chain",
+             "start_time":"2026-11-27T00:00:00Z","end_time":"2026-11-27T00:00:01.5Z"},
+            {"trace_id":"bad id","span_id":"s2","kind":"robot",
+             "start_time":"yesterday","end_time":"2026-11-27T00:00:00Z"}
+        ]"#;
+        let err = parse_ingest(body).unwrap_err().to_string();
+        for needle in [
+            "[1].trace_id",
+            "[1].name: required",
+            "[1].kind",
+            "[1].start_time",
+        ] {
+            assert!(err.contains(needle), "the error names {needle}: {err}");
+        }
+        assert!(!err.contains("[0]"), "the valid span is not blamed: {err}");
+    }
+
+    #[test]
+    fn ingest_derives_duration_and_defaults_status() {
+        let body =
+            br#"[{"trace_id":"t1","span_id":"s1","name":"chain","kind":"chain","duration_ms":99999,
+             "start_time":"2026-11-27T00:00:00Z","end_time":"2026-11-27T00:00:01.5Z"}]"#;
+        let spans = parse_ingest(body).unwrap();
+        assert_eq!(
+            spans[0].duration_ms, 1500.0,
+            "duration_ms is derived from the times"
+        );
+        assert_eq!(spans[0].status, Status::Ok, "status defaults to ok");
+    }
+
+    #[test]
+    fn trace_query_params_are_checked() {
+        assert_eq!(parse_trace_query("").unwrap().limit, 50);
+        for (q, param) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=abc", "limit"),
+            ("status=fine", "status"),
+            ("since=tomorrow", "since"),
+            ("cursor=zz", "cursor"),
+            ("limit=5&limit=6", "limit"),
+            (
+                "since=2026-11-27T00:00:00Z&until=2026-11-26T00:00:00Z",
+                "until",
+            ),
+        ] {
+            let e = parse_trace_query(q).unwrap_err();
+            assert!(
+                matches!(&e, ApiError::BadParam { param: p, .. } if p == param),
+                "{q} must be rejected naming {param}: {e}"
+            );
+        }
+        let q = parse_trace_query("since=1764201600000&model=gpt-4o&q=").unwrap();
+        assert_eq!(
+            q.since,
+            Some(Timestamp(1_764_201_600_000_000)),
+            "unix milliseconds are accepted"
+        );
+        assert_eq!(q.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(q.q, None, "an empty free-text filter means no filter");
+    }
+
+    #[test]
+    fn path_ids_are_decoded_and_checked() {
+        assert_eq!(path_id("trace_id", "run%3A42").unwrap(), "run:42");
+        assert!(path_id("trace_id", "a%20b").is_err());
+        assert!(path_id("trace_id", "%zz").is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! App: the composition root. Opens the store, starts the writer, binds both listeners (printing
+//! `proxy listening on http://ADDR` / `admin listening on http://ADDR`), and on shutdown stops
+//! accepting, lets in-flight calls finish (bounded), drains the capture queue and flushes.
+//! `start(Config) -> Running` is what `main`, `demo` and the tests call.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    api::Admin,
+    config::Config,
+    error::StartError,
+    forward::Proxy,
+    listener,
+    metrics::Metrics,
+    queue::{self, SpanQueue, WriterOptions},
+    span::AssembleOptions,
+    store::{Store, StoreOptions},
+};
+
+/// Admin connections get this long to finish once the writer has drained.
+const ADMIN_GRACE: Duration = Duration::from_secs(2);
+
+/// A started server.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+    stop: watch::Sender<bool>,
+    lifecycle: JoinHandle<()>,
+}
+
+impl Running {
+    /// Graceful shutdown: stop accepting, finish in-flight calls (bounded by
+    /// `shutdown_timeout`), store every queued capture, flush, stop the admin listener.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.lifecycle.await {
+            tracing::error!(error = %e, "shutdown task failed");
+        }
+    }
+}
+
+/// Starts the proxy and admin listeners. Returns once both are bound.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let store_opts = StoreOptions {
+        cache_capacity: config.cache_capacity_bytes,
+        flush_every_ms: config.flush_every_ms,
+    };
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, &store_opts))
+        .await
+        .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
+
+    let metrics = Arc::new(Metrics::default());
+    let recorders = TaskTracker::new();
+    let (queue, queue_rx) = if config.capture {
+        let (q, rx) = SpanQueue::new(config.queue_capacity, metrics.clone());
+        (Some(q), Some(rx))
+    } else {
+        (None, None)
+    };
+
+    let proxy = Arc::new(Proxy::new(
+        &config,
+        queue.clone(),
+        recorders.clone(),
+        metrics.clone(),
+    )?);
+    let admin = Arc::new(Admin::new(
+        store.clone(),
+        metrics.clone(),
+        queue,
+        config.queue_capacity,
+    ));
+
+    let proxy_listener = listener::bind("listen", config.listen).await?;
+    let admin_listener = listener::bind("admin_listen", config.admin_listen).await?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            key: "listen",
+            addr: config.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            key: "admin_listen",
+            addr: config.admin_listen,
+            source,
+        })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+
+    let writer = queue_rx.map(|rx| {
+        let opts = WriterOptions {
+            batch_size: config.batch_size,
+            batch_interval: config.batch_interval,
+            assemble: AssembleOptions::default(),
+        };
+        tokio::spawn(queue::run_writer(
+            rx,
+            store.clone(),
+            metrics.clone(),
+            opts,
+            writer_stop_rx,
+        ))
+    });
+
+    let proxy_service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+    });
+    let admin_service = service_fn(move |req| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+    });
+    let grace = config.shutdown_timeout;
+    let proxy_task = tokio::spawn(listener::serve(
+        proxy_listener,
+        proxy_service,
+        stop_rx.clone(),
+        grace,
+    ));
+    let admin_task = tokio::spawn(listener::serve(
+        admin_listener,
+        admin_service,
+        admin_stop_rx,
+        ADMIN_GRACE,
+    ));
+
+    let mut stop_signal = stop_rx;
+    let lifecycle = tokio::spawn(async move {
+        let _ = stop_signal.wait_for(|s| *s).await;
+        tracing::info!("shutting down: no new connections; waiting for in-flight calls");
+        if let Err(e) = proxy_task.await {
+            tracing::error!(error = %e, "proxy listener task failed");
+        }
+        // Recorders finish as soon as their bodies end; bounded in case a body never does.
+        recorders.close();
+        if tokio::time::timeout(grace, recorders.wait()).await.is_err() {
+            tracing::warn!("some calls were still being recorded at shutdown");
+        }
+        let _ = writer_stop_tx.send(true);
+        if let Some(writer) = writer {
+            if let Err(e) = writer.await {
+                tracing::error!(error = %e, "writer task failed");
+            }
+        }
+        let _ = admin_stop_tx.send(true);
+        if let Err(e) = admin_task.await {
+            tracing::error!(error = %e, "admin listener task failed");
+        }
+        tracing::info!("shutdown complete");
+    });
+
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        metrics,
+        store,
+        stop: stop_tx,
+        lifecycle,
+    })
+}

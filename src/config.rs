@@ -1,0 +1,604 @@
+//! Config: defaults < TOML file < `LLM_TRACER_<KEY>` env vars < command-line flags, validated into
+//! one [`Config`]. Unknown keys and bad values stop start-up with an error naming the key and
+//! where the value came from. The only module that imports `toml`.
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// A validated route: requests whose path starts with `prefix` go to `upstream`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// `/` or `/segment[/segment…]`, no trailing slash.
+    pub prefix: String,
+    pub upstream: http::Uri,
+    pub strip_prefix: bool,
+    /// Names the provider for spans (e.g. `anthropic`); detected from the path when absent.
+    pub provider: Option<String>,
+    /// Extra PEM CA bundle trusted for this route's https upstream (besides webpki roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sled,
+}
+
+/// Everything the process needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Longest prefix first (the route table relies on this order).
+    pub routes: Vec<RouteConfig>,
+    pub capture: bool,
+    pub max_capture_bytes: usize,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub batch_interval: Duration,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub flush_every_ms: Option<u64>,
+    pub cache_capacity_bytes: u64,
+    pub store_backend: StoreBackend,
+}
+
+/// Values given on the command line (each `None` when the flag was absent).
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub upstream: Option<String>,
+    pub ca_file: Option<String>,
+    /// `--no-capture` sets `Some("false")`.
+    pub capture: Option<String>,
+    pub max_capture_bytes: Option<String>,
+    pub queue_capacity: Option<String>,
+    pub batch_size: Option<String>,
+    pub batch_interval_ms: Option<String>,
+    pub connect_timeout_ms: Option<String>,
+    pub response_header_timeout_ms: Option<String>,
+    pub shutdown_timeout_ms: Option<String>,
+    pub flush_every_ms: Option<String>,
+    pub cache_capacity_bytes: Option<String>,
+    pub store_backend: Option<String>,
+}
+
+/// Exactly what may appear in the TOML file. Unknown keys are errors, not silence.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    data_dir: Option<String>,
+    upstream: Option<String>,
+    ca_file: Option<String>,
+    capture: Option<bool>,
+    max_capture_bytes: Option<u64>,
+    queue_capacity: Option<u64>,
+    batch_size: Option<u64>,
+    batch_interval_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    response_header_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+    flush_every_ms: Option<u64>,
+    cache_capacity_bytes: Option<u64>,
+    store: Option<StoreFile>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    backend: Option<String>,
+    clickhouse_url: Option<String>,
+    clickhouse_database: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    prefix: String,
+    upstream: String,
+    #[serde(default)]
+    strip_prefix: bool,
+    provider: Option<String>,
+    ca_file: Option<String>,
+}
+
+pub const DEFAULT_UPSTREAM: &str = "https://api.openai.com";
+
+/// Loads and validates the config. `env` looks up a variable (injectable for tests).
+pub fn load(
+    file: Option<&Path>,
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let raw = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?
+        }
+        None => FileConfig::default(),
+    };
+    let l = Layers {
+        env,
+        file_name: file.map(|p| p.display().to_string()),
+    };
+
+    let listen = l.pick("listen", &flags.listen, raw.listen, parse_addr)?;
+    let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin_listen = l
+        .pick(
+            "admin_listen",
+            &flags.admin_listen,
+            raw.admin_listen,
+            parse_addr,
+        )?
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081)));
+    let data_dir = l
+        .pick("data_dir", &flags.data_dir, raw.data_dir, |s| {
+            if s.trim().is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(PathBuf::from(s))
+            }
+        })?
+        .unwrap_or_else(|| PathBuf::from("./llm-tracer-data"));
+    let upstream = l
+        .pick("upstream", &flags.upstream, raw.upstream, parse_upstream)?
+        .unwrap_or_else(|| http::Uri::from_static(DEFAULT_UPSTREAM));
+    let ca_file = l.pick("ca_file", &flags.ca_file, raw.ca_file, parse_existing_file)?;
+    let capture = l
+        .pick(
+            "capture",
+            &flags.capture,
+            raw.capture.map(|b| b.to_string()),
+            parse_bool,
+        )?
+        .unwrap_or(true);
+    let max_capture_bytes = l
+        .pick_num(
+            "max_capture_bytes",
+            &flags.max_capture_bytes,
+            raw.max_capture_bytes,
+            0,
+            1 << 32,
+        )?
+        .unwrap_or(10_485_760);
+    let queue_capacity = l
+        .pick_num(
+            "queue_capacity",
+            &flags.queue_capacity,
+            raw.queue_capacity,
+            1,
+            10_000_000,
+        )?
+        .unwrap_or(10_000);
+    let batch_size = l
+        .pick_num("batch_size", &flags.batch_size, raw.batch_size, 1, 100_000)?
+        .unwrap_or(512);
+    let batch_interval_ms = l
+        .pick_num(
+            "batch_interval_ms",
+            &flags.batch_interval_ms,
+            raw.batch_interval_ms,
+            0,
+            60_000,
+        )?
+        .unwrap_or(50);
+    let connect_timeout_ms = l
+        .pick_num(
+            "connect_timeout_ms",
+            &flags.connect_timeout_ms,
+            raw.connect_timeout_ms,
+            1,
+            600_000,
+        )?
+        .unwrap_or(10_000);
+    let response_header_timeout_ms = l
+        .pick_num(
+            "response_header_timeout_ms",
+            &flags.response_header_timeout_ms,
+            raw.response_header_timeout_ms,
+            1,
+            3_600_000,
+        )?
+        .unwrap_or(600_000);
+    let shutdown_timeout_ms = l
+        .pick_num(
+            "shutdown_timeout_ms",
+            &flags.shutdown_timeout_ms,
+            raw.shutdown_timeout_ms,
+            0,
+            3_600_000,
+        )?
+        .unwrap_or(30_000);
+    // 0 = fsync only on explicit flush (batch end / shutdown); see README "Durability".
+    let flush_every_ms = l
+        .pick_num(
+            "flush_every_ms",
+            &flags.flush_every_ms,
+            raw.flush_every_ms,
+            0,
+            3_600_000,
+        )?
+        .unwrap_or(500);
+    let cache_capacity_bytes = l
+        .pick_num(
+            "cache_capacity_bytes",
+            &flags.cache_capacity_bytes,
+            raw.cache_capacity_bytes,
+            1 << 20,
+            1 << 40,
+        )?
+        .unwrap_or(64 * 1024 * 1024);
+
+    let store = raw.store.unwrap_or_default();
+    let backend = l
+        .pick(
+            "store.backend",
+            &flags.store_backend,
+            store.backend,
+            |s| match s {
+                "sled" => Ok(StoreBackend::Sled),
+                "clickhouse" => Err(
+                    "the clickhouse backend is not available in this build yet; use \"sled\""
+                        .to_string(),
+                ),
+                other => Err(format!(
+                    "unknown backend {other:?}; expected \"sled\" or \"clickhouse\""
+                )),
+            },
+        )?
+        .unwrap_or(StoreBackend::Sled);
+    if let Some(url) = &store.clickhouse_url {
+        parse_upstream(url).map_err(|m| l.invalid("store.clickhouse_url", "config file", m))?;
+    }
+    let _ = store.clickhouse_database;
+
+    let mut routes = vec![RouteConfig {
+        prefix: "/".to_string(),
+        upstream,
+        strip_prefix: false,
+        provider: None,
+        ca_file: ca_file.clone(),
+    }];
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = |field: &str| format!("route[{i}].{field}");
+        let prefix =
+            parse_prefix(&r.prefix).map_err(|m| l.invalid(&key("prefix"), "config file", m))?;
+        if prefix == "/" {
+            return Err(l.invalid(
+                &key("prefix"),
+                "config file",
+                "the \"/\" route is set by the top-level `upstream` key".to_string(),
+            ));
+        }
+        if routes.iter().any(|x| x.prefix == prefix) {
+            return Err(l.invalid(
+                &key("prefix"),
+                "config file",
+                format!("duplicate prefix {prefix:?}"),
+            ));
+        }
+        let upstream = parse_upstream(&r.upstream)
+            .map_err(|m| l.invalid(&key("upstream"), "config file", m))?;
+        let route_ca = match r.ca_file {
+            Some(p) => Some(
+                parse_existing_file(&p)
+                    .map_err(|m| l.invalid(&key("ca_file"), "config file", m))?,
+            ),
+            None => ca_file.clone(),
+        };
+        if let Some(p) = &r.provider {
+            if p.trim().is_empty() {
+                return Err(l.invalid(&key("provider"), "config file", "must not be empty".into()));
+            }
+        }
+        routes.push(RouteConfig {
+            prefix,
+            upstream,
+            strip_prefix: r.strip_prefix,
+            provider: r.provider,
+            ca_file: route_ca,
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+
+    Ok(Config {
+        listen,
+        admin_listen,
+        data_dir,
+        routes,
+        capture,
+        max_capture_bytes: usize::try_from(max_capture_bytes).unwrap_or(usize::MAX),
+        queue_capacity: usize::try_from(queue_capacity).unwrap_or(usize::MAX),
+        batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
+        batch_interval: Duration::from_millis(batch_interval_ms),
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        response_header_timeout: Duration::from_millis(response_header_timeout_ms),
+        shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
+        flush_every_ms: (flush_every_ms > 0).then_some(flush_every_ms),
+        cache_capacity_bytes,
+        store_backend: backend,
+    })
+}
+
+/// Reads the process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The name of the env var that overrides `key` (`store.backend` → `LLM_TRACER_STORE_BACKEND`).
+pub fn env_name(key: &str) -> String {
+    format!("LLM_TRACER_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+struct Layers<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file_name: Option<String>,
+}
+
+impl Layers<'_> {
+    fn invalid(&self, key: &str, source: &str, message: String) -> ConfigError {
+        let source_name = match (source, &self.file_name) {
+            ("config file", Some(f)) => format!("config file {f}"),
+            _ => source.to_string(),
+        };
+        ConfigError::Invalid {
+            key: key.to_string(),
+            source_name,
+            message,
+        }
+    }
+
+    /// Precedence: flag > env > file. Each layer is parsed where it is read, so the error names
+    /// the key and the source that was wrong.
+    fn pick<T>(
+        &self,
+        key: &str,
+        flag: &Option<String>,
+        file: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let flag_name = format!("--{}", key.replace(['.', '_'], "-"));
+        if let Some(raw) = flag {
+            return parse(raw)
+                .map(Some)
+                .map_err(|m| self.invalid(key, &flag_name, m));
+        }
+        let var = env_name(key);
+        if let Some(raw) = (self.env)(&var) {
+            return parse(&raw)
+                .map(Some)
+                .map_err(|m| self.invalid(key, &var, m));
+        }
+        match file {
+            Some(raw) => parse(&raw)
+                .map(Some)
+                .map_err(|m| self.invalid(key, "config file", m)),
+            None => Ok(None),
+        }
+    }
+
+    fn pick_num(
+        &self,
+        key: &str,
+        flag: &Option<String>,
+        file: Option<u64>,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        self.pick(key, flag, file.map(|n| n.to_string()), |s| {
+            let n = u64::from_str(s.trim()).map_err(|_| format!("{s:?} is not a whole number"))?;
+            if n < min || n > max {
+                return Err(format!("{n} is out of range {min}..={max}"));
+            }
+            Ok(n)
+        })
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    // Allow `localhost:PORT`; other names must resolve (never to more than we can bind).
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(_) => Err(format!("{s:?} is not an address like 127.0.0.1:8080")),
+    }
+}
+
+fn parse_upstream(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{s:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?} must not have a query string"));
+    }
+    Ok(uri)
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} must start with '/'"));
+    }
+    if s.contains(['?', '#', ' ']) {
+        return Err(format!("{s:?} must be a plain path"));
+    }
+    let trimmed = s.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
+    }
+}
+
+fn parse_existing_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{s:?} is not a readable file"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load_str(
+        toml_text: &str,
+        flags: &Flags,
+        env: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(Some(&path), flags, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = load(None, &Flags::default(), &|_| None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.data_dir, PathBuf::from("./llm-tracer-data"));
+        assert!(c.capture);
+        assert_eq!(c.max_capture_bytes, 10_485_760);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].upstream.to_string(), "https://api.openai.com/");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let text = "listen = \"127.0.0.1:1\"\nmax_capture_bytes = 5\n";
+        let c = load_str(text, &Flags::default(), &[]).unwrap();
+        assert_eq!(c.listen.port(), 1);
+        let c = load_str(
+            text,
+            &Flags::default(),
+            &[("LLM_TRACER_LISTEN", "127.0.0.1:2")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2, "env overrides the file");
+        let flags = Flags {
+            listen: Some("127.0.0.1:3".into()),
+            ..Flags::default()
+        };
+        let c = load_str(text, &flags, &[("LLM_TRACER_LISTEN", "127.0.0.1:2")]).unwrap();
+        assert_eq!(c.listen.port(), 3, "a flag overrides env and file");
+        let flags = Flags {
+            capture: Some("false".into()),
+            ..Flags::default()
+        };
+        assert!(!load_str(text, &flags, &[]).unwrap().capture);
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_name_the_key() {
+        let e = load_str("lissten = \"127.0.0.1:1\"\n", &Flags::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lissten"), "an unknown key is named: {e}");
+        let e = load_str("max_capture_bytes = -1\n", &Flags::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_capture_bytes"),
+            "a bad value names its key: {e}"
+        );
+        let e = load_str(
+            "",
+            &Flags::default(),
+            &[("LLM_TRACER_QUEUE_CAPACITY", "lots")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("queue_capacity") && e.contains("LLM_TRACER_QUEUE_CAPACITY"),
+            "{e}"
+        );
+        let e = load_str(
+            "[[route]]\nprefix = \"x\"\nupstream = \"http://a\"\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("route[0].prefix"), "{e}");
+        let e = load_str("upstream = \"ftp://a\"\n", &Flags::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream"), "{e}");
+        let e = load_str("[store]\nbackend = \"mongo\"\n", &Flags::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.backend"), "{e}");
+    }
+
+    #[test]
+    fn routes_are_sorted_longest_prefix_first() {
+        let text =
+            "[[route]]\nprefix = \"/a/\"\nupstream = \"http://127.0.0.1:1\"\nstrip_prefix = true\n\
+                    [[route]]\nprefix = \"/a/b\"\nupstream = \"http://127.0.0.1:2\"\n";
+        let c = load_str(text, &Flags::default(), &[]).unwrap();
+        let prefixes: Vec<&str> = c.routes.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, vec!["/a/b", "/a", "/"]);
+        assert!(c.routes[1].strip_prefix);
+    }
+
+    #[test]
+    fn the_documented_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/llm-tracer.toml");
+        let c = load(Some(&path), &Flags::default(), &|_| None);
+        assert!(
+            c.is_ok(),
+            "config/llm-tracer.toml must stay valid: {:?}",
+            c.err()
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! The real binary: start-up errors name the key; `serve` prints its addresses and exits 0 on
+//! SIGTERM after storing what it captured.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::{chat_body, client, MockUpstream};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llm-tracer"));
+    c.env_remove("RUST_LOG").kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn a_typo_in_the_config_stops_start_up_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, "lissten = \"127.0.0.1:0\"\n").unwrap();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad config exits with status 2"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lissten"),
+        "stderr names the unknown key: {stderr}"
+    );
+
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("LLM_TRACER_MAX_CAPTURE_BYTES", "a lot")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("max_capture_bytes") && stderr.contains("LLM_TRACER_MAX_CAPTURE_BYTES"),
+        "a bad env value names the key and the variable: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+        ])
+        .arg(upstream.url())
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut proxy = None;
+    let mut admin = None;
+    while proxy.is_none() || admin.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the binary prints its addresses")
+            .unwrap()
+            .expect("stdout stays open");
+        if let Some(a) = line.strip_prefix("proxy listening on ") {
+            proxy = Some(a.to_string());
+        } else if let Some(a) = line.strip_prefix("admin listening on ") {
+            admin = Some(a.to_string());
+        }
+    }
+    let (proxy, admin) = (proxy.unwrap(), admin.unwrap());
+    let rsp = client()
+        .post(format!("{proxy}/v1/chat/completions"))
+        .header("x-tracer-trace-id", "cli-1")
+        .json(&chat_body("gpt-4o-mini", "hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    rsp.bytes().await.unwrap();
+
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the binary exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
+    let _ = admin;
+
+    // Reopen the store with a second process: the call made before SIGTERM was stored.
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    while admin.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        admin = line.strip_prefix("admin listening on ").map(str::to_string);
+    }
+    let rsp = client()
+        .get(format!("{}/api/traces/cli-1", admin.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rsp.status(),
+        200,
+        "the span captured before SIGTERM was flushed to the store"
+    );
+    child.kill().await.unwrap();
+}

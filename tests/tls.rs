@@ -1,0 +1,89 @@
+//! https upstreams: a private CA trusted through `ca_file` works; without it the call is refused
+//! (verification is on by default) with a clear error span.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{chat_body, client, test_config, MockUpstream, TestProxy};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+/// A fresh CA and a leaf for localhost / 127.0.0.1: (ca_pem, leaf_pem, leaf_key_pem).
+fn make_certs() -> (String, String, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "llm-tracer test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test]
+async fn an_https_upstream_signed_by_a_private_ca_is_trusted_through_ca_file() {
+    common::install_crypto();
+    let (ca, leaf, key) = make_certs();
+    let upstream = MockUpstream::start_tls(&leaf, &key).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_path = tmp.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let mut config = test_config(&tmp.path().join("data"), &upstream.url());
+    config.routes[0].ca_file = Some(ca_path);
+    let proxy = TestProxy::start_with(config).await;
+
+    let rsp = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-tracer-trace-id", "tls-ok")
+        .json(&chat_body("gpt-4o-mini", "over tls", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200, "the private CA in ca_file is trusted");
+    let body = rsp.bytes().await.unwrap();
+    assert_eq!(&body[..], &upstream.responses()[0][..]);
+    let trace = proxy.wait_for_trace("tls-ok", 1).await;
+    assert_eq!(trace["spans"][0]["status"], "ok");
+    assert!(trace["spans"][0]["http"]["upstream"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+}
+
+#[tokio::test]
+async fn without_ca_file_the_same_upstream_is_refused_with_a_clear_error_span() {
+    common::install_crypto();
+    let (_ca, leaf, key) = make_certs();
+    let upstream = MockUpstream::start_tls(&leaf, &key).await.unwrap();
+    let proxy = TestProxy::start(&upstream.url()).await;
+
+    let rsp = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-tracer-trace-id", "tls-refused")
+        .json(&chat_body("gpt-4o-mini", "over tls", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 502, "an untrusted certificate is refused");
+    assert_eq!(
+        upstream.hits(),
+        0,
+        "no request reached the untrusted upstream"
+    );
+    let trace = proxy.wait_for_trace("tls-refused", 1).await;
+    let span = &trace["spans"][0];
+    assert_eq!(span["status"], "error");
+    let message = span["error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(
+        message.contains("certificate"),
+        "the error says the certificate was the problem: {message}"
+    );
+}
