@@ -150,3 +150,45 @@ pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// The value of one Prometheus sample line (`name` includes any labels, e.g.
+/// `llm_tracer_captures_dropped_total{reason="queue_full"}`); `None` when the line is absent.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// The sum of every sample of `family` (all label sets), e.g. every
+/// `llm_tracer_captures_dropped_total{reason=…}` line.
+pub fn metric_family_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let base = key.split('{').next()?;
+            (base == family)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+impl TestProxy {
+    /// The admin `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let rsp = client().get(self.api("/metrics")).send().await.unwrap();
+        assert_eq!(rsp.status(), 200, "the metrics endpoint answers");
+        rsp.text().await.unwrap()
+    }
+
+    /// Starts a graceful shutdown in a task of its own and returns its handle, so a test can
+    /// observe the proxy while shutdown waits for in-flight calls. Keeps the temp dir.
+    pub fn begin_stop(&mut self) -> tokio::task::JoinHandle<()> {
+        let running = self.running.take().expect("the proxy is running");
+        tokio::spawn(running.shutdown())
+    }
+}
