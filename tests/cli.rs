@@ -157,3 +157,95 @@ async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn demo_serves_a_full_sample_trace_with_no_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the demo reports its traffic")
+            .unwrap()
+            .expect("stdout stays open");
+        if let Some(a) = line.strip_prefix("admin listening on ") {
+            admin = Some(a.to_string());
+        }
+        if line.starts_with("demo: sent") {
+            break;
+        }
+    }
+    let admin = admin.expect("the admin address was printed first");
+    let page: serde_json::Value = client()
+        .get(format!("{admin}/api/traces?tag=agent"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let trace_id = page["traces"][0]["trace_id"]
+        .as_str()
+        .expect("the agent trace is listed")
+        .to_string();
+    let trace: serde_json::Value = client()
+        .get(format!("{admin}/api/traces/{trace_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["chain", "llm", "tool", "llm"],
+        "the agent trace nests LLM and tool spans under a chain"
+    );
+    let root = trace["spans"][0]["span_id"].clone();
+    for span in &trace["spans"].as_array().unwrap()[1..] {
+        assert_eq!(
+            span["parent_span_id"], root,
+            "every child hangs off the chain span"
+        );
+    }
+    assert_eq!(
+        trace["spans"][3]["llm"]["stream"], true,
+        "one LLM call is streamed"
+    );
+    assert!(trace["spans"][3]["llm"]["ttft_ms"].as_f64().is_some());
+    let errors: serde_json::Value = client()
+        .get(format!("{admin}/api/traces?status=error"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        errors["traces"].as_array().unwrap().len(),
+        1,
+        "the demo includes one failing call"
+    );
+    child.kill().await.unwrap();
+}
