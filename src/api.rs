@@ -33,6 +33,8 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     queue: Option<SpanQueue>,
     queue_capacity: usize,
+    /// Bound to a loopback address: only loopback Host names are answered (DNS rebinding).
+    loopback_only: bool,
 }
 
 type Rsp = Response<Full<Bytes>>;
@@ -43,12 +45,14 @@ impl Admin {
         metrics: Arc<Metrics>,
         queue: Option<SpanQueue>,
         queue_capacity: usize,
+        loopback_only: bool,
     ) -> Self {
         Self {
             store,
             metrics,
             queue,
             queue_capacity,
+            loopback_only,
         }
     }
 
@@ -61,6 +65,9 @@ impl Admin {
     }
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Rsp, ApiError> {
+        if self.loopback_only {
+            check_host(&req)?;
+        }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
@@ -210,6 +217,22 @@ impl Admin {
     }
 
     async fn ingest(&self, req: Request<Incoming>) -> Result<Rsp, ApiError> {
+        // A JSON content type forces a CORS preflight, so a web page cannot post spans here.
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
         let body = Limited::new(req.into_body(), MAX_INGEST_BYTES)
             .collect()
             .await
@@ -231,6 +254,36 @@ impl Admin {
         blocking(move || store.put_spans(&spans)).await?;
         self.metrics.spans_ingested.fetch_add(count as u64, Relaxed);
         Ok(json_response(StatusCode::OK, &json!({ "stored": count })))
+    }
+}
+
+/// Accepts only loopback names in Host / :authority, so a web page that rebinds its own DNS
+/// name to 127.0.0.1 cannot read or change the store through the victim's browser.
+fn check_host<B>(req: &Request<B>) -> Result<(), ApiError> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => match req.headers().get(header::HOST) {
+            Some(v) => v
+                .to_str()
+                .map_err(|_| ApiError::ForbiddenHost("<non-ASCII>".into()))?
+                .to_string(),
+            None => return Ok(()), // HTTP/1.0 without Host: not a browser
+        },
+    };
+    let host = raw
+        .parse::<http::uri::Authority>()
+        .map(|a| a.host().to_ascii_lowercase())
+        .map_err(|_| ApiError::ForbiddenHost(raw.clone()))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host.ends_with(".localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(ApiError::ForbiddenHost(raw))
     }
 }
 
@@ -599,6 +652,33 @@ mod tests {
         );
         assert_eq!(q.model.as_deref(), Some("gpt-4o"));
         assert_eq!(q.q, None, "an empty free-text filter means no filter");
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_answered() {
+        let req = |host: &str| {
+            Request::builder()
+                .uri("/api/traces")
+                .header("host", host)
+                .body(())
+                .unwrap()
+        };
+        for ok in [
+            "127.0.0.1:8081",
+            "localhost:8081",
+            "localhost",
+            "[::1]:8081",
+            "app.localhost:1",
+        ] {
+            assert!(check_host(&req(ok)).is_ok(), "{ok} is a loopback name");
+        }
+        for bad in [
+            "evil.example:8081",
+            "10.0.0.1:8081",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(check_host(&req(bad)).is_err(), "{bad} is refused");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::{
     store::{Store, StoreOptions},
 };
 
+/// After the proxy listener has stopped, recorders get this long to hand over their records.
+const RECORDER_GRACE: Duration = Duration::from_secs(2);
 /// Admin connections get this long to finish once the writer has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -78,6 +80,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics.clone(),
         queue,
         config.queue_capacity,
+        config.admin_listen.ip().is_loopback(),
     ));
 
     let proxy_listener = listener::bind("listen", config.listen).await?;
@@ -145,9 +148,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         if let Err(e) = proxy_task.await {
             tracing::error!(error = %e, "proxy listener task failed");
         }
-        // Recorders finish as soon as their bodies end; bounded in case a body never does.
+        // The listener is done (connections finished or dropped at the grace deadline), so every
+        // body has reported or is about to: recorders need only a moment to offer their records.
         recorders.close();
-        if tokio::time::timeout(grace, recorders.wait()).await.is_err() {
+        if tokio::time::timeout(RECORDER_GRACE, recorders.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some calls were still being recorded at shutdown");
         }
         let _ = writer_stop_tx.send(true);

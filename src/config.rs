@@ -342,6 +342,50 @@ pub fn load(
     })
 }
 
+/// Every key an `LLM_TRACER_<KEY>` variable may set (plus `LLM_TRACER_CONFIG`, the file).
+pub const KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "data_dir",
+    "upstream",
+    "ca_file",
+    "capture",
+    "max_capture_bytes",
+    "queue_capacity",
+    "batch_size",
+    "batch_interval_ms",
+    "connect_timeout_ms",
+    "response_header_timeout_ms",
+    "shutdown_timeout_ms",
+    "flush_every_ms",
+    "cache_capacity_bytes",
+    "store.backend",
+];
+
+/// A misspelt `LLM_TRACER_*` variable would be silently ignored: refuse to start instead.
+pub fn check_env_names<I: IntoIterator<Item = String>>(names: I) -> Result<(), ConfigError> {
+    for name in names {
+        let Some(_) = name.strip_prefix("LLM_TRACER_") else {
+            continue;
+        };
+        if name == "LLM_TRACER_CONFIG" || KEYS.iter().any(|k| env_name(k) == name) {
+            continue;
+        }
+        return Err(ConfigError::Invalid {
+            key: name.clone(),
+            source_name: "environment".to_string(),
+            message: format!(
+                "unknown variable; known: LLM_TRACER_CONFIG, {}",
+                KEYS.iter()
+                    .map(|k| env_name(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Reads the process environment.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -445,6 +489,12 @@ fn parse_upstream(s: &str) -> Result<http::Uri, String> {
     }
     if uri.query().is_some() {
         return Err(format!("{s:?} must not have a query string"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // Credentials in the URL would end up in logs and error messages; send them as headers.
+        return Err(
+            "must not contain user:password@; the app's own auth headers are forwarded".to_string(),
+        );
     }
     Ok(uri)
 }
@@ -578,6 +628,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("store.backend"), "{e}");
+    }
+
+    #[test]
+    fn unknown_llm_tracer_variables_are_refused() {
+        let ok = [
+            "PATH",
+            "LLM_TRACER_LISTEN",
+            "LLM_TRACER_STORE_BACKEND",
+            "LLM_TRACER_CONFIG",
+        ];
+        assert!(check_env_names(ok.iter().map(|s| s.to_string())).is_ok());
+        let e = check_env_names(["LLM_TRACER_MAX_CAPTURE_BYTE".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LLM_TRACER_MAX_CAPTURE_BYTE"),
+            "the misspelt variable is named: {e}"
+        );
+    }
+
+    #[test]
+    fn upstreams_with_userinfo_are_refused() {
+        let e = load_str(
+            "upstream = \"https://u:p@api.example\"\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("upstream") && !e.contains("u:p@api"),
+            "the key is named and the secret not echoed: {e}"
+        );
     }
 
     #[test]

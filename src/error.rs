@@ -113,6 +113,10 @@ pub enum ApiError {
     NoSuchRoute { method: String, path: String },
     #[error("method {method} not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error("host {0:?} is not allowed: the admin listener answers only to loopback names (protects against DNS rebinding)")]
+    ForbiddenHost(String),
+    #[error("content-type must be application/json")]
+    UnsupportedMediaType,
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("internal error: {0}")]
@@ -135,6 +139,8 @@ impl ApiError {
             Self::NotFound { .. } => "not_found",
             Self::NoSuchRoute { .. } => "no_such_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::ForbiddenHost(_) => "forbidden_host",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Store(_) => "store_error",
             Self::Internal(_) => "internal",
         }
@@ -146,6 +152,8 @@ impl ApiError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound { .. } | Self::NoSuchRoute { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ForbiddenHost(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -13,7 +13,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode, Version};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
@@ -32,7 +34,7 @@ use crate::{
     propagate::TraceContext,
     queue::SpanQueue,
     route::{Table, Target},
-    tap::{CallRecord, Captured, TapBody},
+    tap::{CallRecord, Captured, End, TapBody},
 };
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, TapBody<Incoming>>;
@@ -46,6 +48,8 @@ pub struct Proxy {
     table: Table,
     /// One pooled client per route (index = route index in `table`).
     clients: Vec<UpstreamClient>,
+    /// Each route's upstream as spans show it, computed once.
+    upstream_bases: Vec<Arc<str>>,
     /// `None` when capture is off.
     queue: Option<SpanQueue>,
     recorders: TaskTracker,
@@ -95,10 +99,10 @@ struct CallStart {
     method: Method,
     path: String,
     upstream_path: String,
-    upstream: String,
+    upstream: Arc<str>,
     provider_hint: Option<String>,
-    request_content_type: Option<String>,
-    request_content_encoding: Option<String>,
+    request_content_type: Option<HeaderValue>,
+    request_content_encoding: Option<HeaderValue>,
     started: SystemTime,
     started_at: Instant,
 }
@@ -117,9 +121,15 @@ impl Proxy {
             .enumerate()
             .map(|(i, r)| build_client(i, r, config.connect_timeout))
             .collect::<Result<Vec<_>, _>>()?;
+        let upstream_bases = table
+            .routes()
+            .iter()
+            .map(|r| Arc::from(upstream_base(&r.upstream)))
+            .collect();
         Ok(Self {
             table,
             clients,
+            upstream_bases,
             queue,
             recorders,
             metrics,
@@ -144,87 +154,83 @@ impl Proxy {
             None => path.clone(),
         };
         let target = self.table.resolve(&path, query);
-        let route = target
-            .as_ref()
-            .and_then(|t| self.table.routes().get(t.route));
-        let start = CallStart {
+        let route = target.as_ref().map(|t| t.route);
+        let mut start = CallStart {
             method: parts.method.clone(),
             path: app_path,
-            upstream_path: target
-                .as_ref()
-                .map(|t| t.upstream_path.clone())
-                .unwrap_or_else(|| path.clone()),
+            upstream_path: String::new(),
             upstream: route
-                .map(|r| upstream_base(&r.upstream))
-                .unwrap_or_default(),
-            provider_hint: route.and_then(|r| r.provider.clone()),
-            request_content_type: header_text(&parts.headers, header::CONTENT_TYPE),
-            request_content_encoding: header_text(&parts.headers, header::CONTENT_ENCODING),
+                .and_then(|r| self.upstream_bases.get(r).cloned())
+                .unwrap_or_else(|| Arc::from("")),
+            provider_hint: route
+                .and_then(|r| self.table.routes().get(r))
+                .and_then(|r| r.provider.clone()),
+            request_content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            request_content_encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
             ctx,
             started,
             started_at,
         };
-        let Some(Target { route, uri, .. }) = target else {
-            let err = ProxyError::NoRoute { path };
-            let report = self.queue.as_ref().map(|_| {
-                let (tap, report, salvage) = TapBody::salvageable(body, self.max_capture);
-                drop(tap);
-                RequestReport { report, salvage }
-            });
-            return self.fail(start, report, err);
+        let (request_body, request_report) = if self.queue.is_some() {
+            let (tap, report, salvage) = TapBody::salvageable(body, self.max_capture);
+            (tap, Some(RequestReport { report, salvage }))
+        } else {
+            (TapBody::passthrough(body), None)
         };
+        let Some(Target {
+            route,
+            uri,
+            upstream_path,
+        }) = target
+        else {
+            start.upstream_path = path.clone();
+            drop(request_body); // unread: its rest is salvaged for the span
+            let pending = Pending::new(self.clone(), start, request_report);
+            return pending.fail(ProxyError::NoRoute { path });
+        };
+        start.upstream_path = upstream_path;
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         start.ctx.apply_to_upstream(&mut headers);
-
-        let (request_body, request_report) = if self.queue.is_some() {
-            let (tap, rx, salvage) = TapBody::salvageable(body, self.max_capture);
-            (
-                tap,
-                Some(RequestReport {
-                    report: rx,
-                    salvage,
-                }),
-            )
-        } else {
-            (TapBody::passthrough(body), None)
-        };
         let mut upstream_req = Request::new(request_body);
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11; // the pooled client picks h2 by ALPN
         *upstream_req.headers_mut() = headers;
 
+        // From here on, if the app goes away (hyper drops this future), the guard records the
+        // call as cancelled.
+        let pending = Pending::new(self.clone(), start, request_report);
         let Some(client) = self.clients.get(route) else {
-            let err = ProxyError::BadRequest {
+            return pending.fail(ProxyError::BadRequest {
                 message: "route has no client".into(),
-            };
-            return self.fail(start, request_report, err);
+            });
         };
         let sent = tokio::time::timeout(self.header_timeout, client.request(upstream_req)).await;
         let rsp = match sent {
             Ok(Ok(rsp)) => rsp,
             Ok(Err(e)) => {
-                let err = ProxyError::UpstreamConnect {
-                    upstream: start.upstream.clone(),
+                let upstream = pending.upstream().to_string();
+                return pending.fail(ProxyError::UpstreamConnect {
+                    upstream,
                     message: error_chain(&e),
-                };
-                return self.fail(start, request_report, err);
+                });
             }
             Err(_) => {
-                let err = ProxyError::UpstreamTimeout {
-                    upstream: start.upstream.clone(),
+                let upstream = pending.upstream().to_string();
+                return pending.fail(ProxyError::UpstreamTimeout {
+                    upstream,
                     after: self.header_timeout,
-                };
-                return self.fail(start, request_report, err);
+                });
             }
         };
 
         let (mut rsp_parts, rsp_body) = rsp.into_parts();
         let head_at = Instant::now();
         strip_hop_by_hop(&mut rsp_parts.headers);
+        let (start, request_report) = pending.disarm();
         start.ctx.stamp_response(&mut rsp_parts.headers);
         if rsp_parts.status.as_u16() >= 400 {
             self.metrics.upstream_error_responses.fetch_add(1, Relaxed);
@@ -232,17 +238,16 @@ impl Proxy {
         let body = match &self.queue {
             Some(_) => {
                 let (tap, response_report) = TapBody::new(rsp_body, self.max_capture);
-                let response_headers = ResponseHead {
+                let head = ResponseHead {
                     status: rsp_parts.status,
-                    content_type: header_text(&rsp_parts.headers, header::CONTENT_TYPE),
-                    content_encoding: header_text(&rsp_parts.headers, header::CONTENT_ENCODING),
+                    content_type: rsp_parts.headers.get(header::CONTENT_TYPE).cloned(),
+                    content_encoding: rsp_parts.headers.get(header::CONTENT_ENCODING).cloned(),
                     head_at,
                 };
                 self.spawn_recorder(
                     start,
                     request_report,
-                    Some((response_headers, response_report)),
-                    None,
+                    Outcome::Response(head, response_report),
                 );
                 tap
             }
@@ -254,48 +259,30 @@ impl Proxy {
         Response::from_parts(rsp_parts, ProxyBody::Upstream(body))
     }
 
-    /// Answers with a proxy-made error and records the failed call.
-    fn fail(
-        &self,
-        start: CallStart,
-        request_report: Option<RequestReport>,
-        err: ProxyError,
-    ) -> Response<ProxyBody> {
-        if !matches!(
-            err,
-            ProxyError::NoRoute { .. } | ProxyError::BadRequest { .. }
-        ) {
-            self.metrics.upstream_errors.fetch_add(1, Relaxed);
-        }
-        tracing::warn!(error = %err, path = %start.path, "proxy error");
-        let (mut parts, bytes) = err.to_response().into_parts();
-        start.ctx.stamp_response(&mut parts.headers);
-        let proxy_error = Some((err.code().to_string(), err.to_string()));
-        if self.queue.is_some() {
-            self.spawn_recorder(start, request_report, None, proxy_error);
-        } else {
-            self.metrics.in_flight.fetch_sub(1, Relaxed);
-        }
-        Response::from_parts(parts, ProxyBody::Local(Full::new(bytes)))
-    }
-
     /// Waits (off the hot path) for both bodies to report, then offers the record to the queue.
     fn spawn_recorder(
         &self,
         start: CallStart,
         request_report: Option<RequestReport>,
-        response: Option<(ResponseHead, oneshot::Receiver<Captured>)>,
-        proxy_error: Option<(String, String)>,
+        outcome: Outcome,
     ) {
         let Some(queue) = self.queue.clone() else {
+            self.metrics.in_flight.fetch_sub(1, Relaxed);
             return;
         };
         let metrics = self.metrics.clone();
         let max_capture = self.max_capture;
         self.recorders.spawn(async move {
-            let (head, response) = match response {
-                Some((head, rx)) => (Some(head), rx.await.ok()),
-                None => (None, None),
+            let (head, response, proxy_error) = match outcome {
+                Outcome::Response(head, rx) => (Some(head), rx.await.ok(), None),
+                Outcome::Failed(code, message) => (None, None, Some((code, message))),
+                Outcome::ClientGone => {
+                    let gone = Captured {
+                        end: Some(End::Cancelled),
+                        ..Captured::default()
+                    };
+                    (None, Some(gone), None)
+                }
             };
             let request = match request_report {
                 Some(r) => r.finish(max_capture).await,
@@ -305,21 +292,25 @@ impl Proxy {
             metrics.observe_latency(ended_at - start.started_at);
             metrics.in_flight.fetch_sub(1, Relaxed);
             if let Some(c) = &response {
-                if c.end == Some(crate::tap::End::Error) {
+                if c.end == Some(End::Error) {
                     metrics.upstream_errors.fetch_add(1, Relaxed);
                 }
             }
+            let text =
+                |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).map(str::to_string);
             queue.offer(CallRecord {
                 ctx: start.ctx,
                 method: start.method.to_string(),
                 path: start.path,
                 upstream_path: start.upstream_path,
-                upstream: start.upstream,
+                upstream: start.upstream.to_string(),
                 provider_hint: start.provider_hint,
-                request_content_type: start.request_content_type,
-                request_content_encoding: start.request_content_encoding,
-                response_content_type: head.as_ref().and_then(|h| h.content_type.clone()),
-                response_content_encoding: head.as_ref().and_then(|h| h.content_encoding.clone()),
+                request_content_type: text(start.request_content_type.as_ref()),
+                request_content_encoding: text(start.request_content_encoding.as_ref()),
+                response_content_type: text(head.as_ref().and_then(|h| h.content_type.as_ref())),
+                response_content_encoding: text(
+                    head.as_ref().and_then(|h| h.content_encoding.as_ref()),
+                ),
                 status: head.as_ref().map(|h| h.status.as_u16()),
                 started: start.started,
                 started_at: start.started_at,
@@ -330,6 +321,84 @@ impl Proxy {
                 proxy_error,
             });
         });
+    }
+}
+
+/// How a call ended, as far as the response goes.
+enum Outcome {
+    /// The upstream answered; the response body reports on the receiver.
+    Response(ResponseHead, oneshot::Receiver<Captured>),
+    /// The proxy failed the call: (code, message).
+    Failed(String, String),
+    /// The app went away before the response head arrived.
+    ClientGone,
+}
+
+/// A call between "request read" and "response head": if it is dropped while armed (the app
+/// hung up, hyper dropped the handler future), it records the call as cancelled, so no call is
+/// ever lost from the store or left counted as in flight.
+struct Pending {
+    proxy: Arc<Proxy>,
+    armed: Option<(CallStart, Option<RequestReport>)>,
+}
+
+impl Pending {
+    fn new(proxy: Arc<Proxy>, start: CallStart, request: Option<RequestReport>) -> Self {
+        Self {
+            proxy,
+            armed: Some((start, request)),
+        }
+    }
+
+    fn upstream(&self) -> &str {
+        self.armed.as_ref().map(|(s, _)| &*s.upstream).unwrap_or("")
+    }
+
+    fn disarm(mut self) -> (CallStart, Option<RequestReport>) {
+        match self.armed.take() {
+            Some(armed) => armed,
+            // Unreachable by construction: `armed` is only taken here and in Drop.
+            None => unreachable!("a pending call is disarmed once"),
+        }
+    }
+
+    /// Answers with a proxy-made error and records the failed call.
+    fn fail(self, err: ProxyError) -> Response<ProxyBody> {
+        let proxy = self.proxy.clone();
+        let (start, request_report) = self.disarm();
+        if !matches!(
+            err,
+            ProxyError::NoRoute { .. } | ProxyError::BadRequest { .. }
+        ) {
+            proxy.metrics.upstream_errors.fetch_add(1, Relaxed);
+        }
+        // Rate-limited: an upstream outage must not turn into a log flood on the runtime threads.
+        let failures = proxy.metrics.proxy_errors_logged.fetch_add(1, Relaxed) + 1;
+        if failures.is_power_of_two() {
+            // The path only, never the query: it may carry credentials.
+            tracing::warn!(error = %err, path = %start.path.split('?').next().unwrap_or(""), failures, "proxy error");
+        }
+        let (mut parts, bytes) = err.to_response().into_parts();
+        start.ctx.stamp_response(&mut parts.headers);
+        proxy.spawn_recorder(
+            start,
+            request_report,
+            Outcome::Failed(err.code().to_string(), err.to_string()),
+        );
+        Response::from_parts(parts, ProxyBody::Local(Full::new(bytes)))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some((start, request)) = self.armed.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.proxy
+                    .spawn_recorder(start, request, Outcome::ClientGone);
+            } else {
+                self.proxy.metrics.in_flight.fetch_sub(1, Relaxed);
+            }
+        }
     }
 }
 
@@ -348,7 +417,7 @@ impl RequestReport {
             .await
             .ok()?
             .ok()?;
-        if captured.end != Some(crate::tap::End::Cancelled) {
+        if captured.end != Some(End::Cancelled) {
             return Some(captured);
         }
         let Ok(rest) = self.salvage.await else {
@@ -364,7 +433,7 @@ impl RequestReport {
             captured.truncated |= more.truncated;
             captured.chunks.extend(more.chunks);
             if ended {
-                captured.end = Some(crate::tap::End::Complete);
+                captured.end = Some(End::Complete);
             }
         }
         Some(captured)
@@ -373,8 +442,8 @@ impl RequestReport {
 
 struct ResponseHead {
     status: StatusCode,
-    content_type: Option<String>,
-    content_encoding: Option<String>,
+    content_type: Option<HeaderValue>,
+    content_encoding: Option<HeaderValue>,
     head_at: Instant,
 }
 
@@ -452,13 +521,6 @@ fn upstream_base(uri: &http::Uri) -> String {
     s.trim_end_matches('/').to_string()
 }
 
-fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 /// The error and its causes, e.g. "client error (Connect): tcp connect error: Connection refused".
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -474,11 +536,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Names a proxy must not forward (RFC 9110 §7.6.1), built once.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Names a proxy must not forward (RFC 9110 §7.6.1), built once. `Trailer` is end-to-end and
+/// kept: hyper only sends trailer fields that `Trailer` declares.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,

@@ -11,6 +11,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::StartError;
 
@@ -35,7 +36,8 @@ pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, St
 }
 
 /// Serves until `stop` turns true, then stops accepting and gives in-flight connections up to
-/// `grace` to finish.
+/// `grace` to finish. Connections still open after that are dropped (their calls are recorded as
+/// cancelled), so shutdown is bounded by `grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
@@ -52,6 +54,7 @@ pub async fn serve<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
+    let abort = CancellationToken::new();
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
@@ -73,9 +76,17 @@ pub async fn serve<S, B>(
                 let _ = tcp.set_nodelay(true); // Nagle + delayed ACK would stall multi-write responses
                 let conn = http.serve_connection(TokioIo::new(tcp), service.clone()).into_owned();
                 let conn = graceful.watch(conn);
+                let abort = abort.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    tokio::select! {
+                        ended = conn => {
+                            if let Err(e) = ended {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        }
+                        _ = abort.cancelled() => {
+                            tracing::debug!(%peer, "connection dropped at the end of the shutdown grace period");
+                        }
                     }
                 });
             }
@@ -93,7 +104,8 @@ pub async fn serve<S, B>(
     {
         tracing::warn!(
             ?grace,
-            "in-flight connections still open after the shutdown grace period"
+            "dropping connections still open after the shutdown grace period"
         );
+        abort.cancel();
     }
 }

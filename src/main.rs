@@ -135,6 +135,11 @@ fn main() -> ExitCode {
             Command::Serve(a) => (a, false),
             Command::Demo(a) => (a, true),
         };
+        let env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+        if let Err(e) = config::check_env_names(env_names) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
         let config = match args.load() {
             Ok(c) => c,
             Err(e) => {

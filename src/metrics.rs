@@ -24,6 +24,8 @@ pub struct Metrics {
     /// Spans lost because a batch could not be written.
     pub captures_dropped_store_error: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Proxy-made errors seen (drives rate-limited logging).
+    pub proxy_errors_logged: AtomicU64,
     /// False while the last store write failed: `/healthz` says degraded.
     pub store_ok: AtomicBool,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -44,6 +46,7 @@ impl Default for Metrics {
             captures_dropped_shutdown: AtomicU64::new(0),
             captures_dropped_store_error: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            proxy_errors_logged: AtomicU64::new(0),
             store_ok: AtomicBool::new(true),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_count: AtomicU64::new(0),

@@ -231,11 +231,33 @@ async fn ingest_get_delete_stats_health_and_metrics() {
     }
     let rsp = client()
         .post(proxy.api("/api/spans"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await
         .unwrap();
     assert_eq!(rsp.status(), 400, "malformed JSON is a 400");
+    // A "simple" cross-site form post (no preflight) cannot inject spans.
+    let rsp = client()
+        .post(proxy.api("/api/spans"))
+        .header("content-type", "text/plain")
+        .body(chain.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 415, "ingest requires a JSON content type");
+    // A DNS-rebinding page reaches 127.0.0.1 under its own name: refused.
+    let rsp = client()
+        .get(proxy.api("/api/traces"))
+        .header("host", "evil.example:8081")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rsp.status(),
+        403,
+        "the admin listener answers only to loopback host names"
+    );
 
     // Stats.
     let (status, stats) = proxy.get_json("/api/stats?group_by=model").await;

@@ -249,3 +249,29 @@ async fn demo_serves_a_full_sample_trace_with_no_network() {
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_misspelt_llm_tracer_variable_stops_start_up() {
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("LLM_TRACER_MAX_CAPTURE_BYTE", "0")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown LLM_TRACER_* variable is a start-up error"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("LLM_TRACER_MAX_CAPTURE_BYTE"),
+        "stderr names the variable: {stderr}"
+    );
+}

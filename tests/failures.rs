@@ -164,3 +164,88 @@ async fn an_upstream_that_breaks_mid_stream_gives_an_error_span() {
     let trace = proxy.wait_for_trace("fail-abort", 1).await;
     assert_eq!(trace["spans"][0]["status"], "error");
 }
+
+#[tokio::test]
+async fn a_client_that_gives_up_before_the_response_head_leaves_a_cancelled_span() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = TestProxy::start(&upstream.url()).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let result = impatient
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-tracer-trace-id", "fail-gone-early")
+        .header("x-mock-delay-ms", "1500")
+        .json(&chat_body("gpt-4o-mini", "slow please", false))
+        .send()
+        .await;
+    assert!(result.is_err(), "the client timed out before the head");
+    let trace = proxy.wait_for_trace("fail-gone-early", 1).await;
+    let span = &trace["spans"][0];
+    assert_eq!(
+        span["status"], "cancelled",
+        "a call the app abandoned is recorded as cancelled"
+    );
+    assert_eq!(
+        span["input"]["messages"][1]["content"], "slow please",
+        "its request is kept"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = proxy.metrics_text().await;
+        if common::metric_value(&text, "llm_tracer_in_flight_requests") == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "in_flight returns to 0:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_and_a_stream_cut_at_the_deadline_is_stored_as_cancelled() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(tmp.path(), &upstream.url());
+    config.shutdown_timeout = Duration::from_millis(300);
+    let mut proxy = TestProxy::start_with(config.clone()).await;
+
+    let rsp = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-tracer-trace-id", "fail-cut-at-shutdown")
+        .header("x-mock-hold", "1")
+        .json(&chat_body("gpt-4o", "never finishes", true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = rsp.bytes_stream();
+    let _first = stream.next().await.unwrap().unwrap();
+    // The upstream never releases: shutdown must still finish (the hang guard is generous).
+    tokio::time::timeout(Duration::from_secs(20), proxy.begin_stop())
+        .await
+        .expect("shutdown finishes after its grace period even with a stream still open")
+        .unwrap();
+    let mut ended = false;
+    for _ in 0..1000 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(None) | Ok(Some(Err(_))) => {
+                ended = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(ended, "the cut stream ends for the client");
+
+    let reopened = TestProxy::start_with(config).await;
+    let trace = reopened.wait_for_trace("fail-cut-at-shutdown", 1).await;
+    assert_eq!(
+        trace["spans"][0]["status"], "cancelled",
+        "a stream cut at the deadline is kept as cancelled"
+    );
+}

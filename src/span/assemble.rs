@@ -184,13 +184,15 @@ pub fn assemble(record: CallRecord, opts: &AssembleOptions) -> Span {
     let end_time = Timestamp(start_time.micros().saturating_add(elapsed));
 
     let mut notes = Vec::new();
-    let req = view(
+    let mut req = view(
         request.as_ref(),
         request_content_encoding.as_deref(),
         opts,
         "request",
         &mut notes,
     );
+    // Credentials some gateways accept in the body (`api_key`, …) never reach `input`/`params`.
+    redact::redact_body_credentials(&mut req.value);
     let rsp = view(
         response.as_ref(),
         response_content_encoding.as_deref(),

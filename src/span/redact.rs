@@ -6,16 +6,35 @@
 //! (Azure's `?api-key=`, Gemini's `?key=`, signed URLs' `sig=`).
 
 /// Query parameter names whose values are credentials, compared case-insensitively after
-/// percent-decoding.
-const CREDENTIAL_PARAMS: &[&str] = &[
-    "key",
+/// percent-decoding. Short names match exactly; the fragments below match anywhere in the name
+/// (`X-Amz-Signature`, `client_secret`, `refresh_token`, …). Over-redacting a harmless value is
+/// the safe mistake.
+const CREDENTIAL_PARAMS: &[&str] = &["key", "sig", "code", "pwd", "pass"];
+const CREDENTIAL_FRAGMENTS: &[&str] = &[
+    "apikey",
     "api-key",
     "api_key",
-    "apikey",
-    "access_token",
     "token",
-    "sig",
+    "secret",
     "signature",
+    "credential",
+    "password",
+    "passwd",
+    "auth",
+    "session",
+];
+/// Top-level request-body keys that carry credentials (some gateways accept `api_key` in the
+/// JSON body), compared case-insensitively with `-` and `_` ignored.
+const BODY_CREDENTIAL_KEYS: &[&str] = &[
+    "apikey",
+    "accesstoken",
+    "authorization",
+    "clientsecret",
+    "password",
+    "secret",
+    "token",
+    "awssecretaccesskey",
+    "awssessiontoken",
 ];
 
 pub(super) const REDACTED: &str = "REDACTED";
@@ -69,9 +88,26 @@ fn is_credential(raw_key: &str) -> bool {
         .next()
         .map(|(k, _)| k.into_owned())
         .unwrap_or_default();
-    CREDENTIAL_PARAMS
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(decoded.trim()))
+    let name = decoded.trim().to_ascii_lowercase();
+    CREDENTIAL_PARAMS.contains(&name.as_str())
+        || CREDENTIAL_FRAGMENTS.iter().any(|f| name.contains(f))
+}
+
+/// Replaces the values of credential-like top-level keys of a JSON request body.
+pub(super) fn redact_body_credentials(body: &mut serde_json::Value) {
+    let Some(obj) = body.as_object_mut() else {
+        return;
+    };
+    for (key, value) in obj.iter_mut() {
+        let normalised: String = key
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect();
+        if BODY_CREDENTIAL_KEYS.contains(&normalised.as_str()) && !value.is_null() {
+            *value = serde_json::Value::String(REDACTED.to_string());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +153,32 @@ mod tests {
             "REDACTED@all",
             "odd input never panics"
         );
+    }
+
+    #[test]
+    fn signed_url_and_oauth_parameters_are_redacted() {
+        let path = "/v1/x?X-Amz-Signature=S1&X-Amz-Credential=C1&X-Amz-Security-Token=T1&client_secret=CS&auth=A&code=OC&model=gpt-4o";
+        let out = redact_path(path);
+        for secret in ["S1", "C1", "T1", "CS", "=A&", "OC"] {
+            assert!(!out.contains(secret), "{secret} is redacted from {out}");
+        }
+        assert!(
+            out.ends_with("model=gpt-4o"),
+            "harmless params are kept: {out}"
+        );
+    }
+
+    #[test]
+    fn credential_fields_in_a_request_body_are_redacted() {
+        let mut body = serde_json::json!({"model": "m", "api_key": "sk-1", "apiKey": "sk-2", "Client-Secret": "s", "prompt_cache_key": "pc", "messages": []});
+        redact_body_credentials(&mut body);
+        assert_eq!(body["api_key"], REDACTED);
+        assert_eq!(body["apiKey"], REDACTED);
+        assert_eq!(body["Client-Secret"], REDACTED);
+        assert_eq!(
+            body["prompt_cache_key"], "pc",
+            "a parameter that merely contains 'key' is not a credential"
+        );
+        assert_eq!(body["model"], "m");
     }
 }

@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("LLM_TRACER_BIN", os.path.join(ROOT, "target", "debug", "llm-tracer"))
+BIN = os.environ.get("TRACER_TEST_BIN", os.path.join(ROOT, "target", "debug", "llm-tracer"))
 
 
 @pytest.fixture(scope="session")
