@@ -17,17 +17,27 @@
 //! | `u` | `u` trace_id | stored summary JSON (public fields' inputs + merge bookkeeping) |
 //! | `t` | `t` inv(trace start) trace_id | empty |
 //! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
-//! | `l` | `l` start_us(be) span_id | compact call record (stats), only for `Kind::is_call` spans |
+//! | `l` | `l` start_us(be) trace_id 0x00 span_id | compact call record (stats), only for `Kind::is_call` spans |
 //!
 //! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
 //! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
 //! therefore ends it unambiguously. Trace ids are `span::is_valid_id` (no 0x00), so 0x00 is a safe
 //! separator after them too; `put_spans` skips spans whose ids are not valid.
+//!
+//! A span id is globally unique: it belongs to exactly one trace at a time, the one its `i` record
+//! names. Every `s` and `l` key carries both the trace id and the span id, so each (trace, span)
+//! pair has keys of its own and `delete_trace` only ever removes keys its trace owns. Re-sending a
+//! span id under another trace moves the span: the same batch removes its old `s`/`l` keys and
+//! rebuilds the old trace's summary and index keys (or deletes them if no span is left).
+//!
+//! A summary keeps at most [`MAX_SUMMARY_VALUES`] models and as many tags (the lexicographically
+//! smallest, so the result still does not depend on arrival order); the others are not indexed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -198,6 +208,20 @@ const MAX_EXAMINED: usize = 100_000;
 /// Length of `input_preview` / `output_preview`, in chars.
 const PREVIEW_CHARS: usize = 200;
 
+/// At most this many models and as many tags per trace summary (each one is an index key that
+/// every write to the trace may rewrite). The lexicographically smallest are kept; the others are
+/// neither shown in the summary nor indexed, so filtering by them does not find the trace.
+pub const MAX_SUMMARY_VALUES: usize = 64;
+
+/// `stats` keeps at most this many latencies (and as many TTFTs) for the overall quantiles …
+const STATS_SAMPLE: usize = 1_000_000;
+/// … and at most this many per `group_by=model` row.
+const GROUP_STATS_SAMPLE: usize = 100_000;
+
+/// How long [`Store::open`] waits for a directory lock still held by a just-dropped handle.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY_EVERY: Duration = Duration::from_millis(20);
+
 const P_SPAN: u8 = b's';
 const P_SPAN_ID: u8 = b'i';
 const P_SUMMARY: u8 = b'u';
@@ -224,17 +248,37 @@ pub struct Store {
 // === impl Store ===
 
 impl Store {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// sled releases its directory lock asynchronously: dropping a `Db` signals its background
+    /// threads, and the lock file is unlocked only when the last of them lets go of it (sled
+    /// issue #1289). Reopening right after a drop (a restart in the same process, a test) can
+    /// therefore see "could not acquire lock" for a few milliseconds, so `open` retries on that
+    /// error only, every 20 ms for up to 2 s, before reporting it. Other errors fail at once.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
+        Self::open_waiting(dir, opts, LOCK_WAIT)
+    }
+
+    /// [`Store::open`] with the lock wait as a parameter.
+    fn open_waiting(dir: &Path, opts: &StoreOptions, wait: Duration) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             dir: dir.to_owned(),
             source,
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)
-            .flush_every_ms(opts.flush_every_ms)
-            .open()
-            .map_err(open_err)?;
+            .flush_every_ms(opts.flush_every_ms);
+        let deadline = Instant::now() + wait;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_error(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY_EVERY);
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
         let tree = db.open_tree("v1").map_err(open_err)?;
         match tree.get(SCHEMA_KEY)? {
             None => {
@@ -261,12 +305,17 @@ impl Store {
     }
 
     /// Writes a batch of spans and brings every touched trace's summary and indexes up to date,
-    /// all in one atomic sled batch. A span whose `span_id` is already stored for the same trace
-    /// replaces it (upsert). Spans with an invalid trace or span id are skipped with a warning.
+    /// all in one atomic sled batch. Spans with an invalid trace or span id are skipped with a
+    /// warning.
+    ///
+    /// A span id is globally unique: a span whose `span_id` is already stored replaces it
+    /// (upsert). If the stored one belongs to another trace, the span moves: its old `s`/`l` keys
+    /// are removed and the old trace's summary and index keys are rebuilt from its remaining
+    /// spans, or removed when none is left (the trace disappears).
     pub fn put_spans(&self, spans: &[Span]) -> Result<(), StoreError> {
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = sled::Batch::default();
-        let mut works: BTreeMap<&str, TraceWork<'_>> = BTreeMap::new();
+        let mut works: BTreeMap<String, TraceWork<'_>> = BTreeMap::new();
         // Where each span id lives once this batch is applied (overlays the `i` records).
         let mut located: HashMap<&str, (&str, u64)> = HashMap::new();
 
@@ -280,42 +329,39 @@ impl Store {
                 );
                 continue;
             }
-            let work = match works.entry(trace_id) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let before = self.load_agg(trace_id)?;
-                    let agg = before.clone().unwrap_or_else(|| Agg::new(trace_id));
-                    e.insert(TraceWork {
-                        before,
-                        agg,
-                        recompute: false,
-                        changes: BTreeMap::new(),
-                    })
-                }
-            };
             let start = span.start_time.micros();
             let skey = span_key(trace_id, start, span_id);
 
-            // Is this span already part of the trace? Then it replaces the stored one.
+            // Is this span id stored already (or written earlier in this batch)? Then the old
+            // version goes, from whichever trace holds it.
             let previous = match located.get(span_id) {
                 Some(&(t, s)) => Some((t.to_string(), s)),
                 None => self.locate_span(span_id)?,
             };
             let mut replaced = false;
             if let Some((prev_trace, prev_start)) = previous {
+                let old = span_key(&prev_trace, prev_start, span_id);
+                batch.remove(old.clone());
+                batch.remove(call_key(prev_start, &prev_trace, span_id));
+                let prev_work = self.work(&mut works, &prev_trace)?;
+                prev_work.changes.insert(old, None);
                 if prev_trace == trace_id {
                     replaced = true;
-                    let old = span_key(trace_id, prev_start, span_id);
-                    batch.remove(old.clone());
-                    batch.remove(call_key(prev_start, span_id));
-                    work.changes.insert(old, None);
+                } else {
+                    // Moved to another trace: the old one loses the span.
+                    prev_work.recompute = true;
                 }
             }
+            let work = self.work(&mut works, trace_id)?;
             if !replaced {
+                // Guard: an `s` key the `i` record does not name (never written by this layout).
                 replaced = match work.changes.get(&skey) {
                     Some(change) => change.is_some(),
                     None => self.tree.contains_key(&skey)?,
                 };
+                if replaced {
+                    batch.remove(call_key(start, trace_id, span_id));
+                }
             }
             if replaced {
                 work.recompute = true;
@@ -326,7 +372,7 @@ impl Store {
             batch.insert(skey.clone(), encode_json(span, &skey)?);
             batch.insert(span_id_key(span_id), span_id_value(trace_id, start));
             if span.kind.is_call() {
-                let ckey = call_key(start, span_id);
+                let ckey = call_key(start, trace_id, span_id);
                 batch.insert(ckey.clone(), encode_json(&CallRec::of(span), &ckey)?);
             }
             work.changes.insert(skey, Some(span));
@@ -335,7 +381,7 @@ impl Store {
 
         for (trace_id, work) in works {
             let agg = if work.recompute {
-                self.recompute(trace_id, &work.changes)?
+                self.recompute(&trace_id, &work.changes)?
             } else {
                 work.agg
             };
@@ -344,6 +390,15 @@ impl Store {
                 .as_ref()
                 .map(Agg::index_keys)
                 .unwrap_or_default();
+            let ukey = summary_key(&trace_id);
+            if agg.span_count == 0 {
+                // Its last span moved to another trace: the trace is gone.
+                for gone in before {
+                    batch.remove(gone);
+                }
+                batch.remove(ukey);
+                continue;
+            }
             let after = agg.index_keys();
             for gone in before.difference(&after) {
                 batch.remove(gone.clone());
@@ -351,7 +406,6 @@ impl Store {
             for new in after.difference(&before) {
                 batch.insert(new.clone(), &[][..]);
             }
-            let ukey = summary_key(trace_id);
             batch.insert(ukey.clone(), encode_json(&agg, &ukey)?);
         }
         self.tree.apply_batch(batch)?;
@@ -505,14 +559,15 @@ impl Store {
             else {
                 return Err(corrupt(&key, "span key has no start and span id"));
             };
-            // The span id may since have been claimed by another trace (last write wins).
+            // Only keys this trace owns: the `s` and `l` keys carry its id, and the `i` record
+            // is removed only while it still names this trace.
             if self
                 .locate_span(span_id)?
                 .is_some_and(|(t, _)| t == trace_id)
             {
                 batch.remove(span_id_key(span_id));
             }
-            batch.remove(call_key(start, span_id));
+            batch.remove(call_key(start, trace_id, span_id));
             batch.remove(key);
         }
         if let Some(agg) = &agg {
@@ -528,6 +583,11 @@ impl Store {
     }
 
     /// Call statistics over the `l` records with start in `[since, until)`.
+    ///
+    /// Counts, errors, tokens and cost are exact. Quantiles are exact (nearest rank) while the
+    /// window holds at most 1,000,000 calls (100,000 per `group_by=model` row); beyond that they
+    /// are computed from a uniform reservoir sample of that size (deterministic seed, so the same
+    /// data gives the same answer), which bounds memory at a few MB per row whatever the window.
     pub fn stats(&self, q: &StatsQuery) -> Result<Stats, StoreError> {
         let mut lower = vec![P_CALL];
         lower.extend_from_slice(&q.since.map_or(0, Timestamp::micros).to_be_bytes());
@@ -539,7 +599,7 @@ impl Store {
             }
             None => vec![P_CALL + 1],
         };
-        let mut total = StatsAcc::default();
+        let mut total = StatsAcc::new(STATS_SAMPLE);
         let mut groups: BTreeMap<String, StatsAcc> = BTreeMap::new();
         if lower < upper {
             for item in self
@@ -554,7 +614,10 @@ impl Store {
                         .model
                         .clone()
                         .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
-                    groups.entry(model).or_default().add(&rec);
+                    groups
+                        .entry(model)
+                        .or_insert_with(|| StatsAcc::new(GROUP_STATS_SAMPLE))
+                        .add(&rec);
                 }
             }
         }
@@ -581,6 +644,28 @@ impl Store {
     }
 
     // --- helpers ---
+
+    /// The pending work for `trace_id` in this `put_spans` batch, starting from its stored
+    /// summary the first time the trace is touched.
+    fn work<'w, 'a>(
+        &self,
+        works: &'w mut BTreeMap<String, TraceWork<'a>>,
+        trace_id: &str,
+    ) -> Result<&'w mut TraceWork<'a>, StoreError> {
+        Ok(match works.entry(trace_id.to_string()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let before = self.load_agg(trace_id)?;
+                let agg = before.clone().unwrap_or_else(|| Agg::new(trace_id));
+                e.insert(TraceWork {
+                    before,
+                    agg,
+                    recompute: false,
+                    changes: BTreeMap::new(),
+                })
+            }
+        })
+    }
 
     fn load_agg(&self, trace_id: &str) -> Result<Option<Agg>, StoreError> {
         let key = summary_key(trace_id);
@@ -757,9 +842,11 @@ impl Agg {
             }
         }
         if let Some(model) = span.model().filter(|m| !m.is_empty()) {
-            self.models.insert(model.to_string());
+            insert_capped(&mut self.models, model);
         }
-        self.tags.extend(span.tags.iter().cloned());
+        for tag in &span.tags {
+            insert_capped(&mut self.tags, tag);
+        }
 
         let sid = span.span_id.as_str();
         if span.status == Status::Error {
@@ -895,6 +982,18 @@ impl Agg {
             || self.user_id().is_some_and(has)
             || self.models.iter().any(|m| has(m))
             || self.tags.iter().any(|t| has(t))
+    }
+}
+
+/// Adds `value`, keeping only the [`MAX_SUMMARY_VALUES`] smallest: the result is the same
+/// whatever order the values arrive in.
+fn insert_capped(set: &mut BTreeSet<String>, value: &str) {
+    if set.len() >= MAX_SUMMARY_VALUES && set.last().is_some_and(|last| value >= last.as_str()) {
+        return;
+    }
+    set.insert(value.to_string());
+    while set.len() > MAX_SUMMARY_VALUES {
+        set.pop_last();
     }
 }
 
@@ -1091,18 +1190,30 @@ impl CallRec {
     }
 }
 
-#[derive(Default)]
 struct StatsAcc {
     calls: u64,
     errors: u64,
     input_tokens: u64,
     output_tokens: u64,
     cost_pico: Option<u64>,
-    latencies: Vec<f64>,
-    ttfts: Vec<f64>,
+    latencies: Reservoir,
+    ttfts: Reservoir,
 }
 
 impl StatsAcc {
+    /// Quantiles from at most `sample` values each.
+    fn new(sample: usize) -> StatsAcc {
+        StatsAcc {
+            calls: 0,
+            errors: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_pico: None,
+            latencies: Reservoir::new(sample),
+            ttfts: Reservoir::new(sample),
+        }
+    }
+
     fn add(&mut self, rec: &CallRec) {
         self.calls += 1;
         self.errors += u64::from(rec.error);
@@ -1112,10 +1223,10 @@ impl StatsAcc {
             self.cost_pico = Some(self.cost_pico.unwrap_or(0).saturating_add(pico));
         }
         if rec.duration_ms.is_finite() {
-            self.latencies.push(rec.duration_ms);
+            self.latencies.add(rec.duration_ms);
         }
         if let Some(t) = rec.ttft_ms {
-            self.ttfts.push(t);
+            self.ttfts.add(t);
         }
     }
 
@@ -1127,9 +1238,53 @@ impl StatsAcc {
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,
             cost_usd: self.cost_pico.map(from_pico),
-            latency_ms: quantiles(self.latencies),
-            ttft_ms: quantiles(self.ttfts),
+            latency_ms: quantiles(self.latencies.values),
+            ttft_ms: quantiles(self.ttfts.values),
         }
+    }
+}
+
+/// Keeps every value until `cap` is reached, then a uniform random sample of `cap` of them
+/// (Vitter's algorithm R) from a fixed-seed generator: bounded memory, reproducible answers.
+struct Reservoir {
+    cap: usize,
+    seen: u64,
+    values: Vec<f64>,
+    rng: u64,
+}
+
+impl Reservoir {
+    const SEED: u64 = 0x5EED_11E7_7ACE_0001;
+
+    fn new(cap: usize) -> Reservoir {
+        Reservoir {
+            cap,
+            seen: 0,
+            values: Vec::new(),
+            rng: Self::SEED,
+        }
+    }
+
+    fn add(&mut self, value: f64) {
+        self.seen += 1;
+        if self.values.len() < self.cap {
+            self.values.push(value);
+            return;
+        }
+        // Replace a random slot with probability cap / seen.
+        let j = self.next_random() % self.seen;
+        if let Some(slot) = usize::try_from(j).ok().and_then(|j| self.values.get_mut(j)) {
+            *slot = value;
+        }
+    }
+
+    /// splitmix64.
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }
 
@@ -1189,9 +1344,14 @@ fn summary_key(trace_id: &str) -> Vec<u8> {
     key
 }
 
-fn call_key(start_us: u64, span_id: &str) -> Vec<u8> {
-    let mut key = vec![P_CALL];
+/// `l` start_us(be) trace_id 0x00 span_id: start first so stats scan a time range; both ids so
+/// every (trace, span) pair has its own record.
+fn call_key(start_us: u64, trace_id: &str, span_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + trace_id.len() + span_id.len());
+    key.push(P_CALL);
     key.extend_from_slice(&start_us.to_be_bytes());
+    key.extend_from_slice(trace_id.as_bytes());
+    key.push(0);
     key.extend_from_slice(span_id.as_bytes());
     key
 }
@@ -1226,6 +1386,12 @@ fn parse_start_and_id(tail: &[u8]) -> Option<(u64, &str)> {
 }
 
 // === encoding ===
+
+/// sled's "could not acquire lock on …" (an `Io` error wrapping `WouldBlock`): another handle,
+/// possibly one just dropped whose threads have not exited yet, still holds the directory lock.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
 
 fn show_key(key: &[u8]) -> String {
     key.escape_ascii().to_string()
@@ -1760,36 +1926,292 @@ mod tests {
         );
     }
 
+    fn stats_total(store: &Store) -> StatsRow {
+        store.stats(&StatsQuery::default()).expect("stats").total
+    }
+
     #[test]
-    fn a_span_id_reused_by_another_trace_points_to_the_latest_and_survives_deleting_the_first() {
+    fn a_span_id_reused_by_another_trace_moves_the_span_out_of_the_old_trace() {
         let (_dir, store) = temp_store();
-        store.put_spans(&[span("a", "same", 0, 10)]).expect("put");
         store
-            .put_spans(&[span("b", "same", 5, 10), span("b", "other", 6, 10)])
+            .put_spans(&[
+                llm("a", "same", 0, 10, "m-old", (100, 10), Some(0.5)),
+                llm("a", "keep", 1, 10, "m-keep", (1, 1), None),
+            ])
+            .expect("put");
+        store
+            .put_spans(&[
+                llm("b", "same", 5, 10, "m-new", (7, 3), None),
+                span("b", "other", 6, 10),
+            ])
             .expect("put");
         assert_eq!(
             store.get_span("same").expect("get").map(|s| s.trace_id),
             Some("b".into()),
-            "last write wins for the span-id lookup"
+            "the span id resolves to the trace that sent it last"
         );
+        let (a, a_spans) = store.get_trace("a").expect("get").expect("a still exists");
+        assert_eq!(
+            a_spans
+                .iter()
+                .map(|s| s.span_id.as_str())
+                .collect::<Vec<_>>(),
+            ["keep"],
+            "the old trace no longer holds the moved span"
+        );
+        assert_eq!(
+            (a.span_count, a.input_tokens, a.output_tokens, a.cost_usd),
+            (1, 1, 1, None),
+            "the old trace's summary no longer counts the moved span"
+        );
+        assert_eq!(
+            a.models,
+            ["m-keep"],
+            "the moved span's model left the old trace"
+        );
+        assert_eq!(
+            list(&store, |q| q.model = Some("m-old".into())),
+            Vec::<String>::new(),
+            "the old trace's index entry for the moved span's model is gone"
+        );
+        assert_eq!(
+            a.start_time,
+            Timestamp(T0 + 1000),
+            "the old trace's start is recomputed from its remaining spans"
+        );
+        let b = summary(&store, "b");
+        assert_eq!(
+            (b.span_count, b.input_tokens),
+            (2, 7),
+            "the new trace counts the span"
+        );
+        let st = stats_total(&store);
+        assert_eq!(
+            (st.calls, st.input_tokens),
+            (2, 8),
+            "stats count the moved call once, in its new version, plus the other call"
+        );
+
+        // Moving a trace's only span makes that trace disappear.
+        store.put_spans(&[span("c", "solo", 0, 10)]).expect("put");
+        store.put_spans(&[span("d", "solo", 0, 10)]).expect("put");
+        assert!(
+            store.get_trace("c").expect("get").is_none(),
+            "a trace whose only span moved away is gone"
+        );
+        assert!(
+            !list(&store, |_| {}).contains(&"c".to_string()),
+            "a trace whose only span moved away is no longer listed"
+        );
+        for kv in store.tree.iter() {
+            let (k, _) = kv.expect("scan");
+            let (prefix, tail) = k.split_first().expect("keys are never empty");
+            let gone = match *prefix {
+                P_SUMMARY => tail == b"c",
+                P_TIME | P_INDEX => tail.ends_with(b"c"),
+                P_SPAN => tail.starts_with(b"c\0"),
+                P_CALL => contains(tail, b"c\0solo"),
+                _ => false,
+            };
+            assert!(
+                !gone,
+                "no key is left for the vanished trace: {}",
+                show_key(&k)
+            );
+        }
+        assert_eq!(
+            summary(&store, "d").span_count,
+            1,
+            "the span lives in its new trace"
+        );
+    }
+
+    #[test]
+    fn a_span_id_moving_between_traces_inside_one_batch_ends_in_the_last_one() {
+        let (_dir, store) = temp_store();
+        store
+            .put_spans(&[
+                llm("a", "x", 0, 10, "m", (1, 0), None),
+                span("a", "a-root", 0, 10),
+                llm("b", "x", 1, 10, "m", (2, 0), None),
+                llm("c", "x", 2, 10, "m", (4, 0), None),
+            ])
+            .expect("put");
         assert_eq!(
             summary(&store, "a").span_count,
             1,
-            "the first trace keeps its span"
+            "the first trace keeps only its other span"
         );
         assert!(
-            store.delete_trace("a").expect("delete"),
-            "the first trace existed"
+            store.get_trace("b").expect("get").is_none(),
+            "a trace that held the span only in passing does not exist"
+        );
+        assert_eq!(
+            summary(&store, "c").input_tokens,
+            4,
+            "the last trace holds the span"
+        );
+        let st = stats_total(&store);
+        assert_eq!(
+            (st.calls, st.input_tokens),
+            (1, 4),
+            "stats see only the final version of the call"
+        );
+    }
+
+    #[test]
+    fn traces_sharing_a_start_and_span_id_keep_separate_call_records() {
+        let (_dir, store) = temp_store();
+        // Stored by an older writer or raced: same start, same span id, two traces. Build the
+        // keys directly, as put_spans would never leave the id in two traces.
+        let a = llm("a", "dup", 0, 10, "m", (1, 0), None);
+        let b = llm("b", "dup", 0, 10, "m", (2, 0), None);
+        let ka = call_key(a.start_time.micros(), "a", "dup");
+        let kb = call_key(b.start_time.micros(), "b", "dup");
+        assert_ne!(ka, kb, "the call keys of two traces never collide");
+        store.put_spans(std::slice::from_ref(&a)).expect("put");
+        // Put `b`'s span key and call record next to `a`'s, as if both owned the id.
+        let sb = span_key("b", b.start_time.micros(), "dup");
+        store
+            .tree
+            .insert(&sb, encode_json(&b, &sb).expect("encode"))
+            .expect("insert");
+        store
+            .tree
+            .insert(&kb, encode_json(&CallRec::of(&b), &kb).expect("encode"))
+            .expect("insert");
+        assert_eq!(
+            stats_total(&store).calls,
+            2,
+            "both traces' calls are counted"
+        );
+        assert!(store.delete_trace("b").expect("delete"), "b existed");
+        let st = stats_total(&store);
+        assert_eq!(
+            (st.calls, st.input_tokens),
+            (1, 1),
+            "deleting one trace leaves the other trace's call record"
+        );
+        assert_eq!(
+            store.get_span("dup").expect("get").map(|s| s.trace_id),
+            Some("a".into()),
+            "deleting a trace that does not own the span id keeps the lookup"
+        );
+    }
+
+    #[test]
+    fn deleting_a_trace_keeps_the_stats_of_a_trace_that_took_over_its_span_id() {
+        let (_dir, store) = temp_store();
+        store
+            .put_spans(&[
+                llm("a", "same", 0, 10, "m", (1, 0), None),
+                span("a", "r", 0, 5),
+            ])
+            .expect("put");
+        store
+            .put_spans(&[llm("b", "same", 0, 10, "m", (5, 0), None)])
+            .expect("put");
+        assert!(store.delete_trace("a").expect("delete"), "a still existed");
+        let st = stats_total(&store);
+        assert_eq!(
+            (st.calls, st.input_tokens),
+            (1, 5),
+            "the other trace's call record survives deleting the first trace"
         );
         assert_eq!(
             store.get_span("same").expect("get").map(|s| s.trace_id),
             Some("b".into()),
-            "deleting the first trace keeps the other trace's lookup"
+            "the span-id lookup still points at the other trace"
+        );
+        assert!(store.delete_trace("b").expect("delete"), "b existed");
+        assert_eq!(
+            stats_total(&store).calls,
+            0,
+            "deleting both leaves no call record"
         );
         assert_eq!(
-            summary(&store, "b").span_count,
-            2,
-            "the other trace is untouched"
+            store.tree.iter().count(),
+            1,
+            "only the schema record is left once every trace is deleted"
+        );
+    }
+
+    #[test]
+    fn summaries_keep_at_most_the_smallest_tags_and_models() {
+        let (_dir, store) = temp_store();
+        let n = MAX_SUMMARY_VALUES + 10;
+        let mut spans: Vec<Span> = (0..n)
+            .map(|i| {
+                llm(
+                    "t",
+                    &format!("s{i}"),
+                    i as u64,
+                    1,
+                    &format!("model-{i:03}"),
+                    (0, 0),
+                    None,
+                )
+                .with(|s| s.tags = vec![format!("tag-{i:03}"), "common".into()])
+            })
+            .collect();
+        spans.reverse(); // the kept values do not depend on arrival order
+        store.put_spans(&spans).expect("put");
+        let s = summary(&store, "t");
+        assert_eq!(
+            s.models.len(),
+            MAX_SUMMARY_VALUES,
+            "a summary holds at most the capped number of models"
+        );
+        assert_eq!(
+            s.tags.len(),
+            MAX_SUMMARY_VALUES,
+            "a summary holds at most the capped number of tags"
+        );
+        assert_eq!(
+            s.models.first().map(String::as_str),
+            Some("model-000"),
+            "the smallest models are kept"
+        );
+        assert!(
+            s.tags.contains(&"common".to_string()) && s.tags.contains(&"tag-000".to_string()),
+            "the smallest tags are kept"
+        );
+        let count = |field: u8| {
+            keys_with_prefix(&store, P_INDEX)
+                .into_iter()
+                .filter(|k| k.get(1) == Some(&field))
+                .count()
+        };
+        assert_eq!(
+            count(F_MODEL),
+            MAX_SUMMARY_VALUES,
+            "only kept models are indexed"
+        );
+        assert_eq!(
+            count(F_TAG),
+            MAX_SUMMARY_VALUES,
+            "only kept tags are indexed"
+        );
+        let last = format!("tag-{:03}", n - 1);
+        assert_eq!(
+            list(&store, |q| q.tag = Some(last.clone())),
+            Vec::<String>::new(),
+            "a tag beyond the cap is not indexed"
+        );
+        assert_eq!(
+            list(&store, |q| q.tag = Some("tag-000".into())),
+            ["t"],
+            "a kept tag is indexed"
+        );
+
+        let (_d2, other) = temp_store();
+        for sp in spans.iter().rev() {
+            other.put_spans(std::slice::from_ref(sp)).expect("put");
+        }
+        assert_eq!(
+            summary(&other, "t"),
+            s,
+            "capping gives the same summary whatever the arrival order"
         );
     }
 
@@ -2169,20 +2591,106 @@ mod tests {
         );
     }
 
+    /// `Store::open`, retried (bounded) while the error is still the directory lock, in case a
+    /// loaded machine keeps a dropped handle's threads alive past `open`'s own wait.
+    fn reopen(dir: &Path) -> Result<Store, StoreError> {
+        let mut attempts = 0;
+        loop {
+            match Store::open(dir, &StoreOptions::default()) {
+                Err(StoreError::Open { source, .. }) if is_lock_error(&source) && attempts < 5 => {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
-        {
-            let store = open(dir.path());
-            store.tree.insert(SCHEMA_KEY, &b"2"[..]).expect("insert");
-            store.flush().expect("flush");
-        }
-        let err = Store::open(dir.path(), &StoreOptions::default())
+        let store = open(dir.path());
+        store.tree.insert(SCHEMA_KEY, &b"2"[..]).expect("insert");
+        store.flush().expect("flush");
+        drop(store);
+        let err = reopen(dir.path())
             .err()
             .expect("a newer schema must not open");
         assert!(
             matches!(err, StoreError::Schema { ref found, supported: 1 } if found == "2"),
             "the error names both versions: {err}"
+        );
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_released_shortly_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = open(dir.path());
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let second = Store::open(dir.path(), &StoreOptions::default());
+        holder.join().expect("the holder thread ends");
+        assert!(
+            second.is_ok(),
+            "open waits for a lock that is released within its wait: {:?}",
+            second.err()
+        );
+    }
+
+    #[test]
+    fn open_reports_a_lock_that_stays_held() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _held = open(dir.path());
+        let began = Instant::now();
+        let err = Store::open_waiting(
+            dir.path(),
+            &StoreOptions::default(),
+            Duration::from_millis(100),
+        )
+        .err()
+        .expect("a directory locked by a live handle does not open");
+        assert!(
+            matches!(&err, StoreError::Open { source, .. } if is_lock_error(source)),
+            "the error is the lock error: {err}"
+        );
+        assert!(
+            began.elapsed() >= Duration::from_millis(100),
+            "open retried for its whole wait before giving up"
+        );
+    }
+
+    #[test]
+    fn reservoir_keeps_every_value_up_to_its_cap_then_a_bounded_uniform_sample() {
+        let mut small = Reservoir::new(10);
+        for v in 0..10 {
+            small.add(f64::from(v));
+        }
+        assert_eq!(
+            small.values,
+            (0..10).map(f64::from).collect::<Vec<_>>(),
+            "up to the cap every value is kept, so quantiles are exact"
+        );
+
+        let fill = || {
+            let mut r = Reservoir::new(1000);
+            for v in 1..=100_000 {
+                r.add(f64::from(v));
+            }
+            r
+        };
+        let (a, b) = (fill(), fill());
+        assert_eq!(a.values.len(), 1000, "the sample never grows past its cap");
+        assert_eq!(a.seen, 100_000, "every value is seen");
+        assert_eq!(
+            a.values, b.values,
+            "the fixed seed makes sampling reproducible"
+        );
+        let q = quantiles(a.values);
+        let near = |got: Option<f64>, want: f64| got.is_some_and(|g| (g - want).abs() < 5_000.0);
+        assert!(
+            near(q.p50, 50_000.0) && near(q.p95, 95_000.0) && near(q.p99, 99_000.0),
+            "sampled quantiles stay close to the true ones: {q:?}"
         );
     }
 
