@@ -108,7 +108,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let opts = WriterOptions {
             batch_size: config.batch_size,
             batch_interval: config.batch_interval,
-            assemble: AssembleOptions::default(),
+            assemble: AssembleOptions {
+                capture_embeddings: config.capture_embeddings,
+                pricing: config.pricing.clone(),
+                ..AssembleOptions::default()
+            },
         };
         tokio::spawn(queue::run_writer(
             rx,

@@ -3,15 +3,22 @@
 //! where the value came from. The only module that imports `toml`.
 
 use std::{
+    collections::BTreeMap,
     net::{SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+use crate::span::pricing::{Price, PriceTable};
+
+/// The built-in price list, compiled in; `pricing_file` and `[pricing."…"]` tables extend and
+/// override it.
+pub const BUILTIN_PRICING: &str = include_str!("../config/pricing.toml");
 
 /// A validated route: requests whose path starts with `prefix` go to `upstream`.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +57,10 @@ pub struct Config {
     pub flush_every_ms: Option<u64>,
     pub cache_capacity_bytes: u64,
     pub store_backend: StoreBackend,
+    /// Keep embedding vectors in spans (off: only their count and dimensions).
+    pub capture_embeddings: bool,
+    /// Model prices: built-in, then `pricing_file`, then the config file's `[pricing."…"]`.
+    pub pricing: Arc<PriceTable>,
 }
 
 /// Values given on the command line (each `None` when the flag was absent).
@@ -72,6 +83,9 @@ pub struct Flags {
     pub flush_every_ms: Option<String>,
     pub cache_capacity_bytes: Option<String>,
     pub store_backend: Option<String>,
+    /// `--capture-embeddings` sets `Some("true")`.
+    pub capture_embeddings: Option<String>,
+    pub pricing_file: Option<String>,
 }
 
 /// Exactly what may appear in the TOML file. Unknown keys are errors, not silence.
@@ -93,9 +107,33 @@ struct FileConfig {
     shutdown_timeout_ms: Option<u64>,
     flush_every_ms: Option<u64>,
     cache_capacity_bytes: Option<u64>,
+    capture_embeddings: Option<bool>,
+    pricing_file: Option<String>,
+    /// `[pricing."model-pattern"]` tables.
+    #[serde(default)]
+    pricing: BTreeMap<String, PriceFile>,
     store: Option<StoreFile>,
     #[serde(default, rename = "route")]
     routes: Vec<RouteFile>,
+}
+
+/// A price list (the built-in `config/pricing.toml`, or the user's `pricing_file`): only
+/// `[pricing."model-pattern"]` tables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricingFile {
+    #[serde(default)]
+    pricing: BTreeMap<String, PriceFile>,
+}
+
+/// One model pattern's prices, USD per 1M tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    input: f64,
+    output: f64,
+    cached_input: Option<f64>,
+    cache_write_input: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +289,41 @@ pub fn load(
         )?
         .unwrap_or(64 * 1024 * 1024);
 
+    let capture_embeddings = l
+        .pick(
+            "capture_embeddings",
+            &flags.capture_embeddings,
+            raw.capture_embeddings.map(|b| b.to_string()),
+            parse_bool,
+        )?
+        .unwrap_or(false);
+    let pricing_file = l.pick(
+        "pricing_file",
+        &flags.pricing_file,
+        raw.pricing_file,
+        parse_existing_file,
+    )?;
+    let mut pricing = builtin_pricing()?;
+    if let Some(path) = &pricing_file {
+        let source = format!("pricing file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+            key: "pricing_file".to_string(),
+            source_name: source.clone(),
+            message: e.to_string(),
+        })?;
+        let file = toml::from_str::<PricingFile>(&text).map_err(|e| ConfigError::Invalid {
+            key: "pricing_file".to_string(),
+            source_name: source.clone(),
+            message: e.to_string(),
+        })?;
+        add_prices(&mut pricing, file.pricing, &source)?;
+    }
+    let file_source = match &l.file_name {
+        Some(f) => format!("config file {f}"),
+        None => "config file".to_string(),
+    };
+    add_prices(&mut pricing, raw.pricing, &file_source)?;
+
     let store = raw.store.unwrap_or_default();
     let backend = l
         .pick(
@@ -339,7 +412,50 @@ pub fn load(
         flush_every_ms: (flush_every_ms > 0).then_some(flush_every_ms),
         cache_capacity_bytes,
         store_backend: backend,
+        capture_embeddings,
+        pricing: Arc::new(pricing),
     })
+}
+
+/// The compiled-in price list.
+pub fn builtin_pricing() -> Result<PriceTable, ConfigError> {
+    let source = "built-in config/pricing.toml";
+    let file =
+        toml::from_str::<PricingFile>(BUILTIN_PRICING).map_err(|e| ConfigError::Invalid {
+            key: "pricing".to_string(),
+            source_name: source.to_string(),
+            message: e.to_string(),
+        })?;
+    let mut table = PriceTable::new();
+    add_prices(&mut table, file.pricing, source)?;
+    Ok(table)
+}
+
+/// Validates each entry and adds it to `table` (an entry with the same pattern is replaced).
+fn add_prices(
+    table: &mut PriceTable,
+    entries: BTreeMap<String, PriceFile>,
+    source: &str,
+) -> Result<(), ConfigError> {
+    for (pattern, p) in entries {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: format!("pricing.{pattern:?}"),
+            source_name: source.to_string(),
+            message,
+        };
+        if pattern.trim().is_empty() {
+            return Err(invalid("the model pattern must not be empty".to_string()));
+        }
+        let price = Price {
+            input: p.input,
+            output: p.output,
+            cached_input: p.cached_input,
+            cache_write_input: p.cache_write_input,
+        };
+        price.validate().map_err(invalid)?;
+        table.insert(&pattern, price);
+    }
+    Ok(())
 }
 
 /// Every key an `LLM_TRACER_<KEY>` variable may set (plus `LLM_TRACER_CONFIG`, the file).
@@ -360,6 +476,8 @@ pub const KEYS: &[&str] = &[
     "flush_every_ms",
     "cache_capacity_bytes",
     "store.backend",
+    "capture_embeddings",
+    "pricing_file",
 ];
 
 /// A misspelt `LLM_TRACER_*` variable would be silently ignored: refuse to start instead.
@@ -672,6 +790,191 @@ mod tests {
         let prefixes: Vec<&str> = c.routes.iter().map(|r| r.prefix.as_str()).collect();
         assert_eq!(prefixes, vec!["/a/b", "/a", "/"]);
         assert!(c.routes[1].strip_prefix);
+    }
+
+    #[test]
+    fn the_built_in_price_list_parses_and_prices_common_models() {
+        let table = builtin_pricing().expect("config/pricing.toml is valid");
+        assert!(
+            table.len() > 20,
+            "the built-in list covers the common models"
+        );
+        for model in [
+            "gpt-4o",
+            "gpt-4o-mini-2024-07-18",
+            "gpt-4.1",
+            "gpt-5",
+            "o3-mini",
+            "text-embedding-3-small",
+            "gpt-3.5-turbo-instruct",
+            "claude-sonnet-4-5-20250929",
+            "claude-3-5-haiku-latest",
+            "claude-opus-4-1-20250805",
+        ] {
+            assert!(
+                table.lookup(model).is_some(),
+                "{model} has a built-in price"
+            );
+        }
+        let (pattern, mini) = table.lookup("gpt-4o-mini-2024-07-18").unwrap();
+        assert_eq!(
+            pattern, "gpt-4o-mini",
+            "a snapshot takes its family's price"
+        );
+        assert_eq!((mini.input, mini.output), (0.15, 0.60));
+        let (_, opus41) = table.lookup("claude-opus-4-1-20250805").unwrap();
+        let (_, opus45) = table.lookup("claude-opus-4-5-20251101").unwrap();
+        assert!(
+            opus41.input > opus45.input,
+            "Opus 4.1 keeps the older, higher tier"
+        );
+        assert!(
+            table.lookup("mock-model").is_none(),
+            "an unknown model has no price"
+        );
+    }
+
+    #[test]
+    fn pricing_file_and_inline_tables_extend_and_override_the_built_ins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prices.toml");
+        std::fs::write(
+            &file,
+            "[pricing.\"gpt-4o\"]\ninput = 1.0\noutput = 2.0\n\
+             [pricing.\"my-llama-*\"]\ninput = 0.5\noutput = 0.5\n",
+        )
+        .unwrap();
+        let text = format!(
+            "pricing_file = {:?}\n[pricing.\"my-llama-*\"]\ninput = 0.7\noutput = 0.9\ncached_input = 0.1\n",
+            file.display().to_string()
+        );
+        let c = load_str(&text, &Flags::default(), &[]).unwrap();
+        let input = |m: &str| c.pricing.lookup(m).map(|(_, p)| p.input);
+        assert_eq!(
+            input("gpt-4o"),
+            Some(1.0),
+            "the pricing file overrides a built-in entry"
+        );
+        assert_eq!(
+            input("my-llama-3-70b"),
+            Some(0.7),
+            "a [pricing] table in the config file overrides the pricing file"
+        );
+        assert_eq!(
+            input("gpt-4o-mini"),
+            Some(0.15),
+            "built-in entries that are not overridden stay"
+        );
+
+        let flags = Flags {
+            pricing_file: Some(file.display().to_string()),
+            ..Flags::default()
+        };
+        let c = load_str("", &flags, &[]).unwrap();
+        assert_eq!(c.pricing.lookup("gpt-4o").map(|(_, p)| p.input), Some(1.0));
+        let c = load_str(
+            "",
+            &Flags::default(),
+            &[("LLM_TRACER_PRICING_FILE", &file.display().to_string())],
+        )
+        .unwrap();
+        assert_eq!(
+            c.pricing.lookup("gpt-4o").map(|(_, p)| p.input),
+            Some(1.0),
+            "LLM_TRACER_PRICING_FILE names the file too"
+        );
+    }
+
+    #[test]
+    fn bad_prices_are_start_up_errors_naming_the_key() {
+        let e = load_str(
+            "[pricing.\"gpt-4o\"]\ninptu = 1.0\noutput = 2.0\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("inptu"), "an unknown price field is named: {e}");
+        let e = load_str(
+            "[pricing.\"gpt-4o\"]\ninput = 1.0\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("output"), "a missing price is named: {e}");
+        let e = load_str(
+            "[pricing.\"gpt-4o\"]\ninput = -1.0\noutput = 2.0\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("pricing.\"gpt-4o\"") && e.contains("input"),
+            "a negative price names the pattern and the field: {e}"
+        );
+        let e = load_str(
+            "pricing_file = \"/no/such/prices.toml\"\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pricing_file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[models.\"x\"]\ninput = 1\noutput = 1\n").unwrap();
+        let flags = Flags {
+            pricing_file: Some(file.display().to_string()),
+            ..Flags::default()
+        };
+        let e = load_str("", &flags, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("pricing_file") && e.contains("models"),
+            "an unknown table in the pricing file is named: {e}"
+        );
+    }
+
+    #[test]
+    fn capture_embeddings_is_off_by_default_and_set_by_each_layer() {
+        assert!(
+            !load_str("", &Flags::default(), &[])
+                .unwrap()
+                .capture_embeddings
+        );
+        assert!(
+            load_str("capture_embeddings = true\n", &Flags::default(), &[])
+                .unwrap()
+                .capture_embeddings
+        );
+        assert!(
+            load_str(
+                "",
+                &Flags::default(),
+                &[("LLM_TRACER_CAPTURE_EMBEDDINGS", "1")]
+            )
+            .unwrap()
+            .capture_embeddings
+        );
+        let flags = Flags {
+            capture_embeddings: Some("true".into()),
+            ..Flags::default()
+        };
+        assert!(
+            load_str("capture_embeddings = false\n", &flags, &[])
+                .unwrap()
+                .capture_embeddings,
+            "--capture-embeddings beats the file"
+        );
+        let e = load_str(
+            "",
+            &Flags::default(),
+            &[("LLM_TRACER_CAPTURE_EMBEDDINGS", "maybe")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("capture_embeddings"), "{e}");
     }
 
     #[test]

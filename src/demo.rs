@@ -1,5 +1,8 @@
 //! Demo: the server plus the built-in mock upstream and a burst of sample traffic, so a new user
 //! sees a full UI with no API key and no network. Used by `llm-tracer demo`.
+//!
+//! The `/` route and an `/anthropic` route (prefix stripped, provider `anthropic`) both point at
+//! the mock, which speaks OpenAI's APIs and Anthropic's Messages API.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::{
     app::{self, Running},
-    config::Config,
+    config::{Config, RouteConfig},
     error::StartError,
     mock::MockUpstream,
     propagate::new_span_id,
@@ -22,6 +25,9 @@ use crate::{
 };
 
 type DemoClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The demo's Anthropic route: `/anthropic/v1/messages` → the mock's `/v1/messages`.
+pub const ANTHROPIC_PREFIX: &str = "/anthropic";
 
 /// Starts the mock upstream, points the `/` route at it, starts the server and sends sample
 /// traffic in the background. The mock lives as long as the returned server.
@@ -33,10 +39,24 @@ pub async fn start(mut config: Config) -> Result<Running, StartError> {
         .url()
         .parse()
         .map_err(|e| StartError::Internal(format!("demo mock upstream url: {e}")))?;
+    // Every call stays on this machine: `/` and `/anthropic` go to the mock.
     for route in &mut config.routes {
-        if route.prefix == "/" {
+        if route.prefix == "/" || route.prefix == ANTHROPIC_PREFIX {
             route.upstream = upstream.clone();
         }
+    }
+    if !config.routes.iter().any(|r| r.prefix == ANTHROPIC_PREFIX) {
+        config.routes.push(RouteConfig {
+            prefix: ANTHROPIC_PREFIX.to_string(),
+            upstream: upstream.clone(),
+            strip_prefix: true,
+            provider: Some("anthropic".to_string()),
+            ca_file: None,
+        });
+        // The route table relies on longest-prefix-first order.
+        config
+            .routes
+            .sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     }
     let running = app::start(config).await?;
     let proxy = format!("http://{}", running.proxy_addr);
@@ -147,6 +167,43 @@ pub async fn send_sample_traffic(proxy: &str, admin: &str) -> Result<usize, Stri
         })).await?;
         calls += 1;
     }
+
+    // 4. The other wire formats: Anthropic Messages (streamed, through `/anthropic`), the
+    //    Responses API, and embeddings.
+    let headers = |user: &str| {
+        vec![
+            ("x-tracer-user-id".to_string(), user.to_string()),
+            ("x-tracer-tags".to_string(), "demo,formats".to_string()),
+        ]
+    };
+    call(&client, &format!("{proxy}{ANTHROPIC_PREFIX}/v1/messages"), headers("grace"), json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": true,
+        "system": "You are a concise assistant.",
+        "messages": [{ "role": "user", "content": "Explain distributed tracing in one sentence." }]
+    })).await?;
+    calls += 1;
+    call(
+        &client,
+        &format!("{proxy}/v1/responses"),
+        headers("alan"),
+        json!({
+            "model": "gpt-4.1-mini", "instructions": "Answer briefly.",
+            "input": "What is a span in a trace?"
+        }),
+    )
+    .await?;
+    calls += 1;
+    call(
+        &client,
+        &format!("{proxy}/v1/embeddings"),
+        headers("ada"),
+        json!({
+            "model": "text-embedding-3-small",
+            "input": ["rotate an API key", "revoke an API key"]
+        }),
+    )
+    .await?;
+    calls += 1;
     Ok(calls)
 }
 
@@ -156,9 +213,25 @@ async fn chat(
     headers: Vec<(String, String)>,
     body: Value,
 ) -> Result<(), String> {
+    call(
+        client,
+        &format!("{proxy}/v1/chat/completions"),
+        headers,
+        body,
+    )
+    .await
+}
+
+/// POSTs `body` to `url` with a fake key and reads the whole answer.
+async fn call(
+    client: &DemoClient,
+    url: &str,
+    headers: Vec<(String, String)>,
+    body: Value,
+) -> Result<(), String> {
     let mut req = Request::builder()
         .method(Method::POST)
-        .uri(format!("{proxy}/v1/chat/completions"))
+        .uri(url)
         .header("content-type", "application/json")
         .header("authorization", "Bearer sk-demo-not-a-real-key");
     for (k, v) in headers {

@@ -78,6 +78,12 @@ struct ServeArgs {
     /// Store backend: sled (default).
     #[arg(long, value_name = "NAME")]
     store_backend: Option<String>,
+    /// Keep embedding vectors in spans (default: only their count and dimensions).
+    #[arg(long)]
+    capture_embeddings: bool,
+    /// TOML price list ([pricing."model-pattern"] tables) that extends the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pricing_file: Option<String>,
 }
 
 impl ServeArgs {
@@ -99,6 +105,8 @@ impl ServeArgs {
             flush_every_ms: self.flush_every_ms.clone(),
             cache_capacity_bytes: self.cache_capacity_bytes.clone(),
             store_backend: self.store_backend.clone(),
+            capture_embeddings: self.capture_embeddings.then(|| "true".to_string()),
+            pricing_file: self.pricing_file.clone(),
         }
     }
 

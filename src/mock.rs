@@ -1,4 +1,5 @@
-//! A scripted mock of an OpenAI-compatible upstream, for `llm-tracer demo` and the tests.
+//! A scripted mock of an OpenAI-compatible (and Anthropic Messages) upstream, for
+//! `llm-tracer demo` and the tests.
 //!
 //! [`MockUpstream::start`] serves HTTP/1.1 and h2 (auto-detected) on `127.0.0.1:0`;
 //! [`MockUpstream::start_tls`] does the same over TLS (ALPN `h2`, `http/1.1`). Dropping the
@@ -8,22 +9,48 @@
 //! byte for byte.
 //!
 //! # What it answers
-//! - `POST …/chat/completions` (any prefix): the reply text is `"Mock reply to: <text of the last user
-//!   message>"`. Without `stream` it is an OpenAI `chat.completion` JSON (`content-type:
-//!   application/json`, with `content-length`); `usage` counts whitespace-separated words (prompt: all
-//!   message texts; completion: the reply). With `"stream": true` it is `text/event-stream`: one
-//!   `chat.completion.chunk` event per body frame — first `delta.role`, then one content delta per word,
-//!   then an empty delta with `finish_reason: "stop"`, then (if `stream_options.include_usage`) a usage
-//!   chunk with empty `choices`, then `data: [DONE]`.
-//! - The same request with a non-empty `tools` array whose last message is a user message starting
-//!   with `"call tool"` (or with header `x-mock-tool-call: 1`) answers with one call of the first tool,
-//!   arguments `{"input":"<last user text>"}` and `finish_reason: "tool_calls"`; streamed, the
-//!   arguments are split across three `tool_calls` deltas (index 0).
-//! - Model `"mock-error"` → 500 with an OpenAI error JSON (the demo's failing call).
-//! - Anything else (`GET /v1/models`, `POST /v1/embeddings`, …) → 200
+//! Each endpoint answers in its provider's real wire format (taken from the providers' API
+//! references), matched on the path's last segments, so any prefix works (`/v1`, `/openai/v1`,
+//! Azure's `/openai/deployments/{deployment}/…?api-version=…`, whose deployment answers as the
+//! model when the body names none). Replies are deterministic: the text is
+//! `"Mock reply to: <text of the last user turn>"`, and usage counts whitespace-separated words
+//! (prompt: every prompt text; completion: the reply).
+//!
+//! - `POST …/chat/completions`: a `chat.completion` (`n` choices; choice k > 0 says
+//!   `(choice k)`), or with `"stream": true` a `text/event-stream` of `chat.completion.chunk`
+//!   events, one per body frame — `delta.role` per choice, one content delta per word, an empty
+//!   delta with `finish_reason` per choice, then (if `stream_options.include_usage`) a usage chunk
+//!   with empty `choices`, then `data: [DONE]`.
+//! - `POST …/completions` (legacy): a `text_completion`; streamed, one `text_completion` chunk per
+//!   word, a `finish_reason: "stop"` chunk, the usage chunk if asked for, `[DONE]`.
+//! - `POST …/responses`: a `response` object (`output_text` message item, `usage` with
+//!   `input_tokens`/`output_tokens` and their details). Streamed: typed events with `event:`
+//!   lines and `sequence_number`s — `response.created`, `response.in_progress`,
+//!   `response.output_item.added`, `response.content_part.added`, one
+//!   `response.output_text.delta` per word, `response.output_text.done`,
+//!   `response.content_part.done`, `response.output_item.done`, `response.completed` (with
+//!   usage) — and no `[DONE]`.
+//! - `POST …/embeddings`: a `list` of `embedding` objects, one deterministic unit vector per input
+//!   (`dimensions` if given, else the model's real size: 1536, 3072 for `*-3-large`, 16 for
+//!   unknown models), as floats or, with `encoding_format: "base64"` (the OpenAI SDKs' default),
+//!   base64 of little-endian f32s; `usage` has `prompt_tokens` and `total_tokens`.
+//! - `POST …/messages` (Anthropic): a `message` with a `text` block, `stop_reason: "end_turn"` and
+//!   `usage` (`input_tokens`, cache fields, `output_tokens`). Streamed: `event: message_start`
+//!   (usage with `output_tokens: 1`), `content_block_start`, `ping`, one `content_block_delta`
+//!   (`text_delta`) per word, `content_block_stop`, `message_delta` (`stop_reason`, cumulative
+//!   `usage.output_tokens`), `message_stop`. Errors use Anthropic's shape
+//!   `{"type":"error","error":{"type","message"}}`.
+//! - Tool calls: a request with a non-empty `tools` array whose last user turn starts with
+//!   `"call tool"` (or with header `x-mock-tool-call: 1`) is answered with one call of the first
+//!   tool, arguments `{"input":"<last user text>"}`: chat `tool_calls` (streamed: split across
+//!   three deltas at index 0, `finish_reason: "tool_calls"`), a Responses `function_call` item
+//!   (streamed: `response.function_call_arguments.delta` ×3 and `.done`), an Anthropic
+//!   `tool_use` block (streamed: `input_json_delta` pieces, `stop_reason: "tool_use"`).
+//! - Model `"mock-error"` → 500 with the provider's error JSON (the demo's failing call).
+//! - Anything else (`GET /v1/models`, `POST /v1/files`, …) → 200
 //!   `{"object":"mock","method":…,"path":<path and query>,"body_bytes":N}`.
-//! - A chat body that is not a JSON object, or a malformed `x-mock-*` header → 400 with an OpenAI error
-//!   JSON (`invalid_request_error`). The mock never panics on input.
+//! - A body that is not a JSON object, or a malformed `x-mock-*` header → 400 with an error JSON
+//!   (`invalid_request_error`). The mock never panics on input.
 //!
 //! Every response carries `x-request-id: mock-req-<index>`, where `<index>` is the request's position
 //! in [`MockUpstream::requests`].
@@ -36,9 +63,11 @@
 //! | `x-mock-status: N` | N ≥ 400: that status with `{"error":{"message":"Mock upstream failure (status N)","type":…,"param":null,"code":null}}` (`type`: 401 `authentication_error`, 403 `permission_error`, 429 `rate_limit_error`, 5xx `server_error`, other 4xx `invalid_request_error`). 200–399: the normal reply with status N. Overrides everything else. |
 //! | `x-mock-gap-ms: N` | sleep N ms between stream events |
 //! | `x-mock-abort-after: K` | send K body frames, then fail the body: HTTP/1.1 closes the connection, h2 resets the stream, so the client sees a body error, not a clean end. Non-stream bodies are one frame, so `0` aborts right after the head. |
-//! | `x-mock-hold: 1` | hold back the last events of a stream (finish chunk, usage, `[DONE]`) until [`MockUpstream::release`] is called; a non-stream body is held whole (the head is sent) |
+//! | `x-mock-hold: 1` | hold back the last events of a stream (from the finish chunk / `output_text.done` / `content_block_stop` on) until [`MockUpstream::release`] is called; a non-stream body is held whole (the head is sent) |
 //! | `x-mock-delay-ms: N` | wait N ms before sending the response head |
-//! | `x-mock-tool-call: 1` | answer a chat request that has `tools` with a tool call |
+//! | `x-mock-tool-call: 1` | answer a request that has `tools` with a tool call |
+//! | `x-mock-no-usage: 1` | report no usage anywhere (no `usage` key, no usage chunk, `usage: null` in a Responses body, no `usage` in Anthropic messages) — how a server that omits usage looks |
+//! | `x-mock-stream-error: 1` | a stream fails mid-way after its content: chat and completions send an `{"error":…}` chunk, Responses a `response.failed` event, Messages an `event: error` (`overloaded_error`); no clean ending follows |
 //!
 //! Boolean headers take `1`/`true`/`0`/`false`; numbers are decimal.
 
@@ -126,6 +155,8 @@ struct Knobs {
     hold: bool,
     delay: Duration,
     tool_call: bool,
+    no_usage: bool,
+    stream_error: bool,
 }
 
 /// A response decided in full before the head is sent.
@@ -324,25 +355,30 @@ async fn handle(
         body: body.clone(),
     });
 
+    let api = Api::detect(&parts.method, parts.uri.path());
+    let style = api.map_or(ErrorStyle::OpenAi, Api::error_style);
     let (plan, knobs) = match knobs(&parts.headers) {
         Err(message) => (
-            error_plan(StatusCode::BAD_REQUEST, &message),
+            error_plan(StatusCode::BAD_REQUEST, &message, ErrorStyle::OpenAi),
             Knobs::default(),
         ),
         Ok(knobs) if !body_ok => (
-            error_plan(StatusCode::BAD_REQUEST, "could not read the request body"),
+            error_plan(
+                StatusCode::BAD_REQUEST,
+                "could not read the request body",
+                style,
+            ),
             knobs,
         ),
         Ok(knobs) => {
-            let is_chat =
-                parts.method == Method::POST && parts.uri.path().ends_with("/chat/completions");
-            let plan = match knobs.status {
-                Some(status) if status.as_u16() >= 400 => error_plan(
+            let plan = match (knobs.status, api) {
+                (Some(status), _) if status.as_u16() >= 400 => error_plan(
                     status,
                     &format!("Mock upstream failure (status {})", status.as_u16()),
+                    style,
                 ),
-                _ if is_chat => chat_plan(slot, &body, &knobs),
-                _ => echo_plan(&parts.method, &path_and_query, body.len()),
+                (_, Some(api)) => api_plan(api, slot, parts.uri.path(), &body, &knobs),
+                (_, None) => echo_plan(&parts.method, &path_and_query, body.len()),
             };
             (plan, knobs)
         }
@@ -459,6 +495,8 @@ fn knobs(headers: &HeaderMap) -> Result<Knobs, String> {
         hold: flag(headers, "x-mock-hold")?,
         delay: Duration::from_millis(number(headers, "x-mock-delay-ms")?.unwrap_or(0)),
         tool_call: flag(headers, "x-mock-tool-call")?,
+        no_usage: flag(headers, "x-mock-no-usage")?,
+        stream_error: flag(headers, "x-mock-stream-error")?,
     })
 }
 
@@ -487,16 +525,42 @@ fn flag(headers: &HeaderMap, name: &str) -> Result<bool, String> {
     }
 }
 
-/// An OpenAI-shaped error reply.
-fn error_plan(status: StatusCode, message: &str) -> Plan {
-    let kind = match status.as_u16() {
-        401 => "authentication_error",
-        403 => "permission_error",
-        429 => "rate_limit_error",
-        500..=599 => "server_error",
-        _ => "invalid_request_error",
+/// Which provider's error shape a reply uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorStyle {
+    /// `{"error":{"message","type","param","code"}}`
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`
+    Anthropic,
+}
+
+/// An error reply in the provider's shape.
+fn error_plan(status: StatusCode, message: &str, style: ErrorStyle) -> Plan {
+    let body = match style {
+        ErrorStyle::OpenAi => {
+            let kind = match status.as_u16() {
+                401 => "authentication_error",
+                403 => "permission_error",
+                429 => "rate_limit_error",
+                500..=599 => "server_error",
+                _ => "invalid_request_error",
+            };
+            json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+        }
+        ErrorStyle::Anthropic => {
+            let kind = match status.as_u16() {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                500..=599 => "api_error",
+                _ => "invalid_request_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
     };
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
     json_plan(status, &body)
 }
 
@@ -520,36 +584,122 @@ fn json_plan(status: StatusCode, body: &Value) -> Plan {
     }
 }
 
-/// What a chat request asked for, read leniently (missing fields take defaults).
-struct ChatRequest {
+/// The endpoint a request is for, by its path (any prefix: `/v1`, an Azure deployment, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completion,
+    Responses,
+    Embeddings,
+    Messages,
+}
+
+impl Api {
+    fn detect(method: &Method, path: &str) -> Option<Api> {
+        if *method != Method::POST {
+            return None;
+        }
+        let path = path.trim_end_matches('/');
+        let ends = |suffix: &str| {
+            path.strip_suffix(suffix)
+                .is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
+        };
+        if ends("chat/completions") {
+            Some(Api::Chat)
+        } else if ends("completions") {
+            Some(Api::Completion)
+        } else if ends("responses") {
+            Some(Api::Responses)
+        } else if ends("embeddings") {
+            Some(Api::Embeddings)
+        } else if ends("messages") {
+            Some(Api::Messages)
+        } else {
+            None
+        }
+    }
+
+    fn error_style(self) -> ErrorStyle {
+        match self {
+            Api::Messages => ErrorStyle::Anthropic,
+            _ => ErrorStyle::OpenAi,
+        }
+    }
+}
+
+/// What a request asked for, read leniently (missing fields take defaults).
+struct Ask {
     model: String,
+    /// The text of the last user turn (chat/messages/responses), the prompt (completions).
     user_text: String,
+    /// Whitespace-separated words in every prompt text (system, messages, instructions, …).
     prompt_words: usize,
     stream: bool,
     include_usage: bool,
     /// `Some(tool name)` when the reply is a tool call.
     tool: Option<String>,
+    /// Chat `n`: how many choices (1..=8).
+    n: usize,
+    body: Value,
 }
 
-impl ChatRequest {
-    fn parse(body: &[u8], knobs: &Knobs) -> Result<ChatRequest, String> {
+impl Ask {
+    fn parse(api: Api, path: &str, body: &[u8], knobs: &Knobs) -> Result<Ask, String> {
         let request: Value = serde_json::from_slice(body)
             .map_err(|e| format!("Mock upstream: the request body is not valid JSON ({e})"))?;
         if !request.is_object() {
             return Err("Mock upstream: the request body must be a JSON object".to_owned());
         }
-        let messages = request["messages"]
-            .as_array()
-            .map_or(&[][..], Vec::as_slice);
-        let user_text = messages
+        // Turns as (role, text), in order.
+        let mut turns: Vec<(String, String)> = Vec::new();
+        let mut extra_words = 0;
+        match api {
+            Api::Chat | Api::Messages => {
+                for m in request["messages"].as_array().into_iter().flatten() {
+                    let role = m["role"].as_str().unwrap_or_default().to_owned();
+                    turns.push((role, content_text(&m["content"])));
+                }
+                extra_words += words(&content_text(&request["system"]));
+            }
+            Api::Responses => {
+                extra_words += words(&content_text(&request["instructions"]));
+                match &request["input"] {
+                    Value::String(text) => turns.push(("user".to_owned(), text.clone())),
+                    Value::Array(items) => {
+                        for item in items {
+                            let role = item["role"].as_str().unwrap_or_default().to_owned();
+                            turns.push((role, content_text(&item["content"])));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Api::Completion | Api::Embeddings => {
+                let key = if api == Api::Completion {
+                    "prompt"
+                } else {
+                    "input"
+                };
+                let text = match &request[key] {
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    other => content_text(other),
+                };
+                turns.push(("user".to_owned(), text));
+            }
+        }
+        let user_text = turns
             .iter()
             .rev()
-            .find(|m| m["role"] == "user")
-            .map(|m| content_text(&m["content"]))
+            .find(|(role, _)| role == "user")
+            .map(|(_, text)| text.clone())
             .unwrap_or_default();
-        let last_is_call = messages.last().is_some_and(|m| {
-            m["role"] == "user" && content_text(&m["content"]).starts_with("call tool")
-        });
+        let last_is_call = turns
+            .last()
+            .is_some_and(|(role, text)| role == "user" && text.starts_with("call tool"));
         let tools = request["tools"].as_array().filter(|t| !t.is_empty());
         let tool = tools
             .filter(|_| knobs.tool_call || last_is_call)
@@ -561,83 +711,163 @@ impl ChatRequest {
                     .unwrap_or("mock_tool")
                     .to_owned()
             });
-        Ok(ChatRequest {
-            model: request["model"].as_str().unwrap_or("mock-model").to_owned(),
-            prompt_words: messages
-                .iter()
-                .map(|m| words(&content_text(&m["content"])))
-                .sum(),
+        // Azure-style paths name the deployment; it answers as the model.
+        let deployment = azure_deployment(path);
+        let model = request["model"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .or(deployment)
+            .unwrap_or("mock-model")
+            .to_owned();
+        Ok(Ask {
+            model,
+            prompt_words: extra_words + turns.iter().map(|(_, t)| words(t)).sum::<usize>(),
             user_text,
             stream: request["stream"] == true,
             include_usage: request["stream_options"]["include_usage"] == true,
             tool,
+            n: request["n"].as_u64().unwrap_or(1).clamp(1, 8) as usize,
+            body: request,
         })
+    }
+
+    fn reply(&self) -> String {
+        format!("Mock reply to: {}", self.user_text)
+    }
+
+    fn arguments(&self) -> String {
+        json!({ "input": self.user_text }).to_string()
+    }
+
+    /// Words in the answer: the reply, or the tool-call arguments.
+    fn completion_words(&self) -> usize {
+        match self.tool {
+            Some(_) => words(&self.arguments()),
+            None => words(&self.reply()),
+        }
     }
 }
 
-fn chat_plan(slot: usize, body: &[u8], knobs: &Knobs) -> Plan {
-    let chat = match ChatRequest::parse(body, knobs) {
-        Ok(chat) => chat,
-        Err(message) => return error_plan(StatusCode::BAD_REQUEST, &message),
+/// `…/openai/deployments/{deployment}/…` → the deployment.
+fn azure_deployment(path: &str) -> Option<&str> {
+    let mut segments = path.split('/');
+    segments.find(|s| *s == "deployments")?;
+    segments.next().filter(|d| !d.is_empty())
+}
+
+fn api_plan(api: Api, slot: usize, path: &str, body: &[u8], knobs: &Knobs) -> Plan {
+    let ask = match Ask::parse(api, path, body, knobs) {
+        Ok(ask) => ask,
+        Err(message) => return error_plan(StatusCode::BAD_REQUEST, &message, api.error_style()),
     };
-    if chat.model == "mock-error" {
+    if ask.model == "mock-error" {
         return error_plan(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Mock upstream failure (status 500)",
+            api.error_style(),
         );
     }
-    let id = format!("chatcmpl-mock-{slot}");
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let reply = format!("Mock reply to: {}", chat.user_text);
-    let arguments = json!({ "input": chat.user_text }).to_string();
-    let completion_words = match chat.tool {
-        Some(_) => words(&arguments),
-        None => words(&reply),
-    };
-    let usage = json!({
-        "prompt_tokens": chat.prompt_words,
-        "completion_tokens": completion_words,
-        "total_tokens": chat.prompt_words + completion_words,
-    });
-    let call_id = format!("call_mock_{slot}");
+    match api {
+        Api::Chat => chat_plan(slot, created, &ask, knobs),
+        Api::Completion => completion_plan(slot, created, &ask, knobs),
+        Api::Responses => responses_plan(slot, created, &ask, knobs),
+        Api::Embeddings => embeddings_plan(&ask, knobs),
+        Api::Messages => messages_plan(slot, &ask, knobs),
+    }
+}
 
-    if !chat.stream {
-        let (message, finish) = match &chat.tool {
-            Some(name) => (
-                json!({"role": "assistant", "content": null, "tool_calls": [
-                    {"id": call_id, "type": "function",
-                     "function": {"name": name, "arguments": arguments}}]}),
-                "tool_calls",
-            ),
-            None => (
-                json!({"role": "assistant", "content": reply, "refusal": null}),
-                "stop",
-            ),
-        };
-        let body = json!({
-            "id": id, "object": "chat.completion", "created": created, "model": chat.model,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-            "usage": usage,
+/// A streamed body: `frames`, of which those from `hold_from` on wait for a release.
+fn stream_plan(content_type: &'static str, frames: Vec<Bytes>, hold_from: usize) -> Plan {
+    Plan {
+        status: StatusCode::OK,
+        content_type,
+        stream: true,
+        frames,
+        hold_from: Some(hold_from),
+    }
+}
+
+/// OpenAI's usage block (chat and legacy completions).
+fn openai_usage(ask: &Ask) -> Value {
+    let completion = ask.completion_words() * ask.n;
+    json!({
+        "prompt_tokens": ask.prompt_words,
+        "completion_tokens": completion,
+        "total_tokens": ask.prompt_words + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    })
+}
+
+/// The in-band error chunk OpenAI-style streams end with when they fail mid-way.
+fn openai_stream_error() -> Bytes {
+    sse_event(
+        &json!({"error": {"message": "Mock stream failure", "type": "server_error",
+                           "param": null, "code": null}})
+        .to_string(),
+    )
+}
+
+fn chat_plan(slot: usize, created: u64, ask: &Ask, knobs: &Knobs) -> Plan {
+    let id = format!("chatcmpl-mock-{slot}");
+    let call_id = format!("call_mock_{slot}");
+    let arguments = ask.arguments();
+    // Choice k > 0 says which it is, so n > 1 answers differ.
+    let reply_of = |k: usize| match k {
+        0 => ask.reply(),
+        k => format!("{} (choice {k})", ask.reply()),
+    };
+    let usage = openai_usage(ask);
+
+    if !ask.stream {
+        let choices: Vec<Value> = (0..ask.n)
+            .map(|k| {
+                let (message, finish) = match &ask.tool {
+                    Some(name) => (
+                        json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                            {"id": call_id, "type": "function",
+                             "function": {"name": name, "arguments": arguments}}]}),
+                        "tool_calls",
+                    ),
+                    None => (
+                        json!({"role": "assistant", "content": reply_of(k), "refusal": null}),
+                        "stop",
+                    ),
+                };
+                json!({"index": k, "message": message, "logprobs": null, "finish_reason": finish})
+            })
+            .collect();
+        let mut body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": ask.model,
+            "choices": choices, "system_fingerprint": "fp_mock",
         });
+        if !knobs.no_usage {
+            body["usage"] = usage;
+        }
         return json_plan(StatusCode::OK, &body);
     }
 
-    let chunk = |delta: Value, finish: Value| {
+    let send_usage = ask.include_usage && !knobs.no_usage;
+    let chunk = |k: usize, delta: Value, finish: Value| {
         let mut chunk = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": chat.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": ask.model,
+            "system_fingerprint": "fp_mock",
+            "choices": [{"index": k, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
-        if chat.include_usage {
+        if send_usage {
             chunk["usage"] = Value::Null;
         }
         sse_event(&chunk.to_string())
     };
     let mut frames = Vec::new();
-    let finish = match &chat.tool {
+    let finish = match &ask.tool {
         Some(name) => {
             frames.push(chunk(
+                0,
                 json!({"role": "assistant", "content": null, "tool_calls": [
                     {"index": 0, "id": call_id, "type": "function",
                      "function": {"name": name, "arguments": ""}}]}),
@@ -645,6 +875,7 @@ fn chat_plan(slot: usize, body: &[u8], knobs: &Knobs) -> Plan {
             ));
             for piece in split_even(&arguments, 3) {
                 frames.push(chunk(
+                    0,
                     json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
                     Value::Null,
                 ));
@@ -652,33 +883,416 @@ fn chat_plan(slot: usize, body: &[u8], knobs: &Knobs) -> Plan {
             "tool_calls"
         }
         None => {
-            frames.push(chunk(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-            ));
-            for piece in word_pieces(&reply) {
-                frames.push(chunk(json!({ "content": piece }), Value::Null));
+            for k in 0..ask.n {
+                frames.push(chunk(
+                    k,
+                    json!({"role": "assistant", "content": "", "refusal": null}),
+                    Value::Null,
+                ));
+            }
+            let replies: Vec<String> = (0..ask.n).map(reply_of).collect();
+            let pieces: Vec<Vec<&str>> = replies.iter().map(|r| word_pieces(r)).collect();
+            let longest = pieces.iter().map(Vec::len).max().unwrap_or(0);
+            for i in 0..longest {
+                for (k, choice) in pieces.iter().enumerate() {
+                    if let Some(piece) = choice.get(i) {
+                        frames.push(chunk(k, json!({ "content": piece }), Value::Null));
+                    }
+                }
             }
             "stop"
         }
     };
+    if knobs.stream_error {
+        frames.push(openai_stream_error());
+        let hold_from = frames.len() - 1;
+        return stream_plan("text/event-stream", frames, hold_from);
+    }
     let hold_from = frames.len();
-    frames.push(chunk(json!({}), json!(finish)));
-    if chat.include_usage {
+    for k in 0..ask.n {
+        frames.push(chunk(k, json!({}), json!(finish)));
+    }
+    if send_usage {
         let last = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": chat.model,
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": ask.model,
+            "system_fingerprint": "fp_mock", "choices": [], "usage": usage,
+        });
+        frames.push(sse_event(&last.to_string()));
+    }
+    frames.push(sse_event("[DONE]"));
+    stream_plan("text/event-stream", frames, hold_from)
+}
+
+fn completion_plan(slot: usize, created: u64, ask: &Ask, knobs: &Knobs) -> Plan {
+    let id = format!("cmpl-mock-{slot}");
+    let reply = ask.reply();
+    let usage = json!({
+        "prompt_tokens": ask.prompt_words,
+        "completion_tokens": words(&reply),
+        "total_tokens": ask.prompt_words + words(&reply),
+    });
+    if !ask.stream {
+        let mut body = json!({
+            "id": id, "object": "text_completion", "created": created, "model": ask.model,
+            "choices": [{"text": reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+        });
+        if !knobs.no_usage {
+            body["usage"] = usage;
+        }
+        return json_plan(StatusCode::OK, &body);
+    }
+    let chunk = |text: &str, finish: Value| {
+        sse_event(
+            &json!({
+                "id": id, "object": "text_completion", "created": created, "model": ask.model,
+                "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+            })
+            .to_string(),
+        )
+    };
+    let mut frames: Vec<Bytes> = word_pieces(&reply)
+        .into_iter()
+        .map(|piece| chunk(piece, Value::Null))
+        .collect();
+    if knobs.stream_error {
+        frames.push(openai_stream_error());
+        let hold_from = frames.len() - 1;
+        return stream_plan("text/event-stream", frames, hold_from);
+    }
+    let hold_from = frames.len();
+    frames.push(chunk("", json!("stop")));
+    if ask.include_usage && !knobs.no_usage {
+        let last = json!({
+            "id": id, "object": "text_completion", "created": created, "model": ask.model,
             "choices": [], "usage": usage,
         });
         frames.push(sse_event(&last.to_string()));
     }
     frames.push(sse_event("[DONE]"));
-    Plan {
-        status: StatusCode::OK,
-        content_type: "text/event-stream",
-        stream: true,
-        frames,
-        hold_from: Some(hold_from),
+    stream_plan("text/event-stream", frames, hold_from)
+}
+
+/// Default vector length per embedding model (the real ones, so SDK code that checks works).
+fn default_dimensions(model: &str) -> usize {
+    if model.contains("3-large") {
+        3072
+    } else if model.contains("embedding") || model.contains("ada") {
+        1536
+    } else {
+        16
     }
+}
+
+/// A deterministic unit vector for `text` (the same text always embeds the same).
+fn mock_vector(text: &str, dims: usize) -> Vec<f32> {
+    // FNV-1a seed, then xorshift.
+    let mut state = text
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+        .max(1);
+    let raw: Vec<f32> = (0..dims)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    raw.into_iter().map(|x| x / norm).collect()
+}
+
+fn embeddings_plan(ask: &Ask, knobs: &Knobs) -> Plan {
+    use base64::Engine;
+    let bad = |message: &str| error_plan(StatusCode::BAD_REQUEST, message, ErrorStyle::OpenAi);
+    // Each input as text: strings as they are, token arrays as their IDs.
+    let texts: Vec<String> = match &ask.body["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
+            vec![Value::Array(items.clone()).to_string()]
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => return bad("Mock upstream: `input` must be a string or an array"),
+    };
+    if texts.is_empty() || texts.len() > 2048 {
+        return bad("Mock upstream: `input` must hold 1 to 2048 items");
+    }
+    let dims = match ask.body["dimensions"].as_u64() {
+        Some(d) if (1..=4096).contains(&d) => d as usize,
+        Some(_) => return bad("Mock upstream: `dimensions` must be in 1..=4096"),
+        None => default_dimensions(&ask.model),
+    };
+    let base64 = match ask.body["encoding_format"].as_str() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(_) => return bad("Mock upstream: `encoding_format` must be float or base64"),
+    };
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let vector = mock_vector(text, dims);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens: usize = texts.iter().map(|t| words(t)).sum();
+    let mut body = json!({"object": "list", "data": data, "model": ask.model});
+    if !knobs.no_usage {
+        body["usage"] = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+    }
+    json_plan(StatusCode::OK, &body)
+}
+
+/// `event: <name>` + `data: <json>`: the framing of the Responses and Messages APIs.
+fn named_event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+fn responses_plan(slot: usize, created: u64, ask: &Ask, knobs: &Knobs) -> Plan {
+    let id = format!("resp_mock_{slot}");
+    let output_words = ask.completion_words();
+    let usage = json!({
+        "input_tokens": ask.prompt_words,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_words,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": ask.prompt_words + output_words,
+    });
+    let item_id = match &ask.tool {
+        Some(_) => format!("fc_mock_{slot}"),
+        None => format!("msg_mock_{slot}"),
+    };
+    let final_item = match &ask.tool {
+        Some(name) => json!({
+            "type": "function_call", "id": item_id, "call_id": format!("call_mock_{slot}"),
+            "name": name, "arguments": ask.arguments(), "status": "completed",
+        }),
+        None => json!({
+            "type": "message", "id": item_id, "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": ask.reply(), "annotations": [], "logprobs": []}],
+        }),
+    };
+    let response = |status: &str, output: Vec<Value>, usage: Value| {
+        json!({
+            "id": id, "object": "response", "created_at": created, "status": status,
+            "background": false, "error": null, "incomplete_details": null,
+            "instructions": ask.body.get("instructions").cloned().unwrap_or(Value::Null),
+            "max_output_tokens": ask.body.get("max_output_tokens").cloned().unwrap_or(Value::Null),
+            "model": ask.model, "output": output, "parallel_tool_calls": true,
+            "previous_response_id": null, "reasoning": {"effort": null, "summary": null},
+            "store": true, "temperature": ask.body.get("temperature").cloned().unwrap_or(json!(1.0)),
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": "auto",
+            "tools": ask.body.get("tools").cloned().unwrap_or(json!([])),
+            "top_p": 1.0, "truncation": "disabled", "usage": usage, "user": null, "metadata": {},
+        })
+    };
+    let final_usage = if knobs.no_usage { Value::Null } else { usage };
+    if !ask.stream {
+        let body = response("completed", vec![final_item], final_usage);
+        return json_plan(StatusCode::OK, &body);
+    }
+
+    let mut seq = 0u64;
+    let mut event = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        named_event(name, &data)
+    };
+    let mut frames = vec![
+        event(
+            "response.created",
+            json!({"response": response("in_progress", vec![], Value::Null)}),
+        ),
+        event(
+            "response.in_progress",
+            json!({"response": response("in_progress", vec![], Value::Null)}),
+        ),
+    ];
+    let hold_from;
+    match &ask.tool {
+        Some(name) => {
+            let arguments = ask.arguments();
+            frames.push(event(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": {
+                    "type": "function_call", "id": item_id, "call_id": format!("call_mock_{slot}"),
+                    "name": name, "arguments": "", "status": "in_progress"}}),
+            ));
+            for piece in split_even(&arguments, 3) {
+                frames.push(event(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": item_id, "output_index": 0, "delta": piece}),
+                ));
+            }
+            hold_from = frames.len();
+            frames.push(event(
+                "response.function_call_arguments.done",
+                json!({"item_id": item_id, "output_index": 0, "arguments": arguments}),
+            ));
+        }
+        None => {
+            let reply = ask.reply();
+            frames.push(event(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": {
+                    "type": "message", "id": item_id, "status": "in_progress",
+                    "role": "assistant", "content": []}}),
+            ));
+            frames.push(event(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+                       "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+            ));
+            for piece in word_pieces(&reply) {
+                frames.push(event(
+                    "response.output_text.delta",
+                    json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+                           "delta": piece, "logprobs": []}),
+                ));
+            }
+            hold_from = frames.len();
+            frames.push(event(
+                "response.output_text.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+                       "text": reply, "logprobs": []}),
+            ));
+            frames.push(event(
+                "response.content_part.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+                       "part": {"type": "output_text", "text": reply, "annotations": [], "logprobs": []}}),
+            ));
+        }
+    }
+    if knobs.stream_error {
+        let mut failed = response("failed", vec![], Value::Null);
+        failed["error"] = json!({"code": "server_error", "message": "Mock stream failure"});
+        frames.truncate(hold_from);
+        frames.push(event("response.failed", json!({ "response": failed })));
+        let hold_from = frames.len() - 1;
+        return stream_plan("text/event-stream", frames, hold_from);
+    }
+    frames.push(event(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": final_item}),
+    ));
+    frames.push(event(
+        "response.completed",
+        json!({"response": response("completed", vec![final_item.clone()], final_usage)}),
+    ));
+    stream_plan("text/event-stream", frames, hold_from)
+}
+
+fn messages_plan(slot: usize, ask: &Ask, knobs: &Knobs) -> Plan {
+    let id = format!("msg_mock_{slot}");
+    let tool_id = format!("toolu_mock_{slot}");
+    let output_words = ask.completion_words();
+    let usage = |output: usize| {
+        json!({
+            "input_tokens": ask.prompt_words, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0, "output_tokens": output, "service_tier": "standard",
+        })
+    };
+    let (stop_reason, block) = match &ask.tool {
+        Some(name) => (
+            "tool_use",
+            json!({"type": "tool_use", "id": tool_id, "name": name,
+                   "input": {"input": ask.user_text}}),
+        ),
+        None => ("end_turn", json!({"type": "text", "text": ask.reply()})),
+    };
+    if !ask.stream {
+        let mut body = json!({
+            "id": id, "type": "message", "role": "assistant", "model": ask.model,
+            "content": [block], "stop_reason": stop_reason, "stop_sequence": null,
+        });
+        if !knobs.no_usage {
+            body["usage"] = usage(output_words);
+        }
+        return json_plan(StatusCode::OK, &body);
+    }
+
+    let event = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        named_event(name, &data)
+    };
+    let mut start = json!({
+        "id": id, "type": "message", "role": "assistant", "model": ask.model, "content": [],
+        "stop_reason": null, "stop_sequence": null,
+    });
+    if !knobs.no_usage {
+        start["usage"] = usage(1);
+    }
+    let mut frames = vec![event("message_start", json!({ "message": start }))];
+    match &ask.tool {
+        Some(name) => {
+            frames.push(event(
+                "content_block_start",
+                json!({"index": 0, "content_block": {
+                    "type": "tool_use", "id": tool_id, "name": name, "input": {}}}),
+            ));
+            frames.push(event("ping", json!({})));
+            let arguments = ask.arguments();
+            let pieces = std::iter::once("").chain(split_even(&arguments, 3));
+            for piece in pieces {
+                frames.push(event(
+                    "content_block_delta",
+                    json!({"index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+            }
+        }
+        None => {
+            frames.push(event(
+                "content_block_start",
+                json!({"index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            frames.push(event("ping", json!({})));
+            for piece in word_pieces(&ask.reply()) {
+                frames.push(event(
+                    "content_block_delta",
+                    json!({"index": 0, "delta": {"type": "text_delta", "text": piece}}),
+                ));
+            }
+        }
+    }
+    if knobs.stream_error {
+        frames.push(event(
+            "error",
+            json!({"error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ));
+        let hold_from = frames.len() - 1;
+        return stream_plan("text/event-stream; charset=utf-8", frames, hold_from);
+    }
+    let hold_from = frames.len();
+    frames.push(event("content_block_stop", json!({"index": 0})));
+    let mut delta = json!({"delta": {"stop_reason": stop_reason, "stop_sequence": null}});
+    if !knobs.no_usage {
+        // Cumulative: the final count, not an increment.
+        delta["usage"] = json!({ "output_tokens": output_words });
+    }
+    frames.push(event("message_delta", delta));
+    frames.push(event("message_stop", json!({})));
+    stream_plan("text/event-stream; charset=utf-8", frames, hold_from)
 }
 
 // === helpers ===
@@ -854,8 +1468,12 @@ mod tests {
         assert_eq!(choice["message"]["content"], "Mock reply to: hello there");
         assert_eq!(choice["finish_reason"], "stop");
         assert_eq!(
-            body["usage"],
-            json!({"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}),
+            (
+                &body["usage"]["prompt_tokens"],
+                &body["usage"]["completion_tokens"],
+                &body["usage"]["total_tokens"]
+            ),
+            (&json!(4), &json!(5), &json!(9)),
             "usage counts words: prompt over all messages, completion over the reply"
         );
         assert_eq!(upstream.hits(), 1);
@@ -1080,7 +1698,7 @@ mod tests {
     async fn other_paths_echo_method_path_and_body_size() {
         let upstream = MockUpstream::start().await.unwrap();
         let body: Value = client()
-            .post(format!("{}/v1/embeddings?dims=3", upstream.url()))
+            .post(format!("{}/v1/files?dims=3", upstream.url()))
             .body("12345")
             .send()
             .await
@@ -1090,7 +1708,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             body,
-            json!({"object": "mock", "method": "POST", "path": "/v1/embeddings?dims=3", "body_bytes": 5})
+            json!({"object": "mock", "method": "POST", "path": "/v1/files?dims=3", "body_bytes": 5})
         );
     }
 
@@ -1314,6 +1932,370 @@ mod tests {
             assert!(Instant::now() < deadline, "the listener closes after drop");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Splits an SSE body into (event name, data JSON) pairs; a `data: [DONE]` is `("", null)`.
+    fn sse_events(body: &[u8]) -> Vec<(String, Value)> {
+        let text = std::str::from_utf8(body).unwrap();
+        text.split("\n\n")
+            .filter(|block| !block.is_empty())
+            .map(|block| {
+                let mut name = String::new();
+                let mut data = Value::Null;
+                for line in block.lines() {
+                    if let Some(n) = line.strip_prefix("event: ") {
+                        name = n.to_owned();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data = serde_json::from_str(d).unwrap_or(Value::Null);
+                    }
+                }
+                (name, data)
+            })
+            .collect()
+    }
+
+    async fn post(upstream: &MockUpstream, path: &str, body: &Value) -> reqwest::Response {
+        client()
+            .post(format!("{}{path}", upstream.url()))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn responses_api_answers_a_response_object_or_typed_events_without_done() {
+        let upstream = MockUpstream::start().await.unwrap();
+        let ask =
+            json!({"model": "gpt-4.1", "instructions": "Be brief.", "input": "hello responses"});
+        let body: Value = post(&upstream, "/v1/responses", &ask)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["object"], "response");
+        assert_eq!(body["status"], "completed");
+        assert_eq!(body["model"], "gpt-4.1");
+        assert_eq!(
+            body["output"][0]["content"][0]["text"],
+            "Mock reply to: hello responses"
+        );
+        assert_eq!(
+            body["usage"]["input_tokens"], 4,
+            "instructions and input words count"
+        );
+        assert_eq!(body["usage"]["output_tokens"], 5);
+        assert_eq!(body["usage"]["input_tokens_details"]["cached_tokens"], 0);
+
+        let mut streamed = ask.clone();
+        streamed["stream"] = json!(true);
+        let rsp = post(&upstream, "/v1/responses", &streamed).await;
+        assert_eq!(rsp.headers()["content-type"], "text/event-stream");
+        let events = sse_events(&rsp.bytes().await.unwrap());
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.first(), Some(&"response.created"));
+        assert_eq!(
+            names.last(),
+            Some(&"response.completed"),
+            "a Responses stream ends with its terminal event, no [DONE]"
+        );
+        assert!(
+            events.iter().all(|(n, d)| d["type"] == n.as_str()),
+            "data.type repeats the event name"
+        );
+        let seq: Vec<u64> = events
+            .iter()
+            .map(|(_, d)| d["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seq, (0..events.len() as u64).collect::<Vec<_>>());
+        let text: String = events
+            .iter()
+            .filter(|(n, _)| n == "response.output_text.delta")
+            .map(|(_, d)| d["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(text, "Mock reply to: hello responses");
+        let last = &events.last().unwrap().1;
+        assert_eq!(last["response"]["usage"]["output_tokens"], 5);
+
+        // Tool call, streamed.
+        let tools =
+            json!([{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]);
+        let call = json!({"model": "gpt-4.1", "stream": true, "tools": tools,
+                          "input": [{"role": "user", "content": [{"type": "input_text", "text": "call tool now"}]}]});
+        let events = sse_events(
+            &post(&upstream, "/v1/responses", &call)
+                .await
+                .bytes()
+                .await
+                .unwrap(),
+        );
+        let args: String = events
+            .iter()
+            .filter(|(n, _)| n == "response.function_call_arguments.delta")
+            .map(|(_, d)| d["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(args, r#"{"input":"call tool now"}"#);
+        let done = &events.last().unwrap().1["response"]["output"][0];
+        assert_eq!(done["type"], "function_call");
+        assert_eq!(done["name"], "lookup");
+    }
+
+    #[tokio::test]
+    async fn anthropic_messages_answer_a_message_or_named_events() {
+        let upstream = MockUpstream::start().await.unwrap();
+        let ask = json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "system": "Be brief.",
+                         "messages": [{"role": "user", "content": [{"type": "text", "text": "hello claude"}]}]});
+        let body: Value = post(&upstream, "/v1/messages", &ask)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["type"], "message");
+        assert_eq!(
+            body["content"][0],
+            json!({"type": "text", "text": "Mock reply to: hello claude"})
+        );
+        assert_eq!(body["stop_reason"], "end_turn");
+        assert_eq!(body["usage"]["input_tokens"], 4);
+        assert_eq!(body["usage"]["output_tokens"], 5);
+
+        let mut streamed = ask.clone();
+        streamed["stream"] = json!(true);
+        let events = sse_events(
+            &post(&upstream, "/v1/messages", &streamed)
+                .await
+                .bytes()
+                .await
+                .unwrap(),
+        );
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["message_start", "content_block_start", "ping"]
+                .into_iter()
+                .chain(std::iter::repeat_n("content_block_delta", 5))
+                .chain(["content_block_stop", "message_delta", "message_stop"])
+                .collect::<Vec<_>>(),
+            "the Messages stream names every event"
+        );
+        assert_eq!(events[0].1["message"]["usage"]["output_tokens"], 1);
+        let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+        assert_eq!(
+            delta.1["usage"]["output_tokens"], 5,
+            "message_delta carries the final count"
+        );
+
+        let tools = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+        let mut call = streamed.clone();
+        call["tools"] = tools;
+        call["messages"] = json!([{"role": "user", "content": "call tool weather"}]);
+        let events = sse_events(
+            &post(&upstream, "/v1/messages", &call)
+                .await
+                .bytes()
+                .await
+                .unwrap(),
+        );
+        let json: String = events
+            .iter()
+            .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
+            .collect();
+        assert_eq!(json, r#"{"input":"call tool weather"}"#);
+        assert_eq!(events[1].1["content_block"]["type"], "tool_use");
+
+        let rsp = post(
+            &upstream,
+            "/v1/messages",
+            &json!({"model": "mock-error", "messages": []}),
+        )
+        .await;
+        assert_eq!(rsp.status(), 500);
+        let body: Value = rsp.json().await.unwrap();
+        assert_eq!(
+            body["type"], "error",
+            "Anthropic errors use Anthropic's shape"
+        );
+        assert_eq!(body["error"]["type"], "api_error");
+    }
+
+    #[tokio::test]
+    async fn embeddings_come_as_floats_or_base64_of_the_same_vectors() {
+        use base64::Engine;
+        let upstream = MockUpstream::start().await.unwrap();
+        let ask =
+            json!({"model": "text-embedding-3-small", "input": ["a b", "c"], "dimensions": 8});
+        let floats: Value = post(&upstream, "/v1/embeddings", &ask)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(floats["object"], "list");
+        assert_eq!(
+            floats["data"].as_array().unwrap().len(),
+            2,
+            "one vector per input"
+        );
+        let vector: Vec<f64> = floats["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(vector.len(), 8, "`dimensions` sets the length");
+        let norm: f64 = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "vectors are unit length");
+        assert_eq!(
+            floats["usage"],
+            json!({"prompt_tokens": 3, "total_tokens": 3})
+        );
+
+        let mut b64 = ask.clone();
+        b64["encoding_format"] = json!("base64");
+        let body: Value = post(&upstream, "/v1/embeddings", &b64)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(body["data"][0]["embedding"].as_str().unwrap())
+            .unwrap();
+        let decoded: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let as_f32: Vec<f32> = vector.iter().map(|x| *x as f32).collect();
+        assert_eq!(
+            decoded, as_f32,
+            "base64 holds the same little-endian f32 vector"
+        );
+
+        let big: Value = post(
+            &upstream,
+            "/v1/embeddings",
+            &json!({"model": "text-embedding-3-large", "input": "x"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(big["data"][0]["embedding"].as_array().unwrap().len(), 3072);
+        let rsp = post(
+            &upstream,
+            "/v1/embeddings",
+            &json!({"model": "m", "input": 5}),
+        )
+        .await;
+        assert_eq!(rsp.status(), 400, "a bad input is a 400, not a panic");
+    }
+
+    #[tokio::test]
+    async fn legacy_completions_and_azure_deployments() {
+        let upstream = MockUpstream::start().await.unwrap();
+        let body: Value = post(
+            &upstream,
+            "/v1/completions",
+            &json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say this"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(body["object"], "text_completion");
+        assert_eq!(body["choices"][0]["text"], "Mock reply to: Say this");
+        let events = sse_events(
+            &post(
+                &upstream,
+                "/v1/completions",
+                &json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say this", "stream": true,
+                        "stream_options": {"include_usage": true}}),
+            )
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        );
+        let text: String = events
+            .iter()
+            .filter_map(|(_, d)| d["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, "Mock reply to: Say this");
+        assert_eq!(events[events.len() - 2].1["usage"]["completion_tokens"], 5);
+        assert_eq!(events.last().unwrap().1, Value::Null, "ends with [DONE]");
+
+        let body: Value = post(
+            &upstream,
+            "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(
+            body["model"], "prod-gpt4o",
+            "the deployment answers as the model"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_usage_and_stream_error_knobs_apply_to_every_format() {
+        let upstream = MockUpstream::start().await.unwrap();
+        let chat_body = chat(true, "x");
+        let rsp = client()
+            .post(format!("{}/v1/chat/completions", upstream.url()))
+            .header("x-mock-no-usage", "1")
+            .json(&chat_body)
+            .send()
+            .await
+            .unwrap();
+        let text = String::from_utf8(rsp.bytes().await.unwrap().to_vec()).unwrap();
+        assert!(
+            !text.contains("\"usage\""),
+            "no usage chunk even with include_usage"
+        );
+
+        for (path, body, marker) in [
+            ("/v1/chat/completions", chat(true, "boom"), "\"error\""),
+            (
+                "/v1/responses",
+                json!({"model": "m", "input": "boom", "stream": true}),
+                "event: response.failed",
+            ),
+            (
+                "/v1/messages",
+                json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "boom"}]}),
+                "event: error",
+            ),
+        ] {
+            let rsp = client()
+                .post(format!("{}{path}", upstream.url()))
+                .header("x-mock-stream-error", "1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let text = String::from_utf8(rsp.bytes().await.unwrap().to_vec()).unwrap();
+            assert!(
+                text.contains(marker),
+                "{path}: the stream fails in its own format: {text}"
+            );
+            assert!(
+                !text.contains("[DONE]")
+                    && !text.contains("message_stop")
+                    && !text.contains("response.completed"),
+                "{path}: no clean ending follows the error"
+            );
+        }
+
+        let rsp = client()
+            .post(format!("{}/v1/responses", upstream.url()))
+            .header("x-mock-no-usage", "1")
+            .json(&json!({"model": "m", "input": "x"}))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = rsp.json().await.unwrap();
+        assert_eq!(body["usage"], Value::Null);
     }
 
     #[test]

@@ -151,8 +151,8 @@ async fn a_prefix_route_with_strip_prefix_reaches_its_own_upstream() {
     assert_eq!(rsp.status(), 200);
     let body: Value = rsp.json().await.unwrap();
     assert_eq!(
-        body["path"], "/v1/messages?x=1",
-        "the second upstream answered for the stripped path"
+        body["type"], "message",
+        "the second upstream answered (an Anthropic message)"
     );
 
     let rsp = client()
@@ -236,9 +236,6 @@ async fn a_prefix_route_with_strip_prefix_reaches_its_own_upstream() {
     );
 }
 
-/// SPEC: `llm.operation` is one of chat | completion | responses | embeddings | messages, and
-/// llm-tracer fronts "Anthropic's Messages API". A Messages call is an LLM call, not a raw
-/// http span.
 #[tokio::test]
 async fn twenty_sequential_calls_on_one_client_all_succeed() {
     const CALLS: usize = 20;

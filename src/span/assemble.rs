@@ -1,20 +1,28 @@
 //! `assemble`: turns one captured exchange (`CallRecord`) into a `Span`.
 //!
 //! Owns what every call shares: times and IDs, capture counters, the redacted HTTP summary, body
-//! decoding, the choice of operation by path, and the span's status and error (proxy failure,
-//! upstream 4xx/5xx, a body that failed or was abandoned). What a body *means* belongs to the
-//! operation modules (`openai` for chat), chosen by [`Operation::detect`].
+//! decoding, the choice of operation by path, the span's status and error (proxy failure,
+//! upstream 4xx/5xx, a body that failed or was abandoned), token estimation when the upstream
+//! reported no usage, and cost. What a body *means* belongs to the operation modules (`openai`
+//! for chat and legacy completions, `embeddings`, `responses`, `anthropic`), chosen by
+//! [`Operation::detect`].
 //!
 //! Pure and total: no I/O, no panics on any input. What cannot be parsed is kept raw.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::{
-    decode, openai, redact, CaptureInfo, HttpInfo, Kind, LlmInfo, Span, SpanError, Status,
-    Timestamp,
+    anthropic, decode, embeddings,
+    estimate::{self, Encoding, Estimate},
+    openai,
+    pricing::PriceTable,
+    redact, responses, CaptureInfo, HttpInfo, Kind, LlmInfo, Span, SpanError, Status, Timestamp,
 };
 use crate::tap::{CallRecord, Captured, End};
 
@@ -26,6 +34,11 @@ pub struct AssembleOptions {
     pub max_decoded_bytes: usize,
     /// Longest error message kept, in chars.
     pub max_error_message_chars: usize,
+    /// Keep embedding vectors in `output` (config `capture_embeddings`; off by default: they
+    /// are large and rarely worth reading).
+    pub capture_embeddings: bool,
+    /// Model prices for `cost_usd` (empty: every cost is `null`).
+    pub pricing: Arc<PriceTable>,
 }
 
 impl Default for AssembleOptions {
@@ -33,6 +46,8 @@ impl Default for AssembleOptions {
         Self {
             max_decoded_bytes: 64 << 20,
             max_error_message_chars: 2000,
+            capture_embeddings: false,
+            pricing: Arc::new(PriceTable::new()),
         }
     }
 }
@@ -45,23 +60,58 @@ pub const NOTES_KEY: &str = "tracer.notes";
 enum Operation {
     /// `…/chat/completions`: OpenAI and every server that copies its API.
     Chat,
+    /// `…/completions`: the legacy text completions API.
+    Completion,
+    /// `…/responses`: OpenAI's Responses API.
+    Responses,
+    /// `…/embeddings`.
+    Embeddings,
+    /// `…/messages`: Anthropic's Messages API.
+    Messages,
 }
 
 impl Operation {
-    /// Matches on the upstream path (query already gone), ignoring a trailing slash.
+    /// Matches on the upstream path (query already gone), ignoring a trailing slash. Only the
+    /// last segments count, so any prefix (`/v1`, `/openai/deployments/{d}`, a gateway's own
+    /// base path) works.
     fn detect(upstream_path: &str) -> Option<Self> {
         let path = upstream_path.trim_end_matches('/');
-        if path.ends_with("/chat/completions") || path == "chat/completions" {
-            return Some(Operation::Chat);
+        let ends = |suffix: &str| {
+            path.strip_suffix(suffix)
+                .is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
+        };
+        if ends("chat/completions") {
+            Some(Operation::Chat)
+        } else if ends("completions") {
+            Some(Operation::Completion)
+        } else if ends("responses") {
+            Some(Operation::Responses)
+        } else if ends("embeddings") {
+            Some(Operation::Embeddings)
+        } else if ends("messages") && !path.contains("/threads/") {
+            // `/threads/{id}/messages` is OpenAI's Assistants API, not a model call.
+            Some(Operation::Messages)
+        } else {
+            None
         }
-        None
     }
 
     fn assemble(self, x: &Exchange<'_>) -> Outcome {
         match self {
             Operation::Chat => openai::chat(x),
+            Operation::Completion => openai::completion(x),
+            Operation::Responses => responses::responses(x),
+            Operation::Embeddings => embeddings::embeddings(x),
+            Operation::Messages => anthropic::messages(x),
         }
     }
+}
+
+/// The deployment named by an Azure-style path, `…/openai/deployments/{deployment}/…`.
+fn azure_deployment(upstream_path: &str) -> Option<&str> {
+    let mut segments = upstream_path.split('/');
+    segments.find(|s| *s == "deployments")?;
+    segments.next().filter(|d| !d.is_empty())
 }
 
 /// One captured body, decoded once.
@@ -92,6 +142,9 @@ pub(super) enum Form {
 #[derive(Debug)]
 pub(super) struct Exchange<'a> {
     pub provider_hint: Option<&'a str>,
+    /// The Azure deployment the path names; the model when the body names none.
+    pub deployment: Option<&'a str>,
+    pub capture_embeddings: bool,
     pub status: Option<u16>,
     pub response_content_type: Option<&'a str>,
     pub request: &'a BodyView,
@@ -99,6 +152,27 @@ pub(super) struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
+    /// The provider for the span: the route's `provider`, else `azure` for a deployment path,
+    /// else the operation's own (`openai`, `anthropic`).
+    pub fn provider(&self, default: &str) -> String {
+        match (self.provider_hint, self.deployment) {
+            (Some(hint), _) => hint.to_string(),
+            (None, Some(_)) => "azure".to_string(),
+            (None, None) => default.to_string(),
+        }
+    }
+
+    /// The request's `model`, else the Azure deployment.
+    pub fn request_model(&self) -> Option<String> {
+        self.request
+            .value
+            .get("model")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+            .or(self.deployment)
+            .map(str::to_owned)
+    }
+
     /// Picks how to read the response. `expect_stream`: the request asked for a stream, so a body
     /// that is neither labelled SSE nor JSON is tried as SSE.
     pub fn form(&self, expect_stream: bool) -> Form {
@@ -138,6 +212,8 @@ pub(super) struct Outcome {
     /// Offset in the response body just past the first event that carried generated output.
     pub first_token_end: Option<u64>,
     pub notes: Vec<String>,
+    /// The text to count when the upstream reported no usage (set only then).
+    pub estimate: Option<Estimate>,
 }
 
 impl Outcome {
@@ -152,6 +228,7 @@ impl Outcome {
             streamed: false,
             first_token_end: None,
             notes: Vec::new(),
+            estimate: None,
         }
     }
 }
@@ -202,18 +279,23 @@ pub fn assemble(record: CallRecord, opts: &AssembleOptions) -> Span {
     );
     let exchange = Exchange {
         provider_hint: provider_hint.as_deref(),
+        deployment: azure_deployment(&upstream_path),
+        capture_embeddings: opts.capture_embeddings,
         status,
         response_content_type: response_content_type.as_deref(),
         request: &req,
         response: &rsp,
     };
     let app_path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut outcome = match Operation::detect(&upstream_path) {
+    // Only a POST creates something; a GET on the same path lists or fetches stored objects.
+    let operation = Operation::detect(&upstream_path).filter(|_| method == "POST");
+    let mut outcome = match operation {
         Some(op) => op.assemble(&exchange),
         None => raw_http(&exchange, &method, app_path),
     };
     notes.append(&mut outcome.notes);
 
+    let failed_before_model = proxy_error.is_some() || status.is_some_and(|s| s >= 400);
     // Status and error, most telling cause first.
     let mut output = outcome.output;
     let (status_out, error) = if let Some((kind, message)) = proxy_error {
@@ -238,6 +320,20 @@ pub fn assemble(record: CallRecord, opts: &AssembleOptions) -> Span {
     });
 
     let mut llm = outcome.llm;
+    if let Some(llm) = llm.as_mut() {
+        // Tokens the upstream did not report are counted, unless the call failed before any
+        // model ran (an upstream 4xx/5xx or a proxy error bills nothing).
+        if llm.usage_source.is_none() && !failed_before_model {
+            if let Some(estimate) = outcome.estimate.as_ref() {
+                apply_estimate(llm, estimate, &mut notes);
+            }
+        }
+        let models: Vec<&str> = [llm.response_model.as_deref(), llm.request_model.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        llm.cost_usd = opts.pricing.cost(&models, llm);
+    }
     if let (Some(llm), true) = (llm.as_mut(), outcome.streamed) {
         llm.ttft_ms = response.as_ref().and_then(|c| {
             let first_token = outcome
@@ -286,6 +382,34 @@ pub fn assemble(record: CallRecord, opts: &AssembleOptions) -> Span {
             bytes_out: seen(&response),
             chunks: response.as_ref().map_or(0, |c| c.frames),
         }),
+    }
+}
+
+/// Counts the tokens of `estimate` with the model's encoding and marks them "estimated".
+fn apply_estimate(llm: &mut LlmInfo, estimate: &Estimate, notes: &mut Vec<String>) {
+    if estimate.input.is_empty() && estimate.output.is_empty() {
+        return;
+    }
+    let model = llm
+        .response_model
+        .as_deref()
+        .or(llm.request_model.as_deref());
+    let anthropic = llm.provider.as_deref() == Some("anthropic")
+        || model.is_some_and(|m| m.to_ascii_lowercase().contains("claude"));
+    let encoding = Encoding::for_model(model);
+    let Some((input, output)) = estimate::count(estimate, encoding) else {
+        notes.push("token estimation unavailable: the tokenizer failed to load".to_string());
+        return;
+    };
+    llm.input_tokens = Some(input);
+    llm.output_tokens = Some(output);
+    llm.total_tokens = Some(input.saturating_add(output));
+    llm.usage_source = Some("estimated".to_string());
+    if anthropic {
+        notes.push(format!(
+            "usage estimated with {} (an approximation of Claude's tokenizer)",
+            encoding.name()
+        ));
     }
 }
 

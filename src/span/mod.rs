@@ -115,9 +115,22 @@ pub struct LlmInfo {
     pub stream: bool,
     #[serde(default)]
     pub params: Map<String, Value>,
+    /// Every prompt token, cached ones included (Anthropic's cache reads and writes are added
+    /// to its `input_tokens`, so all providers read the same).
     pub input_tokens: Option<u64>,
+    /// Every generated token, reasoning included.
     pub output_tokens: Option<u64>,
     pub total_tokens: Option<u64>,
+    /// Of `input_tokens`, those read from the provider's prompt cache (priced at `cached_input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+    /// Of `input_tokens`, those written to the prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`; priced at `cache_write_input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
+    /// Of `output_tokens`, those spent on hidden reasoning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
     /// `"reported"` by the upstream or `"estimated"` by us.
     pub usage_source: Option<String>,
     pub ttft_ms: Option<f64>,
@@ -191,7 +204,12 @@ pub fn is_valid_id(id: &str) -> bool {
 
 mod assemble;
 pub use self::assemble::{assemble, AssembleOptions};
+mod anthropic;
 mod decode;
+mod embeddings;
+pub mod estimate;
 mod openai;
+pub mod pricing;
 mod redact;
+mod responses;
 mod sse;

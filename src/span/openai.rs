@@ -1,6 +1,7 @@
 //! OpenAI chat completions (`…/chat/completions`): the request's model, stream flag and params;
 //! the response's model, usage and finish reason; and the reassembly of a streamed answer into
-//! the `chat.completion` shape, so the UI reads streamed and non-streamed calls alike.
+//! the `chat.completion` shape, so the UI reads streamed and non-streamed calls alike. Also the
+//! helpers the other OpenAI-shaped operations share (usage, in-band errors, text of content).
 //!
 //! Reads bodies only: status, endings and TTFT timing are `assemble`'s.
 
@@ -9,38 +10,57 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::assemble::{describe_error, Exchange, Form, Outcome};
+use super::estimate::{Estimate, Text, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE};
 use super::{sse, Kind, LlmInfo, SpanError};
 
 /// Request keys that are not params: they have their own span fields.
 const NOT_PARAMS: &[&str] = &["model", "messages", "stream"];
+const NOT_PARAMS_TEXT: &[&str] = &["model", "prompt", "stream"];
+
+/// Which OpenAI API a call is; the two share their stream format but not their shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `chat.completion`: choices carry a `message` (streamed: a `delta`).
+    Chat,
+    /// The legacy `text_completion`: choices carry `text`.
+    Text,
+}
 
 /// A chat completion call.
 pub(super) fn chat(x: &Exchange<'_>) -> Outcome {
+    call(x, Shape::Chat)
+}
+
+/// A legacy text completion call (`…/completions`): same stream framing as chat (`data:` chunks,
+/// `[DONE]`, usage only with `stream_options.include_usage`), choices carry `text`.
+pub(super) fn completion(x: &Exchange<'_>) -> Outcome {
+    call(x, Shape::Text)
+}
+
+fn call(x: &Exchange<'_>, shape: Shape) -> Outcome {
+    let (operation, not_params) = match shape {
+        Shape::Chat => ("chat", NOT_PARAMS),
+        Shape::Text => ("completion", NOT_PARAMS_TEXT),
+    };
     let mut llm = LlmInfo {
-        provider: Some(x.provider_hint.unwrap_or("openai").to_string()),
-        operation: Some("chat".to_string()),
+        provider: Some(x.provider("openai")),
+        operation: Some(operation.to_string()),
         ..LlmInfo::default()
     };
-    read_request(&x.request.value, &mut llm);
-    let name = match &llm.request_model {
-        Some(model) => format!("chat {model}"),
-        None => "chat".to_string(),
-    };
-    let mut outcome = Outcome::new(Kind::Llm, name);
+    read_request(&x.request.value, not_params, &mut llm);
+    llm.request_model = x.request_model();
+    let mut outcome = Outcome::new(Kind::Llm, default_name(operation, &llm));
     match x.form(llm.stream) {
         Form::Sse => {
             let events = sse::parse(&x.response.bytes);
-            let stream = reassemble(&events, &mut llm);
+            let stream = reassemble(&events, shape, &mut llm);
             llm.stream = true;
             outcome.streamed = true;
             outcome.finished = stream.done;
             outcome.first_token_end = stream.first_token_end;
             outcome.body_error = stream.error;
-            if stream.skipped > 0 {
-                outcome.notes.push(format!(
-                    "skipped {} stream event(s) whose data was not JSON",
-                    stream.skipped
-                ));
+            if let Some(note) = stream.skipped.note() {
+                outcome.notes.push(note);
             }
             outcome.output = match stream.output {
                 Some(output) => output,
@@ -55,12 +75,38 @@ pub(super) fn chat(x: &Exchange<'_>) -> Outcome {
         }
         Form::Failed | Form::Other => outcome.output = x.response.value.clone(),
     }
+    if llm.usage_source.is_none() {
+        outcome.estimate = Some(match shape {
+            Shape::Chat => Estimate {
+                input: chat_input_text(&x.request.value),
+                output: chat_output_text(&outcome.output),
+            },
+            Shape::Text => {
+                let mut input = Text::new();
+                input.push_strings(x.request.value.get("prompt").unwrap_or(&Value::Null));
+                let mut output = Text::new();
+                let choices = outcome.output.get("choices").and_then(Value::as_array);
+                for choice in choices.into_iter().flatten() {
+                    push_content(choice.get("text"), &mut output);
+                }
+                Estimate { input, output }
+            }
+        });
+    }
     outcome.llm = Some(llm);
     outcome
 }
 
-/// Model, stream flag and every other top-level key as sent.
-fn read_request(body: &Value, llm: &mut LlmInfo) {
+/// `<operation> <model>`, or the operation alone.
+pub(super) fn default_name(operation: &str, llm: &LlmInfo) -> String {
+    match &llm.request_model {
+        Some(model) => format!("{operation} {model}"),
+        None => operation.to_string(),
+    }
+}
+
+/// Model, stream flag and every top-level key but `not_params`, as sent.
+pub(super) fn read_request(body: &Value, not_params: &[&str], llm: &mut LlmInfo) {
     let Some(obj) = body.as_object() else {
         return;
     };
@@ -68,13 +114,88 @@ fn read_request(body: &Value, llm: &mut LlmInfo) {
     llm.stream = obj.get("stream") == Some(&Value::Bool(true));
     llm.params = obj
         .iter()
-        .filter(|(k, _)| !NOT_PARAMS.contains(&k.as_str()))
+        .filter(|(k, _)| !not_params.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 }
 
-/// A non-streamed `chat.completion`.
-fn read_response(body: &Value, llm: &mut LlmInfo) {
+/// The prompt of a chat request as the model sees it, for counting: each message's text (and
+/// the tool calls of assistant messages) plus the framing tokens, and the tool definitions.
+fn chat_input_text(body: &Value) -> Text {
+    let mut text = Text::new();
+    let messages = body.get("messages").and_then(Value::as_array);
+    for message in messages.into_iter().flatten() {
+        text.add_tokens(TOKENS_PER_MESSAGE);
+        push_content(message.get("content"), &mut text);
+        if let Some(name) = message.get("name").and_then(Value::as_str) {
+            text.push(name);
+        }
+        let calls = message.get("tool_calls").and_then(Value::as_array);
+        for call in calls.into_iter().flatten() {
+            if let Some(function) = call.get("function") {
+                text.push_strings(function);
+            }
+        }
+    }
+    if messages.is_some() {
+        text.add_tokens(REPLY_PRIMING_TOKENS);
+    }
+    for key in ["tools", "functions"] {
+        if let Some(tools) = body.get(key).filter(|t| !t.is_null()) {
+            text.push_json(tools);
+        }
+    }
+    text
+}
+
+/// The generated text of a `chat.completion`: content, refusal, reasoning and tool calls of
+/// every choice.
+fn chat_output_text(output: &Value) -> Text {
+    let mut text = Text::new();
+    let choices = output.get("choices").and_then(Value::as_array);
+    for choice in choices.into_iter().flatten() {
+        let Some(message) = choice.get("message") else {
+            continue;
+        };
+        for key in ["content", "refusal", "reasoning_content"] {
+            push_content(message.get(key), &mut text);
+        }
+        let calls = message.get("tool_calls").and_then(Value::as_array);
+        for call in calls.into_iter().flatten() {
+            if let Some(function) = call.get("function") {
+                text.push_strings(function);
+            }
+        }
+        if let Some(function) = message.get("function_call") {
+            text.push_strings(function);
+        }
+    }
+    text
+}
+
+/// Adds the text of a message `content`: a string, or the `text` of each part of a parts array
+/// (images and audio cannot be counted as text and are left out).
+pub(super) fn push_content(content: Option<&Value>, text: &mut Text) {
+    match content {
+        Some(Value::String(s)) => text.push(s),
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                match part {
+                    Value::String(s) => text.push(s),
+                    _ => {
+                        if let Some(s) = part.get("text").and_then(Value::as_str) {
+                            text.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A non-streamed `chat.completion` (or legacy `text_completion`).
+pub(super) fn read_response(body: &Value, llm: &mut LlmInfo) {
     llm.response_model = non_empty(body.get("model"));
     if let Some(usage) = body.get("usage") {
         read_usage(usage, llm);
@@ -85,8 +206,10 @@ fn read_response(body: &Value, llm: &mut LlmInfo) {
         .and_then(|c| non_empty(c.get("finish_reason")));
 }
 
-/// OpenAI's `usage` block → token counts, marked "reported".
-fn read_usage(usage: &Value, llm: &mut LlmInfo) {
+/// OpenAI's `usage` block → token counts, marked "reported". Cached prompt tokens
+/// (`prompt_tokens_details.cached_tokens`) and reasoning tokens
+/// (`completion_tokens_details.reasoning_tokens`) are already inside the two totals.
+pub(super) fn read_usage(usage: &Value, llm: &mut LlmInfo) {
     let count = |key: &str| usage.get(key).and_then(token_count);
     let input = count("prompt_tokens");
     let output = count("completion_tokens");
@@ -97,18 +220,26 @@ fn read_usage(usage: &Value, llm: &mut LlmInfo) {
     llm.input_tokens = input;
     llm.output_tokens = output;
     llm.total_tokens = total;
+    llm.cached_input_tokens = usage
+        .pointer("/prompt_tokens_details/cached_tokens")
+        .and_then(token_count)
+        .filter(|n| *n > 0);
+    llm.reasoning_tokens = usage
+        .pointer("/completion_tokens_details/reasoning_tokens")
+        .and_then(token_count)
+        .filter(|n| *n > 0);
     llm.usage_source = Some("reported".to_string());
 }
 
 /// A token count: a non-negative integer (some servers send `12.0`).
-fn token_count(v: &Value) -> Option<u64> {
+pub(super) fn token_count(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| {
         let f = v.as_f64()?;
         (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64).then_some(f as u64)
     })
 }
 
-fn non_empty(v: Option<&Value>) -> Option<String> {
+pub(super) fn non_empty(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -125,7 +256,40 @@ struct Stream {
     /// `data: [DONE]` arrived.
     done: bool,
     /// Complete events whose data was not JSON.
-    skipped: usize,
+    skipped: Unparsed,
+}
+
+/// Stream events whose data could not be read (the bytes were still forwarded as they came).
+#[derive(Debug, Default)]
+pub(super) struct Unparsed {
+    count: usize,
+    /// The first one: where it ended in the body, and why it failed.
+    first: Option<(u64, String)>,
+}
+
+impl Unparsed {
+    pub fn record(&mut self, event: &sse::Event, why: String) {
+        self.count += 1;
+        self.first.get_or_insert((event.end, why));
+    }
+
+    /// The span note, when any event was skipped.
+    pub fn note(&self) -> Option<String> {
+        let (end, why) = self.first.as_ref()?;
+        Some(format!(
+            "skipped {} stream event(s) whose data was not JSON (the first, ending at byte {end}: {why})",
+            self.count
+        ))
+    }
+}
+
+/// The JSON object an event carries; why not, when it carries none.
+pub(super) fn event_object(data: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(data) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err("data is JSON but not an object".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Running state of one choice across chunks.
@@ -162,8 +326,8 @@ struct StreamAcc {
     choices: BTreeMap<u64, ChoiceAcc>,
 }
 
-/// Folds the chunks of a streamed chat completion, up to `data: [DONE]`.
-fn reassemble(events: &[sse::Event], llm: &mut LlmInfo) -> Stream {
+/// Folds the chunks of a streamed completion, up to `data: [DONE]`.
+fn reassemble(events: &[sse::Event], shape: Shape, llm: &mut LlmInfo) -> Stream {
     let mut stream = Stream::default();
     let mut acc = StreamAcc::default();
     let mut parsed = 0usize;
@@ -180,12 +344,12 @@ fn reassemble(events: &[sse::Event], llm: &mut LlmInfo) -> Stream {
             stream.done = true;
             break;
         }
-        let chunk = match serde_json::from_str::<Value>(data) {
-            Ok(chunk @ Value::Object(_)) => chunk,
+        let chunk = match event_object(data) {
+            Ok(chunk) => chunk,
             // A cut-off last event is the capture's or the client's doing, not bad data.
-            _ => {
+            Err(why) => {
                 if event.complete {
-                    stream.skipped += 1;
+                    stream.skipped.record(event, why);
                 }
                 continue;
             }
@@ -209,7 +373,7 @@ fn reassemble(events: &[sse::Event], llm: &mut LlmInfo) -> Stream {
             .values()
             .next()
             .and_then(|c| c.finish_reason.clone());
-        stream.output = Some(acc.into_completion());
+        stream.output = Some(acc.into_completion(shape));
     }
     stream
 }
@@ -260,10 +424,14 @@ impl StreamAcc {
         generated
     }
 
-    fn into_completion(self) -> Value {
+    fn into_completion(self, shape: Shape) -> Value {
+        let object = match shape {
+            Shape::Chat => "chat.completion",
+            Shape::Text => "text_completion",
+        };
         let mut out = Map::new();
         out.insert("id".into(), self.id.map_or(Value::Null, Value::String));
-        out.insert("object".into(), Value::String("chat.completion".into()));
+        out.insert("object".into(), Value::String(object.into()));
         out.insert("created".into(), self.created.unwrap_or(Value::Null));
         out.insert(
             "model".into(),
@@ -275,7 +443,10 @@ impl StreamAcc {
         let choices = self
             .choices
             .into_iter()
-            .map(|(index, c)| c.into_choice(index))
+            .map(|(index, c)| match shape {
+                Shape::Chat => c.into_choice(index),
+                Shape::Text => c.into_text_choice(index),
+            })
             .collect();
         out.insert("choices".into(), Value::Array(choices));
         if let Some(usage) = self.usage {
@@ -303,6 +474,12 @@ impl ChoiceAcc {
                     }
                 }
             }
+        }
+        // A legacy completion choice carries its text directly.
+        if let Some(text) = choice.get("text").and_then(Value::as_str) {
+            self.content.push_str(text);
+            self.saw_content = true;
+            return !text.is_empty();
         }
         let Some(delta) = choice.get("delta") else {
             return false;
@@ -360,6 +537,22 @@ impl ChoiceAcc {
             (None, Some(last)) => last,
             (None, None) => 0,
         }
+    }
+
+    /// A legacy `text_completion` choice.
+    fn into_text_choice(self, index: u64) -> Value {
+        let mut choice = Map::new();
+        choice.insert("index".into(), Value::from(index));
+        choice.insert("text".into(), Value::String(self.content));
+        choice.insert(
+            "logprobs".into(),
+            self.logprobs.map_or(Value::Null, Value::Object),
+        );
+        choice.insert(
+            "finish_reason".into(),
+            self.finish_reason.map_or(Value::Null, Value::String),
+        );
+        Value::Object(choice)
     }
 
     fn into_choice(self, index: u64) -> Value {

@@ -930,9 +930,14 @@ fn azure_style_prompt_filter_chunks_are_harmless() {
     assert_eq!(span.output["id"], "c9");
     assert_eq!(content(&span, 0), "ok");
     assert_eq!(
-        llm(&span).usage_source,
-        None,
-        "no usage chunk, no reported usage"
+        llm(&span).usage_source.as_deref(),
+        Some("estimated"),
+        "no usage chunk: the tokens are estimated, and said to be"
+    );
+    assert_eq!(
+        llm(&span).output_tokens,
+        Some(1),
+        "\"ok\" is one o200k token"
     );
 }
 
@@ -1127,8 +1132,24 @@ fn operation_detection_is_by_upstream_path() {
             "/openai/deployments/gpt/chat/completions/",
             Some(Operation::Chat),
         ),
-        ("/v1/completions", None),
+        ("/v1/completions", Some(Operation::Completion)),
+        (
+            "/openai/deployments/davinci/completions",
+            Some(Operation::Completion),
+        ),
+        ("/v1/responses", Some(Operation::Responses)),
+        ("/openai/v1/responses/", Some(Operation::Responses)),
+        ("/v1/responses/resp_123", None),
+        ("/v1/embeddings", Some(Operation::Embeddings)),
+        (
+            "/openai/deployments/ada/embeddings",
+            Some(Operation::Embeddings),
+        ),
+        ("/v1/messages", Some(Operation::Messages)),
+        ("/v1/messages/count_tokens", None),
+        ("/v1/threads/thread_1/messages", None),
         ("/v1/chat/completions/extra", None),
+        ("/v1/textcompletions", None),
         ("/v1/chat", None),
         ("", None),
     ];
@@ -1160,3 +1181,5 @@ fn arrival_maps_an_offset_to_the_first_mark_covering_it() {
     );
     assert_eq!(arrival(&[], 0), None);
 }
+
+mod formats;
