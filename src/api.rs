@@ -15,7 +15,10 @@ use crate::{
     metrics::Metrics,
     queue::SpanQueue,
     span::{self, Kind, Span, Status, Timestamp},
-    store::{Cursor, StatsQuery, Store, TraceQuery},
+    store::{
+        Cursor, Series, SessionQuery, StatsQuery, Store, TraceQuery, MAX_BUCKETS,
+        MAX_SESSION_TRACES,
+    },
 };
 
 /// Largest `POST /api/spans` body.
@@ -25,7 +28,76 @@ const MAX_INGEST_SPANS: usize = 10_000;
 /// Longest free-text filter value.
 const MAX_FILTER_LEN: usize = 1024;
 
-const UI_HTML: &str = include_str!("ui/index.html");
+/// Longest `bucket=` width: a year.
+const MAX_BUCKET_SECONDS: u64 = 366 * 86_400;
+
+/// One file of the web UI, built into the binary: hand-written ES modules and CSS, no build step.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("ui/index.html"),
+    },
+    Asset {
+        name: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("ui/style.css"),
+    },
+    Asset {
+        name: "app.js",
+        content_type: JS,
+        body: include_bytes!("ui/app.js"),
+    },
+    Asset {
+        name: "lib.js",
+        content_type: JS,
+        body: include_bytes!("ui/lib.js"),
+    },
+    Asset {
+        name: "traces.js",
+        content_type: JS,
+        body: include_bytes!("ui/traces.js"),
+    },
+    Asset {
+        name: "trace.js",
+        content_type: JS,
+        body: include_bytes!("ui/trace.js"),
+    },
+    Asset {
+        name: "detail.js",
+        content_type: JS,
+        body: include_bytes!("ui/detail.js"),
+    },
+    Asset {
+        name: "sessions.js",
+        content_type: JS,
+        body: include_bytes!("ui/sessions.js"),
+    },
+    Asset {
+        name: "dashboard.js",
+        content_type: JS,
+        body: include_bytes!("ui/dashboard.js"),
+    },
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("ui/favicon.svg"),
+    },
+];
+
+/// The UI's only sources are this listener: no inline script, no other origin. (Inline
+/// `style` attributes are allowed: the timeline positions bars with them.)
+const UI_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; \
+frame-ancestors 'none'";
 
 /// Shared state of the admin listener.
 pub struct Admin {
@@ -78,7 +150,15 @@ impl Admin {
         };
         match segments.as_slice() {
             [""] | ["index.html"] => match method {
-                Method::GET | Method::HEAD => Ok(ui()),
+                Method::GET | Method::HEAD => Ok(asset(&req, "index.html")),
+                _ => Err(not_allowed()),
+            },
+            ["favicon.ico"] => match method {
+                Method::GET | Method::HEAD => Ok(asset(&req, "favicon.svg")),
+                _ => Err(not_allowed()),
+            },
+            ["ui", name] if ASSETS.iter().any(|a| a.name == *name) => match method {
+                Method::GET | Method::HEAD => Ok(asset(&req, name)),
                 _ => Err(not_allowed()),
             },
             ["healthz"] => match method {
@@ -109,6 +189,24 @@ impl Admin {
                 let id = path_id("span_id", id)?;
                 match method {
                     Method::GET => self.get_span(id).await,
+                    _ => Err(not_allowed()),
+                }
+            }
+            ["api", "sessions"] => match method {
+                Method::GET => self.list_sessions(&query).await,
+                _ => Err(not_allowed()),
+            },
+            ["api", "sessions", id] => {
+                let id = percent_decode(id)
+                    .filter(|v| !v.is_empty() && v.len() <= MAX_FILTER_LEN)
+                    .ok_or_else(|| {
+                        ApiError::bad_param(
+                            "session_id",
+                            format!("must be 1-{MAX_FILTER_LEN} bytes of percent-encoded UTF-8"),
+                        )
+                    })?;
+                match method {
+                    Method::GET => self.get_session(id, &query).await,
                     _ => Err(not_allowed()),
                 }
             }
@@ -206,14 +304,78 @@ impl Admin {
                 ))
             }
         };
+        let series = match params.get("bucket")? {
+            None | Some("") => None,
+            Some(v) => {
+                let width_us = parse_bucket(v)? * 1_000_000;
+                let store = self.store.clone();
+                let bounds = blocking(move || store.call_bounds(since, until)).await?;
+                // The instants the series must cover: the window, or the calls in it.
+                let hi = until
+                    .map(|u| u.micros().saturating_sub(1))
+                    .or(bounds.map(|b| b.1));
+                let lo = since.map(Timestamp::micros).or(bounds.map(|b| b.0)).or(hi);
+                Some(match (lo, hi.or(lo)) {
+                    (Some(lo), Some(hi)) => {
+                        Series::covering(lo, hi.max(lo), width_us).map_err(|count| {
+                            ApiError::bad_param(
+                                "bucket",
+                                format!(
+                                    "{v:?} gives {count} buckets over this window, more than \
+                                     {MAX_BUCKETS}; use a wider bucket or a narrower since/until"
+                                ),
+                            )
+                        })?
+                    }
+                    _ => Series {
+                        first_us: 0,
+                        width_us,
+                        count: 0,
+                    },
+                })
+            }
+        };
         let q = StatsQuery {
             since,
             until,
             group_by_model,
+            series,
         };
         let store = self.store.clone();
         let stats = blocking(move || store.stats(&q)).await?;
         Ok(json_response(StatusCode::OK, &stats))
+    }
+
+    async fn list_sessions(&self, query: &str) -> Result<Rsp, ApiError> {
+        let p = Params::parse(query)?;
+        let q = SessionQuery {
+            limit: p.limit("limit", 50, 200)?,
+            cursor: p.cursor()?,
+            since: p.time("since")?,
+            until: p.time("until")?,
+            q: p.text("q")?,
+        };
+        check_window(q.since, q.until)?;
+        let store = self.store.clone();
+        let page = blocking(move || store.list_sessions(&q)).await?;
+        Ok(json_response(StatusCode::OK, &page))
+    }
+
+    async fn get_session(&self, id: String, query: &str) -> Result<Rsp, ApiError> {
+        let p = Params::parse(query)?;
+        let limit = p.limit("limit", MAX_SESSION_TRACES, MAX_SESSION_TRACES)?;
+        let store = self.store.clone();
+        let lookup = id.clone();
+        match blocking(move || store.get_session(&lookup, limit)).await? {
+            Some((session, traces)) => Ok(json_response(
+                StatusCode::OK,
+                &json!({ "session": session, "traces": traces }),
+            )),
+            None => Err(ApiError::NotFound {
+                what: "session",
+                id,
+            }),
+        }
     }
 
     async fn ingest(&self, req: Request<Incoming>) -> Result<Rsp, ApiError> {
@@ -311,13 +473,109 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Rsp {
     rsp
 }
 
-fn ui() -> Rsp {
-    let mut rsp = Response::new(Full::new(Bytes::from_static(UI_HTML.as_bytes())));
-    rsp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+/// Serves one embedded UI file. Caching: `no-cache` plus a strong ETag (a hash of the bytes),
+/// so the browser revalidates each load with a cheap 304 and a new binary's UI is never stale.
+fn asset<B>(req: &Request<B>, name: &str) -> Rsp {
+    static ETAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let etags = ETAGS.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|a| format!("\"{:016x}\"", fnv1a(a.body)))
+            .collect()
+    });
+    let Some((i, a)) = ASSETS.iter().enumerate().find(|(_, a)| a.name == name) else {
+        return ApiError::NoSuchRoute {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+        }
+        .to_response()
+        .map(Full::new);
+    };
+    let etag = etags.get(i).map(String::as_str).unwrap_or("\"0\"");
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut rsp = if fresh {
+        let mut rsp = Response::new(Full::new(Bytes::new()));
+        *rsp.status_mut() = StatusCode::NOT_MODIFIED;
+        rsp
+    } else {
+        let body = if req.method() == Method::HEAD {
+            Bytes::new()
+        } else {
+            Bytes::from_static(a.body)
+        };
+        let mut rsp = Response::new(Full::new(body));
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(a.content_type),
+        );
+        rsp
+    };
+    let h = rsp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if a.name.ends_with(".html") {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(UI_CSP),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     rsp
+}
+
+/// FNV-1a, 64 bit: the assets' ETags.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `bucket=`: whole seconds, plain (`300`) or with a unit (`30s`, `5m`, `1h`, `1d`).
+fn parse_bucket(v: &str) -> Result<u64, ApiError> {
+    let v = v.trim();
+    let bad = || {
+        ApiError::bad_param(
+            "bucket",
+            format!(
+                "{v:?} is not a bucket width: whole seconds (300) or a number with s, m, h or d \
+                 (30s, 5m, 1h, 1d), from 1s to 366d"
+            ),
+        )
+    };
+    let (digits, unit) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_lowercase()),
+        _ => (v, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|s| (1..=MAX_BUCKET_SECONDS).contains(s))
+        .ok_or_else(bad)
 }
 
 /// A path segment naming an ID: percent-decoded, then held to the ID alphabet.
@@ -388,6 +646,33 @@ impl Params {
         }
     }
 
+    /// An integer in `1..=max`, `default` when absent.
+    fn limit(&self, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.get(name)? {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad_param(
+                    name,
+                    format!("{v:?} is not an integer in 1..={max}"),
+                )),
+            },
+        }
+    }
+
+    /// `cursor`: opaque, from a previous page's `next_cursor`.
+    fn cursor(&self) -> Result<Option<Cursor>, ApiError> {
+        match self.get("cursor")? {
+            None | Some("") => Ok(None),
+            Some(v) => Cursor::decode(v).map(Some).ok_or_else(|| {
+                ApiError::bad_param(
+                    "cursor",
+                    "malformed cursor; use next_cursor from a previous page",
+                )
+            }),
+        }
+    }
+
     /// RFC 3339, or unix milliseconds.
     fn time(&self, name: &str) -> Result<Option<Timestamp>, ApiError> {
         let Some(v) = self.get(name)? else {
@@ -422,27 +707,8 @@ fn check_window(since: Option<Timestamp>, until: Option<Timestamp>) -> Result<()
 
 fn parse_trace_query(query: &str) -> Result<TraceQuery, ApiError> {
     let p = Params::parse(query)?;
-    let limit = match p.get("limit")? {
-        None => 50,
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_param(
-                    "limit",
-                    format!("{v:?} is not an integer in 1..=1000"),
-                ))
-            }
-        },
-    };
-    let cursor = match p.get("cursor")? {
-        None | Some("") => None,
-        Some(v) => Some(Cursor::decode(v).ok_or_else(|| {
-            ApiError::bad_param(
-                "cursor",
-                "malformed cursor; use next_cursor from a previous page",
-            )
-        })?),
-    };
+    let limit = p.limit("limit", 50, 1000)?;
+    let cursor = p.cursor()?;
     let status = match p.get("status")? {
         None | Some("") => None,
         Some(v) => Some(Status::parse(v).ok_or_else(|| {

@@ -30,6 +30,10 @@
 //! span id under another trace moves the span: the same batch removes its old `s`/`l` keys and
 //! rebuilds the old trace's summary and index keys (or deletes them if no span is left).
 //!
+//! Sessions ([`Store::list_sessions`], [`Store::get_session`]) are read from the `x` session
+//! index and the `t` time index; stats time series ([`StatsQuery::series`]) come from the same
+//! single `l` scan as the totals. Neither reads spans.
+//!
 //! A summary keeps at most [`MAX_SUMMARY_VALUES`] models and as many tags (the lexicographically
 //! smallest, so the result still does not depend on arrival order); the others are not indexed.
 
@@ -162,6 +166,83 @@ pub struct StatsQuery {
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
     pub group_by_model: bool,
+    /// Also return a time series with these buckets.
+    pub series: Option<Series>,
+}
+
+/// The buckets of a stats time series: `count` buckets of `width_us`, the first starting at
+/// `first_us`. Bucket starts are multiples of the width since the unix epoch (UTC), so a series
+/// lines up with the clock whatever `since` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Series {
+    pub first_us: u64,
+    pub width_us: u64,
+    pub count: usize,
+}
+
+impl Series {
+    /// The buckets of `width_us` covering the instants `lo_us..=hi_us`; `Err(count)` with the
+    /// number of buckets needed when that is more than [`MAX_BUCKETS`]. `width_us` must not be 0.
+    pub fn covering(lo_us: u64, hi_us: u64, width_us: u64) -> Result<Series, u64> {
+        let width_us = width_us.max(1);
+        let (lo, hi) = (lo_us.min(hi_us), lo_us.max(hi_us));
+        let first = lo / width_us;
+        let count = hi / width_us - first + 1;
+        if count > MAX_BUCKETS as u64 {
+            return Err(count);
+        }
+        Ok(Series {
+            first_us: first * width_us,
+            width_us,
+            count: usize::try_from(count).unwrap_or(MAX_BUCKETS),
+        })
+    }
+}
+
+/// Filters for [`Store::list_sessions`].
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+    /// Sessions whose newest trace (before `until`) started at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only traces that started before this time count as a session's newest.
+    pub until: Option<Timestamp>,
+    /// Case-insensitive substring of the session id or its user id.
+    pub q: Option<String>,
+}
+
+/// One session: totals over its traces (at most [`MAX_SESSION_TRACES`] of the newest).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionSummary {
+    pub session_id: String,
+    pub trace_count: u64,
+    /// `false` when the session has more traces than were totalled.
+    pub complete: bool,
+    pub start_time: Timestamp,
+    pub end_time: Timestamp,
+    pub duration_ms: f64,
+    /// The worst trace status.
+    pub status: Status,
+    /// Traces whose status is `error`.
+    pub errors: u64,
+    pub span_count: u64,
+    pub llm_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: Option<f64>,
+    pub models: Vec<String>,
+    pub user_ids: Vec<String>,
+    /// The oldest trace's input and the newest trace's output.
+    pub first_input_preview: Option<String>,
+    pub last_output_preview: Option<String>,
+    pub last_trace_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionPage {
+    pub sessions: Vec<SessionSummary>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -191,6 +272,36 @@ pub struct Stats {
     pub total: StatsRow,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<StatsRow>>,
+    /// Set with `series`: the width of each bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_seconds: Option<u64>,
+    /// One row per bucket, oldest first, empty buckets included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<SeriesRow>>,
+}
+
+/// One time bucket `[start, end)` of a stats series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesRow {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    #[serde(flatten)]
+    pub stats: StatsRow,
+    /// With `group_by=model`: per-model counts in this bucket, by calls desc.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<ModelCounts>>,
+}
+
+/// Per-model counts inside one series bucket (no quantiles: those are per bucket and per model
+/// row only).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct ModelCounts {
+    pub model: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: Option<f64>,
 }
 
 /// The `model` of the `group_by=model` row that collects calls without a known model.
@@ -217,6 +328,17 @@ pub const MAX_SUMMARY_VALUES: usize = 64;
 const STATS_SAMPLE: usize = 1_000_000;
 /// … and at most this many per `group_by=model` row.
 const GROUP_STATS_SAMPLE: usize = 100_000;
+
+/// Most buckets in one stats series.
+pub const MAX_BUCKETS: usize = 1000;
+/// Quantile sample per series bucket (so a full series holds at most 2 × 2 M values).
+const BUCKET_STATS_SAMPLE: usize = 2_000;
+/// A series names at most this many models per bucket; calls of later-seen models are counted
+/// under [`OTHER_MODELS`].
+pub const MAX_SERIES_MODELS: usize = 20;
+pub const OTHER_MODELS: &str = "(other)";
+/// A session's totals cover at most this many of its newest traces.
+pub const MAX_SESSION_TRACES: usize = 1000;
 
 /// How long [`Store::open`] waits for a directory lock still held by a just-dropped handle.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -435,29 +557,10 @@ impl Store {
             next_cursor: None,
         };
 
-        // start < until  ⇔  inv(start) ≥ inv(until) + 1.
-        let mut lower = prefix.clone();
-        if let Some(until) = q.until {
-            if until.micros() == 0 {
-                return Ok(empty);
-            }
-            lower.extend_from_slice(&(u64::MAX - until.micros() + 1).to_be_bytes());
-        }
-        // Strictly after the cursor: the smallest key above it (no trace id contains 0x00).
-        if let Some(c) = &q.cursor {
-            let mut after = prefix.clone();
-            after.extend_from_slice(&inv(c.start_us).to_be_bytes());
-            after.extend_from_slice(c.trace_id.as_bytes());
-            after.push(0);
-            lower = lower.max(after);
-        }
-        // start ≥ since  ⇔  inv(start) ≤ inv(since); trace id bytes are ASCII, below 0xFF.
-        let mut upper = prefix.clone();
-        upper.extend_from_slice(&inv(q.since.map_or(0, Timestamp::micros)).to_be_bytes());
-        upper.push(0xFF);
-        if lower >= upper {
+        let Some((lower, upper)) = index_window(&prefix, q.since, q.until, q.cursor.as_ref())
+        else {
             return Ok(empty);
-        }
+        };
 
         let needle = q.q.as_deref().map(str::to_lowercase);
         let mut traces = Vec::new();
@@ -585,22 +688,17 @@ impl Store {
     /// Call statistics over the `l` records with start in `[since, until)`.
     ///
     /// Counts, errors, tokens and cost are exact. Quantiles are exact (nearest rank) while the
-    /// window holds at most 1,000,000 calls (100,000 per `group_by=model` row); beyond that they
-    /// are computed from a uniform reservoir sample of that size (deterministic seed, so the same
-    /// data gives the same answer), which bounds memory at a few MB per row whatever the window.
+    /// window holds at most 1,000,000 calls (100,000 per `group_by=model` row, 2,000 per time
+    /// bucket); beyond that they are computed from a uniform reservoir sample of that size
+    /// (deterministic seed, so the same data gives the same answer), which bounds memory at a few
+    /// MB per row whatever the window. With [`StatsQuery::series`], the same single scan also
+    /// fills one row per time bucket (empty buckets included, so the series is dense); calls
+    /// outside the series' buckets count in the totals only.
     pub fn stats(&self, q: &StatsQuery) -> Result<Stats, StoreError> {
-        let mut lower = vec![P_CALL];
-        lower.extend_from_slice(&q.since.map_or(0, Timestamp::micros).to_be_bytes());
-        let upper = match q.until {
-            Some(until) => {
-                let mut k = vec![P_CALL];
-                k.extend_from_slice(&until.micros().to_be_bytes());
-                k
-            }
-            None => vec![P_CALL + 1],
-        };
+        let (lower, upper) = call_range(q.since, q.until);
         let mut total = StatsAcc::new(STATS_SAMPLE);
         let mut groups: BTreeMap<String, StatsAcc> = BTreeMap::new();
+        let mut series = q.series.map(SeriesAcc::new);
         if lower < upper {
             for item in self
                 .tree
@@ -610,14 +708,16 @@ impl Store {
                 let rec: CallRec = decode_json(&key, &value)?;
                 total.add(&rec);
                 if q.group_by_model {
-                    let model = rec
-                        .model
-                        .clone()
-                        .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
                     groups
-                        .entry(model)
+                        .entry(rec.model_name().to_string())
                         .or_insert_with(|| StatsAcc::new(GROUP_STATS_SAMPLE))
                         .add(&rec);
+                }
+                if let Some(series) = &mut series {
+                    let Some(start) = key.get(1..9).and_then(|b| b.try_into().ok()) else {
+                        return Err(corrupt(&key, "call key has no start time"));
+                    };
+                    series.add(u64::from_be_bytes(start), &rec, q.group_by_model);
                 }
             }
         }
@@ -632,7 +732,123 @@ impl Store {
         Ok(Stats {
             total: total.row(None),
             groups,
+            bucket_seconds: q.series.map(|s| s.width_us / 1_000_000),
+            series: series.map(|s| s.rows(q.group_by_model)),
         })
+    }
+
+    /// Start times (µs) of the first and the last call in `[since, until)`, `None` when there is
+    /// none: two index seeks, no scan. Lets the API size a bucketed series before asking for it.
+    pub fn call_bounds(
+        &self,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let (lower, upper) = call_range(since, until);
+        if lower >= upper {
+            return Ok(None);
+        }
+        let mut range = self
+            .tree
+            .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)));
+        let start_of = |key: &[u8]| {
+            key.get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(key, "call key has no start time"))
+        };
+        let Some(first) = range.next() else {
+            return Ok(None);
+        };
+        let first = start_of(&first?.0)?;
+        let last = match range.next_back() {
+            Some(item) => start_of(&item?.0)?,
+            None => first,
+        };
+        Ok(Some((first, last)))
+    }
+
+    /// Sessions, most recently active first. A session is listed at the position of its newest
+    /// trace (the newest one that started before `until`), and only if that trace started at or
+    /// after `since`; `next_cursor` continues from there. Walks the `t` index like
+    /// [`Store::list_traces`] (at most 100,000 entries per page), checks "newest of its session"
+    /// with one seek in the session's `x` index, and totals each listed session from at most
+    /// [`MAX_SESSION_TRACES`] of its newest summaries. Never reads spans.
+    pub fn list_sessions(&self, q: &SessionQuery) -> Result<SessionPage, StoreError> {
+        let limit = q.limit.max(1);
+        let empty = SessionPage {
+            sessions: Vec::new(),
+            next_cursor: None,
+        };
+        let Some((lower, upper)) = index_window(&[P_TIME], q.since, q.until, q.cursor.as_ref())
+        else {
+            return Ok(empty);
+        };
+        let needle = q.q.as_deref().map(str::to_lowercase);
+        let mut sessions = Vec::new();
+        let mut more = false;
+        let mut last_examined: Option<Cursor> = None;
+        let mut examined = 0usize;
+        for item in self
+            .tree
+            .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)))
+        {
+            let (key, _) = item?;
+            let Some((start, trace_id)) = key.get(1..).and_then(parse_position) else {
+                return Err(corrupt(&key, "time index key has no start and trace id"));
+            };
+            examined += 1;
+            let position = Cursor {
+                start_us: start,
+                trace_id: trace_id.to_string(),
+            };
+            if let Some(agg) = self.load_agg(trace_id)? {
+                if let Some(session) = agg.session_id().filter(|_| agg.start == start) {
+                    let wanted = needle.as_deref().is_none_or(|n| {
+                        session.to_lowercase().contains(n)
+                            || agg.user_id().is_some_and(|u| u.to_lowercase().contains(n))
+                    });
+                    if wanted && self.is_newest_in_session(session, &position, q.until)? {
+                        if sessions.len() == limit {
+                            more = true;
+                            break;
+                        }
+                        let (summary, _) = self.session_traces(session, MAX_SESSION_TRACES)?;
+                        if let Some(summary) = summary {
+                            sessions.push((summary, position.clone()));
+                        }
+                    }
+                }
+            }
+            last_examined = Some(position);
+            if examined >= MAX_EXAMINED {
+                more = true;
+                break;
+            }
+        }
+        let next_cursor = if !more {
+            None
+        } else if sessions.len() == limit {
+            sessions.last().map(|(_, c)| c.clone())
+        } else {
+            last_examined
+        };
+        Ok(SessionPage {
+            sessions: sessions.into_iter().map(|(s, _)| s).collect(),
+            next_cursor: next_cursor.map(|c| c.encode()),
+        })
+    }
+
+    /// One session: its totals and up to `limit` of its newest traces, returned oldest first
+    /// (conversation order). `None` when no trace carries this session id.
+    pub fn get_session(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Option<(SessionSummary, Vec<TraceSummary>)>, StoreError> {
+        let (summary, mut traces) = self.session_traces(session_id, limit.max(1))?;
+        traces.reverse();
+        Ok(summary.map(|s| (s, traces)))
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -689,6 +905,59 @@ impl Store {
         parsed
             .map(Some)
             .ok_or_else(|| corrupt(&key, "span-id record is not trace_id 0x00 start"))
+    }
+
+    /// Whether `position` is the newest entry (before `until`) in `session`'s index.
+    fn is_newest_in_session(
+        &self,
+        session: &str,
+        position: &Cursor,
+        until: Option<Timestamp>,
+    ) -> Result<bool, StoreError> {
+        let prefix = index_prefix(F_SESSION, session);
+        let Some((lower, upper)) = index_window(&prefix, None, until, None) else {
+            return Ok(false);
+        };
+        let Some(item) = self
+            .tree
+            .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)))
+            .next()
+        else {
+            return Ok(false);
+        };
+        let (key, _) = item?;
+        let Some((start, trace_id)) = key.get(prefix.len()..).and_then(parse_position) else {
+            return Err(corrupt(&key, "index key has no start and trace id"));
+        };
+        Ok(start == position.start_us && trace_id == position.trace_id)
+    }
+
+    /// The session's totals and up to `limit` of its newest trace summaries (newest first),
+    /// from its `x` index.
+    fn session_traces(
+        &self,
+        session: &str,
+        limit: usize,
+    ) -> Result<(Option<SessionSummary>, Vec<TraceSummary>), StoreError> {
+        let prefix = index_prefix(F_SESSION, session);
+        let mut traces = Vec::new();
+        let mut complete = true;
+        for item in self.tree.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            if traces.len() == limit {
+                complete = false;
+                break;
+            }
+            let Some((start, trace_id)) = key.get(prefix.len()..).and_then(parse_position) else {
+                return Err(corrupt(&key, "index key has no start and trace id"));
+            };
+            if let Some(agg) = self.load_agg(trace_id)? {
+                if agg.start == start {
+                    traces.push(agg.summary());
+                }
+            }
+        }
+        Ok((session_summary(session, &traces, complete), traces))
     }
 
     /// Slow path: the trace's summary from all its spans as they will be once `changes` (this
@@ -985,6 +1254,63 @@ impl Agg {
     }
 }
 
+/// Totals over a session's traces (given newest first); `None` for no traces.
+fn session_summary(
+    session: &str,
+    newest_first: &[TraceSummary],
+    complete: bool,
+) -> Option<SessionSummary> {
+    let newest = newest_first.first()?;
+    let oldest = newest_first.last()?;
+    let mut s = SessionSummary {
+        session_id: session.to_string(),
+        trace_count: newest_first.len() as u64,
+        complete,
+        start_time: oldest.start_time,
+        end_time: newest.end_time,
+        duration_ms: 0.0,
+        status: Status::Ok,
+        errors: 0,
+        span_count: 0,
+        llm_calls: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: None,
+        models: Vec::new(),
+        user_ids: Vec::new(),
+        first_input_preview: oldest.input_preview.clone(),
+        last_output_preview: newest.output_preview.clone(),
+        last_trace_id: newest.trace_id.clone(),
+    };
+    let mut cost_pico: Option<u64> = None;
+    let mut models = BTreeSet::new();
+    let mut users = BTreeSet::new();
+    for t in newest_first {
+        s.start_time = s.start_time.min(t.start_time);
+        s.end_time = s.end_time.max(t.end_time);
+        s.status = s.status.worst(t.status);
+        s.errors += u64::from(t.status == Status::Error);
+        s.span_count += t.span_count;
+        s.llm_calls += t.llm_calls;
+        s.input_tokens = s.input_tokens.saturating_add(t.input_tokens);
+        s.output_tokens = s.output_tokens.saturating_add(t.output_tokens);
+        if let Some(pico) = t.cost_usd.and_then(to_pico) {
+            cost_pico = Some(cost_pico.unwrap_or(0).saturating_add(pico));
+        }
+        for m in &t.models {
+            insert_capped(&mut models, m);
+        }
+        if let Some(u) = &t.user_id {
+            insert_capped(&mut users, u);
+        }
+    }
+    s.duration_ms = s.start_time.ms_until(s.end_time);
+    s.cost_usd = cost_pico.map(from_pico);
+    s.models = models.into_iter().collect();
+    s.user_ids = users.into_iter().collect();
+    Some(s)
+}
+
 /// Adds `value`, keeping only the [`MAX_SUMMARY_VALUES`] smallest: the result is the same
 /// whatever order the values arrive in.
 fn insert_capped(set: &mut BTreeSet<String>, value: &str) {
@@ -1041,6 +1367,18 @@ fn input_preview(v: &Value) -> Option<String> {
                 {
                     from_messages(items)
                 }
+                // Embeddings: a batch of strings.
+                (_, Some(Value::Array(items)), _)
+                    if !items.is_empty() && items.iter().all(Value::is_string) =>
+                {
+                    Some(
+                        items
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(" · "),
+                    )
+                }
                 (_, _, Some(Value::String(s))) => Some(s.clone()),
                 _ => None,
             };
@@ -1083,6 +1421,20 @@ fn output_preview(v: &Value) -> Option<String> {
                         .filter_map(|i| i.get("content").and_then(content_text))
                         .collect();
                     (!parts.is_empty()).then(|| parts.join(" "))
+                })
+                .or_else(|| {
+                    // Embeddings: say what came back instead of printing vectors.
+                    let data = o.get("data")?.as_array()?;
+                    let first = data.first()?.get("embedding")?;
+                    let dims = first
+                        .as_array()
+                        .map(|a| format!(" of {} dimensions", a.len()))
+                        .unwrap_or_default();
+                    let n = data.len();
+                    Some(format!(
+                        "{n} embedding{}{dims}",
+                        if n == 1 { "" } else { "s" }
+                    ))
                 });
             found.unwrap_or_else(|| compact_json(v))
         }
@@ -1187,6 +1539,132 @@ impl CallRec {
                 .and_then(|l| l.ttft_ms)
                 .filter(|t| t.is_finite()),
         }
+    }
+}
+
+impl CallRec {
+    fn model_name(&self) -> &str {
+        self.model.as_deref().unwrap_or(UNKNOWN_MODEL)
+    }
+}
+
+/// Exact per-model counts (no quantiles) for one series bucket.
+#[derive(Default)]
+struct Counts {
+    calls: u64,
+    errors: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_pico: Option<u64>,
+}
+
+impl Counts {
+    fn add(&mut self, rec: &CallRec) {
+        self.calls += 1;
+        self.errors += u64::from(rec.error);
+        self.input_tokens = self.input_tokens.saturating_add(rec.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(rec.output_tokens);
+        if let Some(pico) = rec.cost_usd.and_then(to_pico) {
+            self.cost_pico = Some(self.cost_pico.unwrap_or(0).saturating_add(pico));
+        }
+    }
+}
+
+/// The buckets of a series being filled by one scan.
+struct SeriesAcc {
+    spec: Series,
+    buckets: Vec<StatsAcc>,
+    models: Vec<BTreeMap<String, Counts>>,
+    /// Models named so far (at most [`MAX_SERIES_MODELS`]).
+    named: BTreeSet<String>,
+}
+
+impl SeriesAcc {
+    fn new(spec: Series) -> SeriesAcc {
+        SeriesAcc {
+            spec,
+            buckets: (0..spec.count)
+                .map(|_| StatsAcc::new(BUCKET_STATS_SAMPLE))
+                .collect(),
+            models: Vec::new(),
+            named: BTreeSet::new(),
+        }
+    }
+
+    fn add(&mut self, start_us: u64, rec: &CallRec, by_model: bool) {
+        let Some(offset) = start_us.checked_sub(self.spec.first_us) else {
+            return;
+        };
+        let Ok(i) = usize::try_from(offset / self.spec.width_us.max(1)) else {
+            return;
+        };
+        let Some(bucket) = self.buckets.get_mut(i) else {
+            return;
+        };
+        bucket.add(rec);
+        if by_model {
+            if self.models.is_empty() {
+                self.models = (0..self.spec.count).map(|_| BTreeMap::new()).collect();
+            }
+            let name = rec.model_name();
+            let name = if self.named.contains(name) {
+                name
+            } else if self.named.len() < MAX_SERIES_MODELS {
+                self.named.insert(name.to_string());
+                name
+            } else {
+                OTHER_MODELS
+            };
+            if let Some(models) = self.models.get_mut(i) {
+                match models.get_mut(name) {
+                    Some(c) => c.add(rec),
+                    None => {
+                        let mut c = Counts::default();
+                        c.add(rec);
+                        models.insert(name.to_string(), c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn rows(self, by_model: bool) -> Vec<SeriesRow> {
+        let SeriesAcc {
+            spec,
+            buckets,
+            mut models,
+            ..
+        } = self;
+        let width = spec.width_us;
+        buckets
+            .into_iter()
+            .enumerate()
+            .map(|(i, acc)| {
+                let start = spec.first_us.saturating_add(width.saturating_mul(i as u64));
+                let models = by_model.then(|| {
+                    let counts = models.get_mut(i).map(std::mem::take).unwrap_or_default();
+                    let mut rows: Vec<ModelCounts> = counts
+                        .into_iter()
+                        .map(|(model, c)| ModelCounts {
+                            model,
+                            calls: c.calls,
+                            errors: c.errors,
+                            input_tokens: c.input_tokens,
+                            output_tokens: c.output_tokens,
+                            cost_usd: c.cost_pico.map(from_pico),
+                        })
+                        .collect();
+                    rows.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.model.cmp(&b.model)));
+                    rows
+                });
+                SeriesRow {
+                    start: Timestamp(start),
+                    end: Timestamp(start.saturating_add(width)),
+                    stats: acc.row(None),
+                    models,
+                }
+            })
+            .collect()
     }
 }
 
@@ -1304,6 +1782,52 @@ fn quantiles(mut values: Vec<f64>) -> Quantiles {
 }
 
 // === keys ===
+
+/// The key range of one newest-first index (`t`, or one `x` value given as `prefix`) holding
+/// the traces that started in `[since, until)`, strictly after `cursor`; `None` when empty.
+fn index_window(
+    prefix: &[u8],
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    cursor: Option<&Cursor>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    // start < until  ⇔  inv(start) ≥ inv(until) + 1.
+    let mut lower = prefix.to_vec();
+    if let Some(until) = until {
+        if until.micros() == 0 {
+            return None;
+        }
+        lower.extend_from_slice(&(u64::MAX - until.micros() + 1).to_be_bytes());
+    }
+    // Strictly after the cursor: the smallest key above it (no trace id contains 0x00).
+    if let Some(c) = cursor {
+        let mut after = prefix.to_vec();
+        after.extend_from_slice(&inv(c.start_us).to_be_bytes());
+        after.extend_from_slice(c.trace_id.as_bytes());
+        after.push(0);
+        lower = lower.max(after);
+    }
+    // start ≥ since  ⇔  inv(start) ≤ inv(since); trace id bytes are ASCII, below 0xFF.
+    let mut upper = prefix.to_vec();
+    upper.extend_from_slice(&inv(since.map_or(0, Timestamp::micros)).to_be_bytes());
+    upper.push(0xFF);
+    (lower < upper).then_some((lower, upper))
+}
+
+/// The `l` key range of calls that started in `[since, until)`.
+fn call_range(since: Option<Timestamp>, until: Option<Timestamp>) -> (Vec<u8>, Vec<u8>) {
+    let mut lower = vec![P_CALL];
+    lower.extend_from_slice(&since.map_or(0, Timestamp::micros).to_be_bytes());
+    let upper = match until {
+        Some(until) => {
+            let mut k = vec![P_CALL];
+            k.extend_from_slice(&until.micros().to_be_bytes());
+            k
+        }
+        None => vec![P_CALL + 1],
+    };
+    (lower, upper)
+}
 
 fn inv(t: u64) -> u64 {
     u64::MAX - t
@@ -2731,6 +3255,7 @@ mod tests {
             since: Some(Timestamp(T0)),
             until: Some(Timestamp(T0 + 10_000_000)),
             group_by_model: true,
+            series: None,
         };
         let st = store.stats(&window).expect("stats");
         let t = &st.total;
@@ -2789,6 +3314,7 @@ mod tests {
             since: Some(Timestamp(T0 + 2_000_000)),
             until: Some(Timestamp(T0 + 4_000_000)),
             group_by_model: false,
+            series: None,
         };
         let st = store.stats(&narrow).expect("stats");
         assert_eq!(st.total.calls, 2, "since is inclusive and until exclusive");
@@ -2831,6 +3357,277 @@ mod tests {
                 p99: Some(99.0)
             },
             "rank ceil(p·n)"
+        );
+    }
+
+    #[test]
+    fn series_covers_the_window_in_clock_aligned_buckets_and_caps_their_number() {
+        let minute = 60_000_000;
+        let s = Series::covering(T0 + 30_000_000, T0 + 150_000_000, minute).expect("3 buckets");
+        assert_eq!(s.first_us % minute, 0, "buckets start on the minute");
+        assert!(s.first_us <= T0 + 30_000_000 && s.first_us + minute > T0 + 30_000_000);
+        assert_eq!(s.count, 3, "0:30..=2:30 touches three minutes");
+        assert_eq!(
+            Series::covering(0, (MAX_BUCKETS as u64) * 1000, 1000),
+            Err(MAX_BUCKETS as u64 + 1),
+            "one bucket too many is refused with the count needed"
+        );
+        assert!(Series::covering(0, (MAX_BUCKETS as u64) * 1000 - 1, 1000).is_ok());
+    }
+
+    #[test]
+    fn stats_series_fills_dense_buckets_from_the_same_scan() {
+        let (_dir, store) = temp_store();
+        // T0 is a whole second; calls at 0.5 s, 1.2 s, 1.7 s (error) and 3.1 s, two models.
+        store
+            .put_spans(&[
+                llm("a", "c1", 500, 10, "gpt-4o", (1, 2), Some(0.5)),
+                llm("a", "c2", 1200, 20, "gpt-4o-mini", (3, 4), None),
+                llm("b", "c3", 1700, 40, "gpt-4o", (5, 6), Some(0.25)).with(failed("boom")),
+                llm("b", "c4", 3100, 80, "gpt-4o", (7, 8), None),
+                span("b", "chain", 0, 4000),
+            ])
+            .expect("put");
+        let q = StatsQuery {
+            since: Some(Timestamp(T0)),
+            until: Some(Timestamp(T0 + 4_000_000)),
+            group_by_model: true,
+            series: Some(Series::covering(T0, T0 + 3_999_999, 1_000_000).expect("4 buckets")),
+        };
+        let st = store.stats(&q).expect("stats");
+        assert_eq!(st.bucket_seconds, Some(1));
+        let series = st.series.expect("a series was asked for");
+        let calls: Vec<u64> = series.iter().map(|r| r.stats.calls).collect();
+        assert_eq!(calls, [1, 2, 0, 1], "calls per second, the empty one kept");
+        assert_eq!(series[1].stats.errors, 1);
+        assert_eq!(
+            (series[1].stats.input_tokens, series[1].stats.output_tokens),
+            (8, 10)
+        );
+        assert_eq!(series[1].stats.latency_ms.p95, Some(40.0));
+        assert_eq!(
+            series[2].stats.latency_ms.p50, None,
+            "empty bucket: no quantiles"
+        );
+        assert_eq!(series[0].start, Timestamp(T0));
+        assert_eq!(series[0].end, Timestamp(T0 + 1_000_000));
+        assert_eq!(series[3].end, Timestamp(T0 + 4_000_000));
+        let models = series[1].models.as_ref().expect("per-model counts");
+        let names: Vec<(&str, u64, u64)> = models
+            .iter()
+            .map(|m| (m.model.as_str(), m.calls, m.errors))
+            .collect();
+        assert_eq!(names, [("gpt-4o", 1, 1), ("gpt-4o-mini", 1, 0)]);
+        assert_eq!(
+            series[0].models.as_ref().map(|m| m[0].cost_usd),
+            Some(Some(0.5))
+        );
+        assert_eq!(
+            series.iter().map(|r| r.stats.calls).sum::<u64>(),
+            st.total.calls,
+            "the series adds up to the totals"
+        );
+    }
+
+    #[test]
+    fn series_names_a_bounded_number_of_models() {
+        let (_dir, store) = temp_store();
+        let spans: Vec<Span> = (0..(MAX_SERIES_MODELS as u64 + 5))
+            .map(|i| {
+                llm(
+                    "t",
+                    &format!("c{i}"),
+                    i,
+                    1,
+                    &format!("m{i:02}"),
+                    (0, 0),
+                    None,
+                )
+            })
+            .collect();
+        store.put_spans(&spans).expect("put");
+        let q = StatsQuery {
+            group_by_model: true,
+            series: Some(Series::covering(T0, T0 + 1_000_000, 10_000_000).expect("one bucket")),
+            ..StatsQuery::default()
+        };
+        let st = store.stats(&q).expect("stats");
+        let models = st.series.expect("series")[0]
+            .models
+            .clone()
+            .expect("models");
+        assert_eq!(
+            models.len(),
+            MAX_SERIES_MODELS + 1,
+            "the named ones plus (other)"
+        );
+        let other = models
+            .iter()
+            .find(|m| m.model == OTHER_MODELS)
+            .expect("other");
+        assert_eq!(other.calls, 5, "later models are folded into (other)");
+    }
+
+    #[test]
+    fn call_bounds_are_the_first_and_last_call_in_the_window() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.call_bounds(None, None).expect("bounds"), None);
+        store
+            .put_spans(&[
+                llm("t", "a", 5, 1, "m", (0, 0), None),
+                llm("t", "b", 9, 1, "m", (0, 0), None),
+                llm("t", "c", 20, 1, "m", (0, 0), None),
+                span("t", "chain", 0, 100),
+            ])
+            .expect("put");
+        assert_eq!(
+            store.call_bounds(None, None).expect("bounds"),
+            Some((T0 + 5_000, T0 + 20_000)),
+            "chain spans are not calls"
+        );
+        assert_eq!(
+            store
+                .call_bounds(Some(Timestamp(T0 + 6_000)), Some(Timestamp(T0 + 20_000)))
+                .expect("bounds"),
+            Some((T0 + 9_000, T0 + 9_000))
+        );
+    }
+
+    #[test]
+    fn sessions_are_listed_by_latest_activity_with_totals_and_traces_in_order() {
+        let (_dir, store) = temp_store();
+        let turn = |trace: &str, session: &str, start: u64, cost: Option<f64>| {
+            llm(
+                trace,
+                &format!("{trace}-c"),
+                start,
+                10,
+                "gpt-4o",
+                (10, 5),
+                cost,
+            )
+            .with(|s| {
+                s.session_id = Some(session.into());
+                s.user_id = Some("ada".into());
+            })
+        };
+        store
+            .put_spans(&[
+                turn("a1", "alpha", 0, Some(0.25)),
+                turn("b1", "beta", 100, None),
+                turn("a2", "alpha", 200, Some(0.5)).with(failed("boom")),
+                turn("g1", "gamma", 300, None),
+                turn("b2", "beta", 400, None),
+                llm("nosession", "n", 500, 1, "m", (0, 0), None),
+            ])
+            .expect("put");
+        let page = store
+            .list_sessions(&SessionQuery {
+                limit: 10,
+                ..SessionQuery::default()
+            })
+            .expect("sessions");
+        let ids: Vec<&str> = page
+            .sessions
+            .iter()
+            .map(|s| s.session_id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["beta", "gamma", "alpha"],
+            "newest activity first, each once"
+        );
+        let alpha = &page.sessions[2];
+        assert_eq!(alpha.trace_count, 2);
+        assert_eq!(alpha.errors, 1);
+        assert_eq!(alpha.status, Status::Error);
+        assert_eq!((alpha.input_tokens, alpha.output_tokens), (20, 10));
+        assert_eq!(alpha.cost_usd, Some(0.75));
+        assert_eq!(alpha.start_time, Timestamp(T0));
+        assert_eq!(alpha.end_time, Timestamp(T0 + 210_000));
+        assert_eq!(alpha.last_trace_id, "a2");
+        assert_eq!(alpha.user_ids, ["ada"]);
+        assert!(alpha.complete);
+
+        // Pages: one session per page, each once.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .list_sessions(&SessionQuery {
+                    limit: 1,
+                    cursor: cursor.clone(),
+                    ..SessionQuery::default()
+                })
+                .expect("page");
+            seen.extend(page.sessions.iter().map(|s| s.session_id.clone()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(Cursor::decode(&c).expect("cursor")),
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            ["beta", "gamma", "alpha"],
+            "pagination lists each once"
+        );
+
+        // until: beta's newest before 350 ms is b1, so beta sorts after gamma.
+        let page = store
+            .list_sessions(&SessionQuery {
+                limit: 10,
+                until: Some(Timestamp(T0 + 350_000)),
+                since: Some(Timestamp(T0 + 150_000)),
+                ..SessionQuery::default()
+            })
+            .expect("window");
+        let ids: Vec<&str> = page
+            .sessions
+            .iter()
+            .map(|s| s.session_id.as_str())
+            .collect();
+        assert_eq!(ids, ["gamma", "alpha"], "sessions active in [since, until)");
+
+        let found = store
+            .list_sessions(&SessionQuery {
+                limit: 10,
+                q: Some("ALP".into()),
+                ..SessionQuery::default()
+            })
+            .expect("q");
+        assert_eq!(found.sessions.len(), 1);
+
+        let (s, traces) = store
+            .get_session("alpha", 1000)
+            .expect("get")
+            .expect("exists");
+        assert_eq!(s.trace_count, 2);
+        let order: Vec<&str> = traces.iter().map(|t| t.trace_id.as_str()).collect();
+        assert_eq!(order, ["a1", "a2"], "a session's traces come oldest first");
+        let (s, traces) = store.get_session("alpha", 1).expect("get").expect("exists");
+        assert!(!s.complete, "a capped session says so");
+        assert_eq!(traces.len(), 1);
+        assert_eq!(traces[0].trace_id, "a2", "the newest are kept");
+        assert!(store.get_session("nope", 10).expect("get").is_none());
+    }
+
+    #[test]
+    fn embeddings_are_previewed_as_text_not_vectors() {
+        assert_eq!(
+            input_preview(&json!({"model": "e", "input": ["rotate a key", "revoke it"]}))
+                .as_deref(),
+            Some("rotate a key · revoke it")
+        );
+        assert_eq!(
+            output_preview(&json!({"object": "list", "data": [
+                {"embedding": [0.1, 0.2, 0.3]}, {"embedding": [0.4, 0.5, 0.6]}]}))
+            .as_deref(),
+            Some("2 embeddings of 3 dimensions")
+        );
+        assert_eq!(
+            output_preview(&json!({"data": [{"embedding": "AAAA"}]})).as_deref(),
+            Some("1 embedding"),
+            "base64 vectors too"
         );
     }
 }
