@@ -11,10 +11,11 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 use crate::{
+    config::AdminToken,
     error::ApiError,
     metrics::Metrics,
     queue::SpanQueue,
-    span::{self, Kind, Span, Status, Timestamp},
+    span::{self, redact::Redactor, Kind, Span, Status, Timestamp},
     store::{
         Cursor, Series, SessionQuery, StatsQuery, Store, TraceQuery, MAX_BUCKETS,
         MAX_SESSION_TRACES,
@@ -107,6 +108,10 @@ pub struct Admin {
     queue_capacity: usize,
     /// Bound to a loopback address: only loopback Host names are answered (DNS rebinding).
     loopback_only: bool,
+    /// When set, every route but `/healthz` and the static UI files needs `Bearer <token>`.
+    admin_token: Option<AdminToken>,
+    /// `[[redact]]` rules, applied to ingested spans.
+    redactor: Arc<Redactor>,
 }
 
 type Rsp = Response<Full<Bytes>>;
@@ -118,6 +123,8 @@ impl Admin {
         queue: Option<SpanQueue>,
         queue_capacity: usize,
         loopback_only: bool,
+        admin_token: Option<AdminToken>,
+        redactor: Arc<Redactor>,
     ) -> Self {
         Self {
             store,
@@ -125,6 +132,8 @@ impl Admin {
             queue,
             queue_capacity,
             loopback_only,
+            admin_token,
+            redactor,
         }
     }
 
@@ -144,6 +153,11 @@ impl Admin {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if let Some(token) = &self.admin_token {
+            if !is_public(&segments) {
+                check_bearer(&req, token)?;
+            }
+        }
         let not_allowed = || ApiError::MethodNotAllowed {
             method: method.to_string(),
             path: path.clone(),
@@ -210,6 +224,10 @@ impl Admin {
                     _ => Err(not_allowed()),
                 }
             }
+            ["api", "flush"] => match method {
+                Method::POST => self.flush().await,
+                _ => Err(not_allowed()),
+            },
             ["api", "stats"] => match method {
                 Method::GET => self.stats(&query).await,
                 _ => Err(not_allowed()),
@@ -232,6 +250,7 @@ impl Admin {
                 "capacity": self.queue_capacity,
             },
             "captures_dropped": self.metrics.captures_dropped(),
+            "retention": { "deleted_traces": self.store.retention_deleted() },
         });
         json_response(StatusCode::OK, &body)
     }
@@ -266,6 +285,15 @@ impl Admin {
             )),
             None => Err(ApiError::NotFound { what: "trace", id }),
         }
+    }
+
+    /// `POST /api/flush`: fsyncs the store. Every trace readable through the API before the call
+    /// survives a crash or power loss once it returns (for backups, and a deterministic
+    /// "acknowledged" point in the kill -9 test instead of waiting out `flush_every_ms`).
+    async fn flush(&self) -> Result<Rsp, ApiError> {
+        let store = self.store.clone();
+        blocking(move || store.flush()).await?;
+        Ok(json_response(StatusCode::OK, &json!({ "flushed": true })))
     }
 
     async fn delete_trace(&self, id: String) -> Result<Rsp, ApiError> {
@@ -410,10 +438,18 @@ impl Admin {
                 }
             })?
             .to_bytes();
-        let spans = parse_ingest(&body)?;
+        let mut spans = parse_ingest(&body)?;
         let count = spans.len();
         let store = self.store.clone();
-        blocking(move || store.put_spans(&spans)).await?;
+        let redactor = self.redactor.clone();
+        blocking(move || {
+            // App spans carry prompts too: the same `[[redact]]` rules as captured calls.
+            for span in &mut spans {
+                redactor.apply(span);
+            }
+            store.put_spans(&spans)
+        })
+        .await?;
         self.metrics.spans_ingested.fetch_add(count as u64, Relaxed);
         Ok(json_response(StatusCode::OK, &json!({ "stored": count })))
     }
@@ -447,6 +483,48 @@ fn check_host<B>(req: &Request<B>) -> Result<(), ApiError> {
     } else {
         Err(ApiError::ForbiddenHost(raw))
     }
+}
+
+/// Routes open without the admin token: liveness, and the UI's static files (compiled into the
+/// binary, they hold no data; a browser cannot send a bearer header when it loads a page). The
+/// UI then sends the token with every API call.
+fn is_public(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        [""] | ["index.html"] | ["favicon.ico"] | ["healthz"]
+    ) || matches!(segments, ["ui", name] if ASSETS.iter().any(|a| a.name == *name))
+}
+
+/// Checks `Authorization: Bearer <token>`. The token is never logged or echoed.
+fn check_bearer<B>(req: &Request<B>, token: &AdminToken) -> Result<(), ApiError> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .and_then(|v| {
+            let (scheme, rest) = v.split_at_checked(7)?;
+            scheme
+                .eq_ignore_ascii_case(b"bearer ")
+                .then(|| rest.trim_ascii())
+        });
+    match presented {
+        Some(p) if constant_time_eq(token.as_bytes(), p) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized("the bearer token is wrong")),
+        None => Err(ApiError::Unauthorized(
+            "this admin listener requires `Authorization: Bearer <admin_token>`",
+        )),
+    }
+}
+
+/// Compares without an early exit: the time taken depends only on the expected token's length,
+/// never on how many leading bytes of the presented one are right.
+fn constant_time_eq(expected: &[u8], presented: &[u8]) -> bool {
+    let mut diff = u8::from(expected.len() != presented.len());
+    for (i, e) in expected.iter().enumerate() {
+        let p = presented.get(i).copied().unwrap_or(!*e);
+        diff |= e ^ p;
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// Runs a store call on a blocking thread.
@@ -918,6 +996,69 @@ mod tests {
         );
         assert_eq!(q.model.as_deref(), Some("gpt-4o"));
         assert_eq!(q.q, None, "an empty free-text filter means no filter");
+    }
+
+    #[test]
+    fn the_admin_token_is_checked_as_a_bearer_token() {
+        let token = crate::config::load(
+            None,
+            &crate::config::Flags {
+                admin_token: Some("s3cret-token-0123456789".into()),
+                ..Default::default()
+            },
+            &|_| None,
+        )
+        .unwrap()
+        .admin_token
+        .unwrap();
+        let req = |auth: Option<&str>| {
+            let mut b = Request::builder().uri("/api/traces");
+            if let Some(a) = auth {
+                b = b.header("authorization", a);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(check_bearer(&req(Some("Bearer s3cret-token-0123456789")), &token).is_ok());
+        assert!(
+            check_bearer(&req(Some("bearer s3cret-token-0123456789")), &token).is_ok(),
+            "the scheme is case-insensitive"
+        );
+        for bad in [
+            None,
+            Some("Bearer s3cret-token-012345678"),
+            Some("Bearer s3cret-token-01234567890"),
+            Some("Bearer S3cret-token-0123456789"),
+            Some("Basic s3cret-token-0123456789"),
+            Some("s3cret-token-0123456789"),
+            Some("Bearer "),
+            Some(""),
+        ] {
+            let e = check_bearer(&req(bad), &token).unwrap_err();
+            assert_eq!(e.status(), StatusCode::UNAUTHORIZED, "{bad:?} is refused");
+            assert!(
+                !e.to_string().contains("s3cret"),
+                "the error never echoes the token"
+            );
+        }
+        assert!(is_public(&["healthz"]) && is_public(&["ui", "app.js"]) && is_public(&[""]));
+        assert!(!is_public(&["api", "traces"]) && !is_public(&["metrics"]));
+        assert!(
+            !is_public(&["ui", "secret"]),
+            "only known UI files are public"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"abc", b""));
+        assert!(
+            !constant_time_eq(b"\xff", b""),
+            "a missing byte never compares equal, even to 0xff"
+        );
     }
 
     #[test]

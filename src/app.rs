@@ -17,7 +17,7 @@ use crate::{
     listener,
     metrics::Metrics,
     queue::{self, SpanQueue, WriterOptions},
-    span::AssembleOptions,
+    span::{AssembleOptions, Timestamp},
     store::{Store, StoreOptions},
 };
 
@@ -81,6 +81,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         queue,
         config.queue_capacity,
         config.admin_listen.ip().is_loopback(),
+        config.admin_token.clone(),
+        config.redactor.clone(),
     ));
 
     let proxy_listener = listener::bind("listen", config.listen).await?;
@@ -111,6 +113,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             assemble: AssembleOptions {
                 capture_embeddings: config.capture_embeddings,
                 pricing: config.pricing.clone(),
+                redactor: config.redactor.clone(),
                 ..AssembleOptions::default()
             },
         };
@@ -145,12 +148,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ADMIN_GRACE,
     ));
 
+    let retention_task =
+        (config.retention.is_some() || config.max_store_bytes.is_some()).then(|| {
+            tokio::spawn(run_retention(
+                store.clone(),
+                config.retention,
+                config.max_store_bytes,
+                config.retention_interval,
+                stop_rx.clone(),
+            ))
+        });
+
     let mut stop_signal = stop_rx;
     let lifecycle = tokio::spawn(async move {
         let _ = stop_signal.wait_for(|s| *s).await;
         tracing::info!("shutting down: no new connections; waiting for in-flight calls");
         if let Err(e) = proxy_task.await {
             tracing::error!(error = %e, "proxy listener task failed");
+        }
+        if let Some(task) = retention_task {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "retention task failed");
+            }
         }
         // The listener is done (connections finished or dropped at the grace deadline), so every
         // body has reported or is about to: recorders need only a moment to offer their records.
@@ -182,4 +201,38 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop: stop_tx,
         lifecycle,
     })
+}
+
+/// Deletes old traces now and every `interval` until `stop` (see [`Store::enforce_retention`]).
+/// A failed pass is logged and retried at the next tick.
+async fn run_retention(
+    store: Store,
+    max_age: Option<Duration>,
+    max_bytes: Option<u64>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let store = store.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let cutoff = max_age.map(|age| {
+                let now = Timestamp::now().micros();
+                let age_us = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+                Timestamp(now.saturating_sub(age_us))
+            });
+            store.enforce_retention(cutoff, max_bytes)
+        })
+        .await;
+        match pass {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed; retrying later"),
+            Err(e) => tracing::error!(error = %e, "retention task panicked"),
+        }
+    }
 }

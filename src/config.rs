@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::span::pricing::{Price, PriceTable};
+use crate::span::redact::{JsonPath, Matcher, RedactRule, Redactor, DEFAULT_REPLACEMENT};
 
 /// The built-in price list, compiled in; `pricing_file` and `[pricing."…"]` tables extend and
 /// override it.
@@ -61,7 +62,40 @@ pub struct Config {
     pub capture_embeddings: bool,
     /// Model prices: built-in, then `pricing_file`, then the config file's `[pricing."…"]`.
     pub pricing: Arc<PriceTable>,
+    /// Bearer token every admin route but `/healthz` and the static UI requires. Required when
+    /// `admin_listen` is not a loopback address.
+    pub admin_token: Option<AdminToken>,
+    /// Delete traces that started longer ago than this; `None` = keep forever.
+    pub retention: Option<Duration>,
+    /// Keep the store's live data under this many bytes by deleting the oldest traces.
+    pub max_store_bytes: Option<u64>,
+    /// How often the retention task runs.
+    pub retention_interval: Duration,
+    /// Extra header names (lowercase) treated as credentials, besides the built-in list.
+    /// Headers are not stored today; these are excluded from any header capture and from logs.
+    pub redact_headers: Vec<String>,
+    /// The `[[redact]]` body rules, applied before anything is stored.
+    pub redactor: Arc<Redactor>,
 }
+
+/// The admin bearer token. `Debug` never shows it, so a logged `Config` cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Shortest accepted `admin_token`: a guessable token is no access control.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Values given on the command line (each `None` when the flag was absent).
 #[derive(Debug, Clone, Default)]
@@ -86,6 +120,12 @@ pub struct Flags {
     /// `--capture-embeddings` sets `Some("true")`.
     pub capture_embeddings: Option<String>,
     pub pricing_file: Option<String>,
+    pub admin_token: Option<String>,
+    pub retention_days: Option<String>,
+    pub max_store_bytes: Option<String>,
+    pub retention_interval_ms: Option<String>,
+    /// Comma-separated header names.
+    pub redact_headers: Option<String>,
 }
 
 /// Exactly what may appear in the TOML file. Unknown keys are errors, not silence.
@@ -109,6 +149,13 @@ struct FileConfig {
     cache_capacity_bytes: Option<u64>,
     capture_embeddings: Option<bool>,
     pricing_file: Option<String>,
+    admin_token: Option<String>,
+    retention_days: Option<u64>,
+    max_store_bytes: Option<u64>,
+    retention_interval_ms: Option<u64>,
+    redact_headers: Option<Vec<String>>,
+    #[serde(default, rename = "redact")]
+    redact: Vec<RedactFile>,
     /// `[pricing."model-pattern"]` tables.
     #[serde(default)]
     pricing: BTreeMap<String, PriceFile>,
@@ -142,6 +189,15 @@ struct StoreFile {
     backend: Option<String>,
     clickhouse_url: Option<String>,
     clickhouse_database: Option<String>,
+}
+
+/// One `[[redact]]` rule: exactly one of `json_path` and `regex`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedactFile {
+    json_path: Option<String>,
+    regex: Option<String>,
+    replacement: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +359,87 @@ pub fn load(
         raw.pricing_file,
         parse_existing_file,
     )?;
+    let admin_token = l.pick(
+        "admin_token",
+        &flags.admin_token,
+        raw.admin_token,
+        parse_admin_token,
+    )?;
+    if admin_token.is_none() && !admin_listen.ip().is_loopback() {
+        return Err(ConfigError::Invalid {
+            key: "admin_token".to_string(),
+            source_name: "admin_listen".to_string(),
+            message: format!(
+                "admin_listen {admin_listen} is not a loopback address, so admin_token is \
+                 required (set --admin-token or LLM_TRACER_ADMIN_TOKEN), or bind admin_listen \
+                 to 127.0.0.1"
+            ),
+        });
+    }
+    let retention_days = l
+        .pick_num(
+            "retention_days",
+            &flags.retention_days,
+            raw.retention_days,
+            0,
+            36_500,
+        )?
+        .unwrap_or(0);
+    let max_store_bytes = l
+        .pick_num(
+            "max_store_bytes",
+            &flags.max_store_bytes,
+            raw.max_store_bytes,
+            0,
+            1 << 50,
+        )?
+        .unwrap_or(0);
+    let retention_interval_ms = l
+        .pick_num(
+            "retention_interval_ms",
+            &flags.retention_interval_ms,
+            raw.retention_interval_ms,
+            10,
+            86_400_000,
+        )?
+        .unwrap_or(60_000);
+    let redact_headers = l
+        .pick(
+            "redact_headers",
+            &flags.redact_headers,
+            raw.redact_headers.map(|v| v.join(",")),
+            parse_header_names,
+        )?
+        .unwrap_or_default();
+    let mut rules = Vec::new();
+    for (i, r) in raw.redact.into_iter().enumerate() {
+        let key = |field: &str| format!("redact[{i}].{field}");
+        let matcher = match (r.json_path, r.regex) {
+            (Some(path), None) => Matcher::Path(
+                JsonPath::parse(&path)
+                    .map_err(|m| l.invalid(&key("json_path"), "config file", m))?,
+            ),
+            (None, Some(re)) => Matcher::Regex(
+                regex::RegexBuilder::new(&re)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| l.invalid(&key("regex"), "config file", e.to_string()))?,
+            ),
+            _ => {
+                return Err(l.invalid(
+                    &format!("redact[{i}]"),
+                    "config file",
+                    "needs exactly one of `json_path` and `regex`".to_string(),
+                ))
+            }
+        };
+        rules.push(RedactRule {
+            matcher,
+            replacement: r
+                .replacement
+                .unwrap_or_else(|| DEFAULT_REPLACEMENT.to_string()),
+        });
+    }
     let mut pricing = builtin_pricing()?;
     if let Some(path) = &pricing_file {
         let source = format!("pricing file {}", path.display());
@@ -414,6 +551,12 @@ pub fn load(
         store_backend: backend,
         capture_embeddings,
         pricing: Arc::new(pricing),
+        admin_token,
+        retention: (retention_days > 0).then(|| Duration::from_secs(retention_days * 86_400)),
+        max_store_bytes: (max_store_bytes > 0).then_some(max_store_bytes),
+        retention_interval: Duration::from_millis(retention_interval_ms),
+        redact_headers,
+        redactor: Arc::new(Redactor::new(rules)),
     })
 }
 
@@ -478,6 +621,11 @@ pub const KEYS: &[&str] = &[
     "store.backend",
     "capture_embeddings",
     "pricing_file",
+    "admin_token",
+    "retention_days",
+    "max_store_bytes",
+    "retention_interval_ms",
+    "redact_headers",
 ];
 
 /// A misspelt `LLM_TRACER_*` variable would be silently ignored: refuse to start instead.
@@ -638,6 +786,30 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("{s:?} is not true or false")),
     }
+}
+
+/// The token travels in an HTTP header, so it must be visible ASCII; never echoed in errors.
+fn parse_admin_token(s: &str) -> Result<AdminToken, String> {
+    if s.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(format!(
+            "must be at least {MIN_ADMIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII characters without spaces".to_string());
+    }
+    Ok(AdminToken(s.to_string()))
+}
+
+/// `a, x-b` → `["a", "x-b"]`, lowercased; each must be a valid header name.
+fn parse_header_names(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let parsed = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not a header name"))?;
+        out.push(parsed.as_str().to_string());
+    }
+    Ok(out)
 }
 
 fn parse_existing_file(s: &str) -> Result<PathBuf, String> {
@@ -975,6 +1147,95 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("capture_embeddings"), "{e}");
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_requires_a_token() {
+        let flags = Flags {
+            admin_listen: Some("0.0.0.0:0".into()),
+            ..Flags::default()
+        };
+        let e = load(None, &flags, &|_| None).unwrap_err().to_string();
+        assert!(
+            e.contains("admin_listen") && e.contains("admin_token"),
+            "the error names both keys: {e}"
+        );
+        let c = load(None, &flags, &|k| {
+            (k == "LLM_TRACER_ADMIN_TOKEN").then(|| "0123456789abcdef-xyz".to_string())
+        })
+        .unwrap();
+        assert!(c.admin_token.is_some(), "the env var sets the token");
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "Debug of the config never shows the token"
+        );
+        let e = load(
+            None,
+            &Flags {
+                admin_token: Some("short".into()),
+                ..Flags::default()
+            },
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("admin_token") && !e.contains("short"),
+            "a too-short token is refused without echoing it: {e}"
+        );
+        assert!(
+            load(None, &Flags::default(), &|_| None)
+                .unwrap()
+                .admin_token
+                .is_none(),
+            "loopback needs no token"
+        );
+    }
+
+    #[test]
+    fn redaction_rules_are_checked_naming_the_rule() {
+        let c = load_str(
+            "redact_headers = [\"X-Internal-Auth\"]\n[[redact]]\njson_path = \"$.messages[*].content\"\n[[redact]]\nregex = \"\\\\d{16}\"\nreplacement = \"#\"\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.redact_headers,
+            ["x-internal-auth"],
+            "header names are lowercased"
+        );
+        assert!(!c.redactor.is_empty(), "both rules are loaded");
+        for (text, key) in [
+            ("[[redact]]\nregex = \"(\"\n", "redact[0].regex"),
+            (
+                "[[redact]]\njson_path = \"messages\"\n",
+                "redact[0].json_path",
+            ),
+            ("[[redact]]\nreplacement = \"x\"\n", "redact[0]"),
+            (
+                "[[redact]]\njson_path = \"$.a\"\nregex = \"b\"\n",
+                "redact[0]",
+            ),
+            ("[[redact]]\njsonpath = \"$.a\"\n", "jsonpath"),
+            ("redact_headers = [\"bad header\"]\n", "redact_headers"),
+        ] {
+            let e = load_str(text, &Flags::default(), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "a bad rule names {key}: {e}");
+        }
+        let c = load_str(
+            "",
+            &Flags::default(),
+            &[("LLM_TRACER_REDACT_HEADERS", "a, b")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.redact_headers,
+            ["a", "b"],
+            "the env var is comma-separated"
+        );
     }
 
     #[test]

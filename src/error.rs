@@ -117,6 +117,8 @@ pub enum ApiError {
     ForbiddenHost(String),
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("internal error: {0}")]
@@ -141,6 +143,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::ForbiddenHost(_) => "forbidden_host",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unauthorized(_) => "unauthorized",
             Self::Store(_) => "store_error",
             Self::Internal(_) => "internal",
         }
@@ -154,6 +157,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::ForbiddenHost(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -172,6 +176,12 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self, Self::Unauthorized(_)) {
+            rsp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"llm-tracer admin\""),
+            );
+        }
         rsp
     }
 }

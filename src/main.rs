@@ -1,9 +1,10 @@
-//! `llm-tracer serve | demo`: CLI → config → app. Start-up errors print the key and exit 2.
+//! `llm-tracer serve | demo | check`: CLI → config → app. Start-up errors print the key and exit
+//! 2. `check` verifies the store: exit 0 clean, 1 with problems, 2 when it cannot run.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use llm_tracer::{app, config, demo};
+use llm_tracer::{app, config, demo, store};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,22 @@ enum Command {
     Serve(ServeArgs),
     /// Run the server with a built-in mock upstream and a burst of sample traffic.
     Demo(ServeArgs),
+    /// Verify the store's integrity (indexes, spans, summaries); exit 0 clean, 1 problems, 2 error.
+    /// The server must be stopped: the store is opened exclusively.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Clone)]
+struct CheckArgs {
+    /// TOML config file (its data_dir is checked). Env: LLM_TRACER_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Store directory (default ./llm-tracer-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Every config key has a flag; each overrides LLM_TRACER_<KEY> and the config file.
@@ -84,6 +101,22 @@ struct ServeArgs {
     /// TOML price list ([pricing."model-pattern"] tables) that extends the built-in one.
     #[arg(long, value_name = "FILE")]
     pricing_file: Option<String>,
+    /// Bearer token for the admin API (required when --admin-listen is not loopback). Prefer
+    /// LLM_TRACER_ADMIN_TOKEN: a flag is visible to other users in `ps`.
+    #[arg(long, value_name = "TOKEN")]
+    admin_token: Option<String>,
+    /// Delete traces older than this many days; 0 = keep forever (default 0).
+    #[arg(long, value_name = "DAYS")]
+    retention_days: Option<String>,
+    /// Delete the oldest traces to keep the store under this size; 0 = unlimited (default 0).
+    #[arg(long, value_name = "BYTES")]
+    max_store_bytes: Option<String>,
+    /// How often retention runs (default 60000).
+    #[arg(long, value_name = "MS")]
+    retention_interval_ms: Option<String>,
+    /// Extra credential header names, comma-separated (never stored or logged).
+    #[arg(long, value_name = "NAMES")]
+    redact_headers: Option<String>,
 }
 
 impl ServeArgs {
@@ -107,6 +140,11 @@ impl ServeArgs {
             store_backend: self.store_backend.clone(),
             capture_embeddings: self.capture_embeddings.then(|| "true".to_string()),
             pricing_file: self.pricing_file.clone(),
+            admin_token: self.admin_token.clone(),
+            retention_days: self.retention_days.clone(),
+            max_store_bytes: self.max_store_bytes.clone(),
+            retention_interval_ms: self.retention_interval_ms.clone(),
+            redact_headers: self.redact_headers.clone(),
         }
     }
 
@@ -142,6 +180,7 @@ fn main() -> ExitCode {
         let (args, is_demo) = match &cli.command {
             Command::Serve(a) => (a, false),
             Command::Demo(a) => (a, true),
+            Command::Check(a) => return check(a),
         };
         let env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
         if let Err(e) = config::check_env_names(env_names) {
@@ -172,6 +211,93 @@ fn main() -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// `llm-tracer check`: opens the store (exclusively, so a running server makes it exit 2) and
+/// prints what [`llm_tracer::store::Store::check`] found.
+fn check(args: &CheckArgs) -> ExitCode {
+    use std::io::Write;
+    let env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    if let Err(e) = config::check_env_names(env_names) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let file = args
+        .config
+        .clone()
+        .or_else(|| config::process_env("LLM_TRACER_CONFIG").map(PathBuf::from));
+    let flags = config::Flags {
+        data_dir: args.data_dir.clone(),
+        ..config::Flags::default()
+    };
+    let config = match config::load(file.as_deref(), &flags, &config::process_env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !config.data_dir.is_dir() {
+        eprintln!(
+            "error: data_dir: {} is not a directory (nothing to check)",
+            config.data_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let opts = store::StoreOptions {
+        cache_capacity: config.cache_capacity_bytes,
+        flush_every_ms: None,
+    };
+    let report = match store::Store::open(&config.data_dir, &opts).and_then(|s| s.check()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_string_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|j| writeln!(out, "{j}"))
+    } else {
+        write_report(&mut out, &config.data_dir, &report)
+    };
+    if let Err(e) = written {
+        eprintln!("error: cannot write the report: {e}");
+        return ExitCode::from(2);
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn write_report(
+    out: &mut impl std::io::Write,
+    dir: &std::path::Path,
+    r: &store::CheckReport,
+) -> std::io::Result<()> {
+    writeln!(out, "store {}", dir.display())?;
+    writeln!(
+        out,
+        "  {} traces, {} spans, {} summaries, {} span-id records, {} call records, \
+         {} time-index and {} secondary-index entries",
+        r.traces, r.spans, r.summaries, r.span_ids, r.calls, r.time_index, r.secondary_index
+    )?;
+    for p in &r.problems {
+        writeln!(out, "problem: {p}")?;
+    }
+    if r.is_clean() {
+        writeln!(out, "clean: indexes, spans and summaries agree")
+    } else {
+        let unlisted = r.problem_count.saturating_sub(r.problems.len() as u64);
+        if unlisted > 0 {
+            writeln!(out, "… and {unlisted} more")?;
+        }
+        writeln!(out, "{} problems", r.problem_count)
+    }
 }
 
 /// Ctrl-C or SIGTERM.

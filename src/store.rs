@@ -40,6 +40,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -365,6 +366,8 @@ pub struct Store {
     /// Serialises writers (the queue's writer task and `POST /api/spans`): each write reads the
     /// summaries it merges into, so two writers must not interleave. Readers never take it.
     writer: Arc<Mutex<()>>,
+    /// Traces deleted by retention since open (reported by `/healthz`).
+    retention_deleted: Arc<AtomicU64>,
 }
 
 // === impl Store ===
@@ -423,6 +426,7 @@ impl Store {
             db,
             tree,
             writer: Arc::new(Mutex::new(())),
+            retention_deleted: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -647,17 +651,28 @@ impl Store {
     /// Removes the trace's spans, span-id lookups, call records, summary and index entries in one
     /// batch. `true` when the trace existed.
     pub fn delete_trace(&self, trace_id: &str) -> Result<bool, StoreError> {
+        Ok(self.delete_trace_measured(trace_id)?.is_some())
+    }
+
+    /// [`Store::delete_trace`], returning the bytes (keys + values) it removed when the trace
+    /// existed.
+    fn delete_trace_measured(&self, trace_id: &str) -> Result<Option<u64>, StoreError> {
         if !is_valid_id(trace_id) {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut freed = 0u64;
+        let mut count = |key: &[u8], value_len: usize| {
+            freed = freed.saturating_add((key.len() + value_len) as u64);
+        };
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = sled::Batch::default();
         let agg = self.load_agg(trace_id)?;
         let mut existed = agg.is_some();
         let prefix = span_prefix(trace_id);
         for item in self.tree.scan_prefix(&prefix) {
-            let (key, _) = item?;
+            let (key, value) = item?;
             existed = true;
+            count(&key, value.len());
             let Some((start, span_id)) = key.get(prefix.len()..).and_then(parse_start_and_id)
             else {
                 return Err(corrupt(&key, "span key has no start and span id"));
@@ -668,21 +683,125 @@ impl Store {
                 .locate_span(span_id)?
                 .is_some_and(|(t, _)| t == trace_id)
             {
-                batch.remove(span_id_key(span_id));
+                let ikey = span_id_key(span_id);
+                count(&ikey, trace_id.len() + 9);
+                batch.remove(ikey);
             }
-            batch.remove(call_key(start, trace_id, span_id));
+            let ckey = call_key(start, trace_id, span_id);
+            if let Some(call) = self.tree.get(&ckey)? {
+                count(&ckey, call.len());
+            }
+            batch.remove(ckey);
             batch.remove(key);
         }
         if let Some(agg) = &agg {
             for key in agg.index_keys() {
+                count(&key, 0);
                 batch.remove(key);
             }
         }
-        batch.remove(summary_key(trace_id));
+        let ukey = summary_key(trace_id);
+        if let Some(summary) = self.tree.get(&ukey)? {
+            count(&ukey, summary.len());
+        }
+        batch.remove(ukey);
         if existed {
             self.tree.apply_batch(batch)?;
+            Ok(Some(freed))
+        } else {
+            Ok(None)
         }
-        Ok(existed)
+    }
+
+    /// Retention: deletes whole traces, oldest first (by trace start, from the `t` index), with
+    /// [`Store::delete_trace`], so indexes stay consistent. First every trace that started before
+    /// `older_than`; then, when sled's size on disk exceeds `max_bytes`, the oldest traces until
+    /// the live data (keys + values) is at most 90 % of `max_bytes`. sled reclaims disk space
+    /// lazily, so the size on disk follows later; measuring live data keeps this from deleting
+    /// everything while it does. Returns how many traces were deleted (also added to
+    /// [`Store::retention_deleted`]).
+    pub fn enforce_retention(
+        &self,
+        older_than: Option<Timestamp>,
+        max_bytes: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0u64;
+        if let Some(cutoff) = older_than {
+            loop {
+                let oldest = self.oldest_traces(RETENTION_CHUNK)?;
+                let expired: Vec<_> = oldest
+                    .into_iter()
+                    .filter(|(start, _)| *start < cutoff.micros())
+                    .collect();
+                let mut progress = false;
+                for (_, trace_id) in expired {
+                    if self.delete_trace_measured(&trace_id)?.is_some() {
+                        progress = true;
+                        deleted += 1;
+                        self.retention_deleted.fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                }
+                // Nothing expired, or only index entries without a trace (`check` reports those):
+                // stop rather than spin on them.
+                if !progress {
+                    break;
+                }
+            }
+        }
+        if let Some(max) = max_bytes.filter(|&m| self.size_on_disk() > m) {
+            let target = max / 10 * 9;
+            let mut live = self.live_bytes()?;
+            'outer: while live > target {
+                let oldest = self.oldest_traces(RETENTION_CHUNK)?;
+                let mut progress = false;
+                for (_, trace_id) in oldest {
+                    if live <= target {
+                        break 'outer;
+                    }
+                    if let Some(freed) = self.delete_trace_measured(&trace_id)? {
+                        progress = true;
+                        live = live.saturating_sub(freed);
+                        deleted += 1;
+                        self.retention_deleted.fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                }
+                if !progress {
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "retention: deleted the oldest traces");
+        }
+        Ok(deleted)
+    }
+
+    /// Traces deleted by retention since the store was opened.
+    pub fn retention_deleted(&self) -> u64 {
+        self.retention_deleted.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Up to `n` of the oldest traces (start µs, trace id), oldest first, from the `t` index.
+    fn oldest_traces(&self, n: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([P_TIME]).rev().take(n) {
+            let (key, _) = item?;
+            let Some((start, trace_id)) = key.get(1..).and_then(parse_position) else {
+                return Err(corrupt(&key, "time-index key has no start and trace id"));
+            };
+            out.push((start, trace_id.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Keys + values of everything stored (one scan).
+    fn live_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        for item in self.tree.iter() {
+            let (key, value) = item?;
+            total = total.saturating_add((key.len() + value.len()) as u64);
+        }
+        Ok(total)
     }
 
     /// Call statistics over the `l` records with start in `[since, until)`.
@@ -851,6 +970,207 @@ impl Store {
         Ok(summary.map(|s| (s, traces)))
     }
 
+    /// Verifies the store's integrity (`llm-tracer check`): every span's `i` record points back
+    /// at it, every call span has its `l` record and every `l` record a span, every summary
+    /// equals a recomputation from its spans, every `t`/`x` entry belongs to an existing trace's
+    /// summary and every trace has all its index entries. Reads only; one pass per key space,
+    /// memory bounded by one trace's summary plus the first [`MAX_CHECK_PROBLEMS`] problems.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let mut r = CheckReport::default();
+
+        // `s`: spans, grouped by trace (keys sort by trace id, then 0x00, so a trace's spans are
+        // contiguous).
+        let mut current: Option<Agg> = None;
+        for item in self.tree.scan_prefix([P_SPAN]) {
+            let (key, value) = item?;
+            r.spans += 1;
+            let tail = key.get(1..).unwrap_or_default();
+            let parsed = tail.iter().position(|&b| b == 0).and_then(|sep| {
+                let trace_id = std::str::from_utf8(tail.get(..sep)?).ok()?;
+                let (start, span_id) = parse_start_and_id(tail.get(sep + 1..)?)?;
+                Some((trace_id.to_string(), start, span_id.to_string()))
+            });
+            let Some((trace_id, start, span_id)) = parsed else {
+                r.problem(format!("span key {} is malformed", show_key(&key)));
+                continue;
+            };
+            let span = match decode_json::<Span>(&key, &value) {
+                Ok(span) => span,
+                Err(e) => {
+                    r.problem(format!("span {trace_id}/{span_id} does not decode: {e}"));
+                    continue;
+                }
+            };
+            if span.trace_id != trace_id
+                || span.span_id != span_id
+                || span.start_time.micros() != start
+            {
+                r.problem(format!(
+                    "span {trace_id}/{span_id}: its key does not match its trace id, span id or start"
+                ));
+            }
+            match self.locate_span(&span_id) {
+                Ok(Some((t, s))) if t == trace_id && s == start => {}
+                Ok(Some((t, _))) => r.problem(format!(
+                    "span {trace_id}/{span_id}: its `i` record points elsewhere (trace {t})"
+                )),
+                Ok(None) => r.problem(format!("span {trace_id}/{span_id} has no `i` record")),
+                Err(e) => r.problem(e.to_string()),
+            }
+            if span.kind.is_call()
+                && !self
+                    .tree
+                    .contains_key(call_key(start, &trace_id, &span_id))?
+            {
+                r.problem(format!("call span {trace_id}/{span_id} has no `l` record"));
+            }
+            if current.as_ref().is_some_and(|a| a.trace_id != trace_id) {
+                if let Some(agg) = current.take() {
+                    self.check_trace(&agg, &mut r)?;
+                }
+            }
+            current
+                .get_or_insert_with(|| Agg::new(&trace_id))
+                .merge(&span);
+        }
+        if let Some(agg) = current.take() {
+            self.check_trace(&agg, &mut r)?;
+        }
+
+        // `u`: every summary has spans (the ones that do were compared above).
+        for item in self.tree.scan_prefix([P_SUMMARY]) {
+            let (key, _) = item?;
+            r.summaries += 1;
+            let trace_id = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
+            if self
+                .tree
+                .scan_prefix(span_prefix(&trace_id))
+                .next()
+                .is_none()
+            {
+                r.problem(format!("summary of trace {trace_id} has no spans"));
+            }
+        }
+
+        // `i`: each names a stored span.
+        for item in self.tree.scan_prefix([P_SPAN_ID]) {
+            let (key, _) = item?;
+            r.span_ids += 1;
+            let span_id = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
+            match self.locate_span(&span_id) {
+                Ok(Some((t, s))) => {
+                    if !self.tree.contains_key(span_key(&t, s, &span_id))? {
+                        r.problem(format!(
+                            "`i` record of span {span_id} names trace {t}, which has no such span"
+                        ));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => r.problem(e.to_string()),
+            }
+        }
+
+        // `l`: each belongs to a stored span.
+        for item in self.tree.scan_prefix([P_CALL]) {
+            let (key, _) = item?;
+            r.calls += 1;
+            let parsed = key.get(1..).and_then(|tail| {
+                let (start, rest) = parse_start_and_id(tail)?;
+                let (trace_id, span_id) = rest.split_once('\0')?;
+                Some((start, trace_id.to_string(), span_id.to_string()))
+            });
+            match parsed {
+                Some((start, t, sid)) if self.tree.contains_key(span_key(&t, start, &sid))? => {}
+                Some((_, t, sid)) => {
+                    r.problem(format!("call record {t}/{sid} has no span"));
+                }
+                None => r.problem(format!("call key {} is malformed", show_key(&key))),
+            }
+        }
+
+        // `t` and `x`: each is one of its trace's expected index keys.
+        for prefix in [P_TIME, P_INDEX] {
+            for item in self.tree.scan_prefix([prefix]) {
+                let (key, _) = item?;
+                let tail = if prefix == P_TIME {
+                    r.time_index += 1;
+                    key.get(1..)
+                } else {
+                    r.secondary_index += 1;
+                    key.get(2..)
+                        .and_then(|t| t.iter().position(|&b| b == 0).and_then(|p| t.get(p + 1..)))
+                };
+                let Some((_, trace_id)) = tail.and_then(parse_position) else {
+                    r.problem(format!("index key {} is malformed", show_key(&key)));
+                    continue;
+                };
+                let expected = match self.load_agg(trace_id) {
+                    Ok(Some(agg)) => agg.index_keys().contains(key.as_ref()),
+                    Ok(None) => false,
+                    Err(e) => {
+                        r.problem(e.to_string());
+                        continue;
+                    }
+                };
+                if !expected {
+                    r.problem(format!(
+                        "index entry {} names trace {trace_id}, whose summary does not list it",
+                        show_key(&key)
+                    ));
+                }
+            }
+        }
+
+        // Anything else is a key this layout never writes.
+        for item in self.tree.iter() {
+            let (key, _) = item?;
+            let known = matches!(
+                key.first(),
+                Some(&(P_SPAN | P_SPAN_ID | P_SUMMARY | P_TIME | P_INDEX | P_CALL))
+            ) || key.as_ref() == SCHEMA_KEY;
+            if !known {
+                r.problem(format!("unknown key {}", show_key(&key)));
+            }
+        }
+        Ok(r)
+    }
+
+    /// One trace's summary against `agg`, recomputed from its spans, and its index entries.
+    fn check_trace(&self, agg: &Agg, r: &mut CheckReport) -> Result<(), StoreError> {
+        r.traces += 1;
+        let id = &agg.trace_id;
+        match self.load_agg(id) {
+            Ok(Some(stored)) if &stored == agg => {}
+            Ok(Some(_)) => r.problem(format!(
+                "summary of trace {id} differs from a recomputation from its spans"
+            )),
+            Ok(None) => r.problem(format!("trace {id} has spans but no summary")),
+            Err(e) => r.problem(e.to_string()),
+        }
+        for key in agg.index_keys() {
+            if !self.tree.contains_key(&key)? {
+                r.problem(format!(
+                    "trace {id} lacks its index entry {}",
+                    show_key(&key)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Test-only hook: writes `key → value` bypassing every invariant, to corrupt a store on
+    /// purpose and see [`Store::check`] report it.
+    #[cfg(test)]
+    pub(crate) fn insert_raw(&self, key: &[u8], value: &[u8]) {
+        self.tree.insert(key, value).expect("raw insert");
+    }
+
+    /// Test-only hook: removes one key bypassing every invariant.
+    #[cfg(test)]
+    pub(crate) fn remove_raw(&self, key: &[u8]) {
+        self.tree.remove(key).expect("raw remove");
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
@@ -978,6 +1298,40 @@ impl Store {
             agg.merge(span);
         }
         Ok(agg)
+    }
+}
+
+/// Traces read from the `t` index per retention step.
+const RETENTION_CHUNK: usize = 256;
+
+/// Most problems [`Store::check`] lists (the rest are only counted).
+pub const MAX_CHECK_PROBLEMS: usize = 1000;
+
+/// What [`Store::check`] found: how many records of each kind, and what is inconsistent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CheckReport {
+    pub traces: u64,
+    pub spans: u64,
+    pub summaries: u64,
+    pub span_ids: u64,
+    pub calls: u64,
+    pub time_index: u64,
+    pub secondary_index: u64,
+    /// All problems found (`problems` lists the first [`MAX_CHECK_PROBLEMS`]).
+    pub problem_count: u64,
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    fn problem(&mut self, message: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_CHECK_PROBLEMS {
+            self.problems.push(message);
+        }
     }
 }
 
@@ -3085,6 +3439,241 @@ mod tests {
             summary(&store, "kept").span_count,
             5,
             "the other trace is untouched"
+        );
+    }
+
+    /// A store with moved, replaced, out-of-order and deleted spans: everything `check` looks at.
+    fn busy_store() -> (tempfile::TempDir, Store) {
+        let (dir, store) = temp_store();
+        store.put_spans(&agent_trace("a")).expect("put");
+        let mut b = agent_trace("b");
+        b.reverse();
+        for s in &mut b {
+            s.span_id.push_str("-b");
+        }
+        store.put_spans(&b).expect("put");
+        store
+            .put_spans(
+                &agent_trace("doomed")
+                    .into_iter()
+                    .map(|s| s.with(|s| s.span_id.push_str("-d")))
+                    .collect::<Vec<_>>(),
+            )
+            .expect("put");
+        store.delete_trace("doomed").expect("delete");
+        // A span re-sent with changes, and one that moves to another trace.
+        let moved = llm("c", "call2-b", 5, 10, "gpt-4o", (1, 1), Some(0.5));
+        store.put_spans(&[moved]).expect("put");
+        let replaced = span("a", "tool1", 220, 150).with(|s| s.kind = Kind::Tool);
+        store.put_spans(&[replaced]).expect("put");
+        (dir, store)
+    }
+
+    #[test]
+    fn check_finds_a_consistent_store_clean_and_counts_its_records() {
+        let (_dir, store) = busy_store();
+        let report = store.check().expect("check");
+        assert!(
+            report.is_clean(),
+            "a store written through the API is consistent: {report:?}"
+        );
+        assert_eq!(report.traces, 3, "traces a, b and c are counted");
+        assert_eq!(report.summaries, 3, "one summary per trace");
+        assert_eq!(report.spans, 10, "5 + 4 + 1 spans remain");
+        assert_eq!(report.span_ids, 10, "one `i` record per span");
+        assert_eq!(report.calls, 6, "one call record per LLM span");
+        assert_eq!(report.time_index, 3, "one time-index entry per trace");
+        assert!(
+            report.secondary_index > 0,
+            "secondary index entries are counted"
+        );
+    }
+
+    #[test]
+    fn check_reports_each_kind_of_corruption() {
+        type Corruption = Box<dyn Fn(&Store)>;
+        let cases: Vec<(&str, Corruption, &str)> = vec![
+            (
+                "stray key",
+                Box::new(|s: &Store| s.insert_raw(b"zzz", b"1")),
+                "unknown key",
+            ),
+            (
+                "missing i",
+                Box::new(|s: &Store| s.remove_raw(&span_id_key("call1"))),
+                "no `i` record",
+            ),
+            (
+                "i elsewhere",
+                Box::new(|s: &Store| s.insert_raw(&span_id_key("call1"), &span_id_value("b", 7))),
+                "points elsewhere",
+            ),
+            (
+                "dangling i",
+                Box::new(|s: &Store| s.insert_raw(&span_id_key("ghost"), &span_id_value("a", 7))),
+                "has no such span",
+            ),
+            (
+                "missing t",
+                Box::new(|s: &Store| {
+                    let key = s
+                        .load_agg("a")
+                        .expect("load")
+                        .expect("a exists")
+                        .index_keys();
+                    let t = key
+                        .iter()
+                        .find(|k| k[0] == P_TIME)
+                        .expect("a t key")
+                        .clone();
+                    s.remove_raw(&t);
+                }),
+                "lacks its index entry",
+            ),
+            (
+                "stray x",
+                Box::new(|s: &Store| {
+                    let mut key = index_prefix(F_MODEL, "gpt-4o");
+                    key.extend_from_slice(&inv(T0).to_be_bytes());
+                    key.extend_from_slice(b"nosuchtrace");
+                    s.insert_raw(&key, b"");
+                }),
+                "whose summary does not list it",
+            ),
+            (
+                "stale summary",
+                Box::new(|s: &Store| {
+                    let mut agg = s.load_agg("a").expect("load").expect("a exists");
+                    agg.input_tokens += 1;
+                    let key = summary_key("a");
+                    s.insert_raw(&key, &encode_json(&agg, &key).expect("encode"));
+                }),
+                "differs from a recomputation",
+            ),
+            (
+                "missing summary",
+                Box::new(|s: &Store| s.remove_raw(&summary_key("a"))),
+                "has spans but no summary",
+            ),
+            (
+                "orphan summary",
+                Box::new(|s: &Store| {
+                    let key = summary_key("lonely");
+                    s.insert_raw(
+                        &key,
+                        &encode_json(&Agg::new("lonely"), &key).expect("encode"),
+                    );
+                }),
+                "has no spans",
+            ),
+            (
+                "orphan call",
+                Box::new(|s: &Store| s.insert_raw(&call_key(T0, "a", "ghost"), b"{}")),
+                "has no span",
+            ),
+            (
+                "missing call",
+                Box::new(|s: &Store| s.remove_raw(&call_key(T0 + 10_000, "a", "call1"))),
+                "has no `l` record",
+            ),
+            (
+                "undecodable span",
+                Box::new(|s: &Store| s.insert_raw(&span_key("a", T0, "root"), b"not json")),
+                "does not decode",
+            ),
+        ];
+        for (name, corrupt_it, expected) in cases {
+            let (_dir, store) = busy_store();
+            corrupt_it(&store);
+            let report = store.check().expect("check");
+            assert!(!report.is_clean(), "{name}: a corrupted store is reported");
+            assert!(
+                report.problems.iter().any(|p| p.contains(expected)),
+                "{name}: the report says {expected:?}: {:?}",
+                report.problems
+            );
+        }
+    }
+
+    #[test]
+    fn retention_by_age_deletes_only_traces_that_started_before_the_cutoff() {
+        let (_dir, store) = temp_store();
+        for (i, trace) in ["old-1", "old-2", "new-1"].iter().enumerate() {
+            let spans: Vec<Span> = agent_trace(trace)
+                .into_iter()
+                .map(|s| {
+                    s.with(|s| {
+                        s.span_id = format!("{}-{i}", s.span_id);
+                        s.parent_span_id = s.parent_span_id.take().map(|p| format!("{p}-{i}"));
+                        let shift = i as u64 * 3_600_000_000;
+                        s.start_time = Timestamp(s.start_time.micros() + shift);
+                        s.end_time = Timestamp(s.end_time.micros() + shift);
+                    })
+                })
+                .collect();
+            store.put_spans(&spans).expect("put");
+        }
+        // Cut between old-2 (T0 + 1 h) and new-1 (T0 + 2 h).
+        let cutoff = Timestamp(T0 + 90 * 60 * 1_000_000);
+        assert_eq!(
+            store
+                .enforce_retention(Some(cutoff), None)
+                .expect("retention"),
+            2,
+            "both traces that started before the cutoff are deleted"
+        );
+        assert_eq!(list(&store, |_| {}), ["new-1"], "the newer trace is kept");
+        assert_eq!(store.retention_deleted(), 2, "deletions are counted");
+        let report = store.check().expect("check");
+        assert!(
+            report.is_clean(),
+            "retention keeps indexes consistent: {report:?}"
+        );
+        assert_eq!(
+            store
+                .enforce_retention(Some(cutoff), None)
+                .expect("retention"),
+            0,
+            "a second pass finds nothing to delete"
+        );
+    }
+
+    #[test]
+    fn retention_by_size_deletes_the_oldest_traces_until_the_live_data_fits() {
+        let (_dir, store) = temp_store();
+        let big = "x".repeat(20_000);
+        for i in 0..20u64 {
+            let s = span(&format!("t{i:02}"), &format!("s{i:02}"), i * 1000, 10)
+                .with(|s| s.input = json!(big.clone()));
+            store.put_spans(&[s]).expect("put");
+        }
+        store.flush().expect("flush");
+        let live = store.live_bytes().expect("live");
+        assert_eq!(
+            store
+                .enforce_retention(None, Some(store.size_on_disk() + 1))
+                .expect("retention"),
+            0,
+            "a store under its limit loses nothing"
+        );
+        let max = live / 2;
+        assert!(store.size_on_disk() > max, "the fixture is over the limit");
+        let deleted = store.enforce_retention(None, Some(max)).expect("retention");
+        assert!(deleted >= 10, "at least half the traces go: {deleted}");
+        assert!(
+            store.live_bytes().expect("live") <= max / 10 * 9,
+            "the live data ends at most at 90 % of the limit"
+        );
+        let kept = list(&store, |q| q.limit = 100);
+        assert_eq!(kept.len() as u64, 20 - deleted, "the rest are kept");
+        let newest: Vec<String> = (0..20u64 - deleted)
+            .map(|i| format!("t{:02}", 19 - i))
+            .collect();
+        assert_eq!(kept, newest, "the oldest traces go first");
+        let report = store.check().expect("check");
+        assert!(
+            report.is_clean(),
+            "retention keeps indexes consistent: {report:?}"
         );
     }
 

@@ -39,6 +39,8 @@ pub struct AssembleOptions {
     pub capture_embeddings: bool,
     /// Model prices for `cost_usd` (empty: every cost is `null`).
     pub pricing: Arc<PriceTable>,
+    /// The user's `[[redact]]` rules, applied to the assembled span before it is stored.
+    pub redactor: Arc<redact::Redactor>,
 }
 
 impl Default for AssembleOptions {
@@ -48,6 +50,7 @@ impl Default for AssembleOptions {
             max_error_message_chars: 2000,
             capture_embeddings: false,
             pricing: Arc::new(PriceTable::new()),
+            redactor: Arc::new(redact::Redactor::default()),
         }
     }
 }
@@ -352,7 +355,7 @@ pub fn assemble(record: CallRecord, opts: &AssembleOptions) -> Span {
     }
     let seen = |c: &Option<Captured>| c.as_ref().map_or(0, |c| c.seen);
 
-    Span {
+    let mut span = Span {
         trace_id: ctx.trace_id,
         span_id: ctx.span_id,
         parent_span_id: ctx.parent_span_id,
@@ -382,7 +385,11 @@ pub fn assemble(record: CallRecord, opts: &AssembleOptions) -> Span {
             bytes_out: seen(&response),
             chunks: response.as_ref().map_or(0, |c| c.frames),
         }),
-    }
+    };
+    // Last, on the finished span: the rules see the reassembled stream output and the error
+    // message, and the store gets nothing else.
+    opts.redactor.apply(&mut span);
+    span
 }
 
 /// Counts the tokens of `estimate` with the model's encoding and marks them "estimated".

@@ -210,6 +210,6 @@ mod embeddings;
 pub mod estimate;
 mod openai;
 pub mod pricing;
-mod redact;
+pub mod redact;
 mod responses;
 mod sse;

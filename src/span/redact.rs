@@ -1,5 +1,7 @@
-//! Credential redaction for what a span stores about URLs: query values of credential-like
-//! parameters and URL userinfo become `REDACTED`.
+//! Redaction. Credentials in what a span stores about URLs (query values of credential-like
+//! parameters and URL userinfo become `REDACTED`), credential fields of request bodies, and the
+//! user's body rules ([`Redactor`]: JSON paths and regexes from `[[redact]]`), applied during
+//! assembly and ingest so nothing unredacted is ever stored.
 //!
 //! Headers are never stored at all, so `authorization`, `api-key`, `x-api-key`, `cookie` and
 //! `proxy-authorization` cannot leak; this module covers the credentials apps put in URLs
@@ -110,6 +112,211 @@ pub(super) fn redact_body_credentials(body: &mut serde_json::Value) {
     }
 }
 
+// === user rules: [[redact]] ===
+
+/// The default replacement of a `[[redact]]` rule.
+pub const DEFAULT_REPLACEMENT: &str = "[REDACTED]";
+
+/// A JSON path in the supported subset: `$`, then `.key`, `["key"]`, `[n]` and `[*]` (`*` also
+/// as `.*`), e.g. `$.messages[*].content`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonPath(Vec<Step>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+    /// Every element of an array or every value of an object.
+    Any,
+}
+
+impl JsonPath {
+    /// Parses the subset above; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<JsonPath, String> {
+        let rest = text
+            .trim()
+            .strip_prefix('$')
+            .ok_or_else(|| format!("{text:?} must start with `$`"))?;
+        let mut steps = Vec::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '.' => {
+                    let mut key = String::new();
+                    while let Some(&c) = chars.peek() {
+                        if c == '.' || c == '[' {
+                            break;
+                        }
+                        key.push(c);
+                        chars.next();
+                    }
+                    match key.as_str() {
+                        "" => return Err(format!("{text:?} has an empty key after `.`")),
+                        "*" => steps.push(Step::Any),
+                        _ => steps.push(Step::Key(key)),
+                    }
+                }
+                '[' => {
+                    let mut inner = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == ']' {
+                            closed = true;
+                            break;
+                        }
+                        inner.push(c);
+                    }
+                    if !closed {
+                        return Err(format!("{text:?} has an unclosed `[`"));
+                    }
+                    let inner = inner.trim();
+                    let quoted = inner
+                        .strip_prefix('"')
+                        .and_then(|i| i.strip_suffix('"'))
+                        .or_else(|| inner.strip_prefix('\'').and_then(|i| i.strip_suffix('\'')));
+                    if inner == "*" {
+                        steps.push(Step::Any);
+                    } else if let Some(key) = quoted {
+                        steps.push(Step::Key(key.to_string()));
+                    } else {
+                        let n = inner.parse::<usize>().map_err(|_| {
+                            format!("{text:?}: `[{inner}]` is not `[*]`, `[n]` or `[\"key\"]`")
+                        })?;
+                        steps.push(Step::Index(n));
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "{text:?}: unexpected {other:?}; use `.key`, `[n]`, `[*]` or `[\"key\"]`"
+                    ))
+                }
+            }
+        }
+        if steps.is_empty() {
+            return Err(format!(
+                "{text:?} names the whole body; name a field (e.g. `$.messages[*].content`)"
+            ));
+        }
+        Ok(JsonPath(steps))
+    }
+
+    /// Replaces every value the path matches with `replacement`; returns how many.
+    fn replace(&self, value: &mut serde_json::Value, replacement: &str) -> usize {
+        fn walk(v: &mut serde_json::Value, steps: &[Step], replacement: &str) -> usize {
+            let Some((step, rest)) = steps.split_first() else {
+                *v = serde_json::Value::String(replacement.to_string());
+                return 1;
+            };
+            match (step, v) {
+                (Step::Key(k), serde_json::Value::Object(o)) => o
+                    .get_mut(k)
+                    .map_or(0, |child| walk(child, rest, replacement)),
+                (Step::Index(i), serde_json::Value::Array(a)) => a
+                    .get_mut(*i)
+                    .map_or(0, |child| walk(child, rest, replacement)),
+                (Step::Any, serde_json::Value::Array(a)) => {
+                    a.iter_mut().map(|c| walk(c, rest, replacement)).sum()
+                }
+                (Step::Any, serde_json::Value::Object(o)) => {
+                    o.values_mut().map(|c| walk(c, rest, replacement)).sum()
+                }
+                _ => 0,
+            }
+        }
+        walk(value, &self.0, replacement)
+    }
+}
+
+/// What one `[[redact]]` rule matches.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    /// The whole value at a JSON path is replaced.
+    Path(JsonPath),
+    /// Every match inside every string value is replaced.
+    Regex(regex::Regex),
+}
+
+/// One `[[redact]]` rule.
+#[derive(Debug, Clone)]
+pub struct RedactRule {
+    pub matcher: Matcher,
+    /// Inserted literally (`$1` is not expanded).
+    pub replacement: String,
+}
+
+/// The user's body redaction rules, applied to every span's `input`, `output` and error message
+/// before it is stored (captured calls in assembly, app spans at ingest).
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    rules: Vec<RedactRule>,
+}
+
+impl Redactor {
+    pub fn new(rules: Vec<RedactRule>) -> Redactor {
+        Redactor { rules }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Applies every rule, in order, to the span's input, output, LLM params and error message.
+    /// (Token estimates were made on the unredacted text, so they stay right.)
+    pub fn apply(&self, span: &mut super::Span) {
+        if self.rules.is_empty() {
+            return;
+        }
+        self.apply_value(&mut span.input);
+        self.apply_value(&mut span.output);
+        // `params` are the request's own top-level keys, so request paths (`$.user`) fit them.
+        if let Some(llm) = span.llm.as_mut() {
+            let mut params = serde_json::Value::Object(std::mem::take(&mut llm.params));
+            self.apply_value(&mut params);
+            if let serde_json::Value::Object(map) = params {
+                llm.params = map;
+            }
+        }
+        if let Some(err) = span.error.as_mut() {
+            for rule in &self.rules {
+                if let Matcher::Regex(re) = &rule.matcher {
+                    replace_in_string(&mut err.message, re, &rule.replacement);
+                }
+            }
+        }
+    }
+
+    /// Applies every rule to one JSON value (a non-JSON body is a string: only regexes apply).
+    pub fn apply_value(&self, value: &mut serde_json::Value) {
+        for rule in &self.rules {
+            match &rule.matcher {
+                Matcher::Path(path) => {
+                    path.replace(value, &rule.replacement);
+                }
+                Matcher::Regex(re) => replace_strings(value, re, &rule.replacement),
+            }
+        }
+    }
+}
+
+fn replace_strings(value: &mut serde_json::Value, re: &regex::Regex, replacement: &str) {
+    // An explicit stack: a deeply nested body must not overflow ours.
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) => replace_in_string(s, re, replacement),
+            serde_json::Value::Array(a) => stack.extend(a.iter_mut()),
+            serde_json::Value::Object(o) => stack.extend(o.values_mut()),
+            _ => {}
+        }
+    }
+}
+
+fn replace_in_string(s: &mut String, re: &regex::Regex, replacement: &str) {
+    if let std::borrow::Cow::Owned(new) = re.replace_all(s, regex::NoExpand(replacement)) {
+        *s = new;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +372,65 @@ mod tests {
         assert!(
             out.ends_with("model=gpt-4o"),
             "harmless params are kept: {out}"
+        );
+    }
+
+    #[test]
+    fn json_paths_parse_the_documented_subset() {
+        for ok in [
+            "$.messages[*].content",
+            "$.input",
+            "$.a[0].b",
+            "$[\"odd key\"].x",
+            "$.tools.*.name",
+        ] {
+            assert!(JsonPath::parse(ok).is_ok(), "{ok} parses");
+        }
+        for bad in ["messages", "$", "$.", "$.a[", "$.a[x]", "$..a", "$a"] {
+            assert!(JsonPath::parse(bad).is_err(), "{bad} is refused");
+        }
+    }
+
+    #[test]
+    fn rules_redact_paths_and_regex_matches_everywhere() {
+        let redactor = Redactor::new(vec![
+            RedactRule {
+                matcher: Matcher::Path(JsonPath::parse("$.messages[*].content").unwrap()),
+                replacement: DEFAULT_REPLACEMENT.to_string(),
+            },
+            RedactRule {
+                matcher: Matcher::Regex(
+                    regex::Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}").unwrap(),
+                ),
+                replacement: "<email $1>".to_string(),
+            },
+        ]);
+        let mut v = serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "secret one"}, {"role": "system", "content": [{"type": "text", "text": "x"}]}],
+            "metadata": {"deep": [["mail me at bob@example.com or eve@example.org"]]},
+            "n": 3
+        });
+        redactor.apply_value(&mut v);
+        assert_eq!(
+            v["messages"][0]["content"], "[REDACTED]",
+            "a path match is replaced whole"
+        );
+        assert_eq!(
+            v["messages"][1]["content"], "[REDACTED]",
+            "whatever its type"
+        );
+        assert_eq!(v["messages"][0]["role"], "user", "siblings are kept");
+        assert_eq!(
+            v["metadata"]["deep"][0][0], "mail me at <email $1> or <email $1>",
+            "every regex match in nested strings is replaced, literally"
+        );
+        assert_eq!(v["n"], 3);
+        let mut text = serde_json::json!("plain bob@example.com body");
+        redactor.apply_value(&mut text);
+        assert_eq!(
+            text, "plain <email $1> body",
+            "a non-JSON body gets the regexes"
         );
     }
 

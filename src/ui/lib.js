@@ -223,11 +223,36 @@ document.addEventListener('click', (e) => {
 
 export const isOffline = () => offline;
 
+// Admin token (when the server sets `admin_token`): asked for once, on the first 401, and kept
+// in sessionStorage (this tab only; gone when it closes). Never put in the URL.
+const TOKEN_KEY = 'llm-tracer-admin-token';
+const savedToken = () => { try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; } };
+let tokenPrompt = null;
+
+/** Asks for the admin token once at a time (concurrent 401s share one prompt). */
+function askToken(wrong) {
+  if (!tokenPrompt) {
+    tokenPrompt = Promise.resolve().then(() => {
+      const t = window.prompt(wrong ? 'That admin token was refused. Admin token:' : 'This llm-tracer needs its admin token:');
+      try { if (t) sessionStorage.setItem(TOKEN_KEY, t.trim()); else sessionStorage.removeItem(TOKEN_KEY); } catch { /* storage off */ }
+      return Boolean(t);
+    }).finally(() => { tokenPrompt = null; });
+  }
+  return tokenPrompt;
+}
+
+async function send(path, opts) {
+  const token = savedToken();
+  const auth = token ? { authorization: `Bearer ${token}` } : {};
+  return fetch(path, { cache: 'no-store', ...opts, headers: { accept: 'application/json', ...auth, ...(opts.headers || {}) } });
+}
+
 /** GET/POST JSON. Network failures raise the banner; API errors become `ApiError`. */
 export async function api(path, opts = {}) {
   let rsp;
   try {
-    rsp = await fetch(path, { cache: 'no-store', ...opts, headers: { accept: 'application/json', ...(opts.headers || {}) } });
+    rsp = await send(path, opts);
+    if (rsp.status === 401 && await askToken(Boolean(savedToken()))) rsp = await send(path, opts);
   } catch (e) {
     setOffline(true, e && e.message);
     throw new ApiError(0, 'unreachable', 'The llm-tracer API is unreachable');

@@ -1,0 +1,93 @@
+//! `llm-tracer check` through the real binary: exit 0 on a store written by the server, 1 with
+//! the problem named once the store is corrupted, 2 when there is nothing to check.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{chat_body, client, MockUpstream, TestProxy};
+use tokio::process::Command;
+
+fn check(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llm-tracer"));
+    c.env_remove("RUST_LOG")
+        .args(["check", "--data-dir"])
+        .arg(dir)
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn check_passes_a_served_store_and_names_a_stray_key() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut proxy = TestProxy::start(&upstream.url()).await;
+    for (i, stream) in [false, true, false].into_iter().enumerate() {
+        let rsp = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .header("x-tracer-trace-id", format!("check-{i}"))
+            .header("x-tracer-tags", "a,b")
+            .json(&chat_body("gpt-4o-mini", "hi", stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 200);
+        rsp.bytes().await.unwrap();
+        proxy.wait_for_trace(&format!("check-{i}"), 1).await;
+    }
+    proxy.stop().await;
+    let dir = proxy.dir.clone();
+
+    let out = check(&dir).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a store written by the server is consistent: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("3 traces, 3 spans") && stdout.contains("clean"),
+        "the report counts the records: {stdout}"
+    );
+
+    let json = check(&dir).arg("--json").output().await.unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["traces"], 3, "--json reports the same counts");
+
+    // Corrupt it from outside, as a bad disk or a foreign writer would.
+    {
+        let db = sled::open(&dir).unwrap();
+        let tree = db.open_tree("v1").unwrap();
+        tree.insert(b"qstray", b"x").unwrap();
+        tree.remove(b"ucheck-1").unwrap();
+        db.flush().unwrap();
+    }
+    let out = check(&dir).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "problems exit 1: {stdout}");
+    assert!(
+        stdout.contains("unknown key qstray"),
+        "the stray key is named: {stdout}"
+    );
+    assert!(
+        stdout.contains("trace check-1 has spans but no summary"),
+        "the missing summary is named: {stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_without_a_store_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = check(&tmp.path().join("nothing-here"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing data dir is an error, not a clean store"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("data_dir"),
+        "the error names data_dir"
+    );
+}
