@@ -1,0 +1,526 @@
+//! Store at scale (issue 7): load N spans in N/10 traces into a fresh sled store, then measure
+//! what users feel: ingest rate, list and filter latency, one-trace latency, server start-up
+//! with that store, bytes on disk per span, and what a free-text `q` costs today.
+//!
+//! ```text
+//! cargo run --release --example store_bench -- --spans 1000000 --bin target/release/llm-tracer
+//! bench/store.sh [--spans N]      # the same, with a release build first
+//! ```
+//!
+//! Ingest goes through `Store::put_spans` in batches of 512 (what the writer does), timed
+//! without span generation. Queries go through the real binary's admin API over loopback (one
+//! keep-alive connection, sequential), so they include HTTP and JSON: the latency a UI sees.
+//! Bounded: every phase has a count and the whole run a deadline (`--max-seconds`).
+#![allow(clippy::print_stdout)] // stdout carries the report
+
+use std::{
+    error::Error,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use llm_tracer::{
+    span::{CaptureInfo, HttpInfo, Kind, LlmInfo, Span, Status, Timestamp},
+    store::{Store, StoreOptions},
+};
+use serde_json::{json, Map, Value};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+#[derive(Parser)]
+#[command(about = "llm-tracer store benchmark")]
+struct Args {
+    /// Spans to load (traces = spans / --spans-per-trace).
+    #[arg(long, default_value_t = 1_000_000)]
+    spans: usize,
+    #[arg(long, default_value_t = 10)]
+    spans_per_trace: usize,
+    /// Store directory (default: a fresh temp dir, removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The llm-tracer binary, for start-up time and the API queries.
+    #[arg(long, default_value = "target/release/llm-tracer")]
+    bin: PathBuf,
+    /// Requests per query kind.
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Requests for the (unindexed) `q=` search.
+    #[arg(long, default_value_t = 20)]
+    q_queries: usize,
+    /// Give up on remaining phases after this long.
+    #[arg(long, default_value_t = 600)]
+    max_seconds: u64,
+}
+
+const MODELS: [&str; 5] = [
+    "gpt-4o-mini",
+    "gpt-4o",
+    "claude-3-5-sonnet",
+    "llama-3.1-70b",
+    "o3-mini-rare",
+];
+const BATCH: usize = 512;
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.max_seconds);
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = TempDir::new()?;
+            tmp.0.clone()
+        }
+    };
+    let mut out = Vec::new();
+    out.push(format!(
+        "store bench: {} spans in {} traces, dir {}",
+        args.spans,
+        args.spans / args.spans_per_trace.max(1),
+        dir.display()
+    ));
+
+    // --- ingest ---
+    let store = Store::open(&dir, &StoreOptions::default())?;
+    let base_us = now_us().saturating_sub(7 * 86_400 * 1_000_000);
+    let mut put = Duration::ZERO;
+    let mut loaded = 0usize;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut ids = Vec::new();
+    while loaded < args.spans && Instant::now() < deadline {
+        batch.clear();
+        while batch.len() < BATCH && loaded < args.spans {
+            batch.push(span(loaded, args.spans_per_trace, base_us));
+            loaded += 1;
+        }
+        if loaded % (args.spans / 20).max(1) < BATCH {
+            ids.push(batch[0].trace_id.clone());
+        }
+        let t = Instant::now();
+        store.put_spans(&batch)?;
+        put += t.elapsed();
+    }
+    let t = Instant::now();
+    store.flush()?;
+    put += t.elapsed();
+    drop(store);
+    let rate = loaded as f64 / put.as_secs_f64();
+    out.push(format!(
+        "ingest: {loaded} spans in {:.1} s of put_spans (batches of {BATCH}): {rate:.0} spans/s (target ≥ 50000)",
+        put.as_secs_f64()
+    ));
+    std::thread::sleep(Duration::from_millis(500)); // sled lets go of its lock asynchronously
+    let disk = dir_size(&dir);
+    out.push(format!(
+        "disk: {:.1} MiB, {:.0} bytes per span",
+        disk as f64 / 1048576.0,
+        disk as f64 / loaded.max(1) as f64
+    ));
+
+    // --- start-up and queries, through the real binary ---
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut startups = Vec::new();
+    for _ in 0..3 {
+        let (server, admin, took) = start_server(&args.bin, &dir)?;
+        startups.push(took);
+        let last = startups.len() == 3;
+        if last {
+            let report = rt.block_on(queries(&args, admin, &ids, deadline))?;
+            out.extend(report);
+        }
+        stop(server);
+    }
+    startups.sort();
+    out.push(format!(
+        "start-up to a /healthz answer: median {:.0} ms (runs: {}) (target ≤ 200)",
+        ms(startups[1]),
+        startups
+            .iter()
+            .map(|d| format!("{:.0}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push(format!("(took {:.0} s)", started.elapsed().as_secs_f64()));
+    for line in out {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+// === data ===
+
+fn now_us() -> u64 {
+    Timestamp::now().micros()
+}
+
+/// Span `i`: trace `i / per_trace`; the first span of a trace is its chain root, the rest LLM
+/// calls under it. A few models (one rare), 2% errors, realistic bodies.
+fn span(i: usize, per_trace: usize, base_us: u64) -> Span {
+    let per_trace = per_trace.max(1);
+    let (t, k) = (i / per_trace, i % per_trace);
+    let trace_id = format!("{:016x}{:016x}", mix(t as u64), mix(!(t as u64)));
+    let start = base_us + t as u64 * 6_000_000 + k as u64 * 150_000; // a trace every 6 s
+    let dur = 400_000 + (mix(i as u64) % 2_000_000);
+    let model = if t % 100 == 7 {
+        MODELS[4]
+    } else {
+        MODELS[t % 4]
+    };
+    let error = t % 50 == 3 && k == per_trace - 1;
+    let root = k == 0;
+    let question = format!(
+        "Customer {t} asks about invoice {k}: why was the annual plan charged twice this month?"
+    );
+    let answer = format!("The second charge for customer {t} is a pending authorization that drops off within 3 business days.");
+    Span {
+        trace_id,
+        span_id: format!("{:016x}", mix(i as u64 ^ 0x5eed)),
+        parent_span_id: (!root).then(|| format!("{:016x}", mix((t * per_trace) as u64 ^ 0x5eed))),
+        name: if root {
+            "support-answer".into()
+        } else {
+            format!("chat {model}")
+        },
+        kind: if root { Kind::Chain } else { Kind::Llm },
+        start_time: Timestamp(start),
+        end_time: Timestamp(start + dur),
+        duration_ms: dur as f64 / 1000.0,
+        status: if error { Status::Error } else { Status::Ok },
+        error: error.then(|| llm_tracer::span::SpanError {
+            kind: "server_error".into(),
+            message: "upstream 500".into(),
+        }),
+        session_id: Some(format!("session-{}", t / 5)),
+        user_id: Some(format!("user-{}", t % 1000)),
+        tags: vec!["bench".into(), format!("tier-{}", t % 3)],
+        metadata: Map::new(),
+        http: (!root).then(|| HttpInfo {
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            status: Some(if error { 500 } else { 200 }),
+            upstream: "https://api.openai.com".into(),
+        }),
+        llm: (!root).then(|| LlmInfo {
+            provider: Some("openai".into()),
+            operation: Some("chat".into()),
+            request_model: Some(model.into()),
+            response_model: Some(model.into()),
+            stream: k % 2 == 0,
+            input_tokens: Some(120 + (i % 50) as u64),
+            output_tokens: Some(40 + (i % 30) as u64),
+            total_tokens: Some(160 + (i % 80) as u64),
+            usage_source: Some("reported".into()),
+            ttft_ms: Some(180.0),
+            finish_reason: Some("stop".into()),
+            ..LlmInfo::default()
+        }),
+        input: if root {
+            Value::String(question.clone())
+        } else {
+            json!({"model": model, "messages": [
+                {"role": "system", "content": "You are a concise assistant for a customer-support team."},
+                {"role": "user", "content": question}
+            ], "temperature": 0.2})
+        },
+        output: if root {
+            Value::String(answer)
+        } else {
+            json!({"role": "assistant", "content": answer})
+        },
+        capture: (!root).then_some(CaptureInfo {
+            truncated: false,
+            bytes_in: 420,
+            bytes_out: 610,
+            chunks: if k % 2 == 0 { 40 } else { 1 },
+        }),
+    }
+}
+
+/// splitmix64: deterministic, well-spread IDs.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+// === server ===
+
+fn start_server(bin: &Path, dir: &Path) -> Result<(Child, SocketAddr, Duration), BoxError> {
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut admin = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(addr) = line.strip_prefix("admin listening on http://") {
+            admin = Some(addr.parse::<SocketAddr>()?);
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    let Some(admin) = admin else {
+        stop(child);
+        return Err("the server did not print its admin address".into());
+    };
+    // Ready = answers GET /healthz.
+    while t.elapsed() < Duration::from_secs(60) {
+        if healthz(admin).is_ok() {
+            return Ok((child, admin, t.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop(child);
+    Err("the server never answered /healthz".into())
+}
+
+/// One blocking `GET /healthz` (loopback Host, as the admin listener requires).
+fn healthz(admin: SocketAddr) -> Result<(), BoxError> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(admin)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        tcp,
+        "GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer)?;
+    if answer.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err("not ready".into())
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// === queries ===
+
+struct Client {
+    addr: SocketAddr,
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Result<Self, BoxError> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { addr, sender })
+    }
+
+    async fn get(&mut self, path: &str) -> Result<(StatusCode, Bytes, Duration), BoxError> {
+        let req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Empty::new())?;
+        let t = Instant::now();
+        self.sender.ready().await?;
+        let rsp = self.sender.send_request(req).await?;
+        let status = rsp.status();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        Ok((status, body, t.elapsed()))
+    }
+}
+
+async fn queries(
+    args: &Args,
+    admin: SocketAddr,
+    ids: &[String],
+    deadline: Instant,
+) -> Result<Vec<String>, BoxError> {
+    let mut c = Client::connect(admin).await?;
+    let mut out = Vec::new();
+    // Warm-up: the first page, once.
+    c.get("/api/traces?limit=50").await?;
+
+    let kinds: Vec<(&str, String, f64)> = vec![
+        (
+            "GET /api/traces?limit=50 (first pages, following next_cursor)",
+            "/api/traces?limit=50".into(),
+            5.0,
+        ),
+        (
+            "… &model=gpt-4o-mini (a common model)",
+            "/api/traces?limit=50&model=gpt-4o-mini".into(),
+            10.0,
+        ),
+        (
+            "… &model=o3-mini-rare (1% of traces)",
+            "/api/traces?limit=50&model=o3-mini-rare".into(),
+            10.0,
+        ),
+        (
+            "… &status=error (2% of traces)",
+            "/api/traces?limit=50&status=error".into(),
+            10.0,
+        ),
+    ];
+    for (label, path, target) in kinds {
+        let mut times = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        for _ in 0..args.queries {
+            if Instant::now() > deadline {
+                break;
+            }
+            let url = match &cursor {
+                Some(c) => format!("{path}&cursor={c}"),
+                None => path.clone(),
+            };
+            let (status, body, took) = c.get(&url).await?;
+            if status != StatusCode::OK {
+                return Err(format!("{url}: {status}").into());
+            }
+            times.push(took);
+            pages += 1;
+            let v: Value = serde_json::from_slice(&body)?;
+            cursor = v["next_cursor"].as_str().map(str::to_string);
+            if pages % 20 == 0 {
+                cursor = None; // back to the newest page now and then
+            }
+        }
+        out.push(summary(label, &mut times, Some(target)));
+    }
+
+    let mut times = Vec::new();
+    for (i, _) in (0..args.queries).enumerate() {
+        if Instant::now() > deadline || ids.is_empty() {
+            break;
+        }
+        let id = &ids[i % ids.len()];
+        let (status, _, took) = c.get(&format!("/api/traces/{id}")).await?;
+        if status != StatusCode::OK {
+            return Err(format!("trace {id}: {status}").into());
+        }
+        times.push(took);
+    }
+    out.push(summary("GET /api/traces/{id}", &mut times, Some(2.0)));
+
+    let mut times = Vec::new();
+    let words = [
+        "invoice",
+        "pending",
+        "customer 4242",
+        "no-such-word-anywhere",
+    ];
+    for i in 0..args.q_queries {
+        if Instant::now() > deadline {
+            break;
+        }
+        let q = words[i % words.len()].replace(' ', "%20");
+        let (_, _, took) = c.get(&format!("/api/traces?limit=50&q={q}")).await?;
+        times.push(took);
+    }
+    out.push(summary(
+        "GET /api/traces?limit=50&q=… (no full-text index yet: a bounded scan)",
+        &mut times,
+        Some(50.0),
+    ));
+    Ok(out)
+}
+
+fn summary(label: &str, times: &mut [Duration], target_ms: Option<f64>) -> String {
+    if times.is_empty() {
+        return format!("{label}: not measured (deadline)");
+    }
+    times.sort();
+    let q =
+        |p: f64| ms(times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1]);
+    format!(
+        "{label}: n={} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+        times.len(),
+        q(0.5),
+        q(0.99),
+        ms(times[times.len() - 1]),
+        target_ms.map_or(String::new(), |t| format!(" (target p99 ≤ {t})"))
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// A temp dir removed on drop (tempfile is only a dev-dependency of the tests, and examples
+/// see it too, but a plain dir keeps this file self-contained).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "llm-tracer-store-bench-{}-{}",
+            std::process::id(),
+            now_us()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
