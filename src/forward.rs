@@ -7,7 +7,7 @@
 
 use std::{
     pin::Pin,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex, PoisonError, Weak},
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -24,32 +24,34 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer};
-use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::{
     config::{Config, RouteConfig},
     error::{ProxyError, StartError},
-    metrics::Metrics,
+    metrics::{CaptureBudget, Metrics},
     propagate::TraceContext,
     queue::SpanQueue,
-    route::{Table, Target},
-    tap::{CallRecord, Captured, End, TapBody},
+    route::{Route, Table, Target},
+    tap::{detach, drain_into, Captured, End, Observer, RawCall, Side, TapBody},
 };
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, TapBody<Incoming>>;
 
-/// After the response body ends, how long the recorder waits for the request body's report
-/// (an upstream that answered without reading the whole upload never finishes it).
+/// After the response side of a call is settled, how long its record waits for the request
+/// body's report (an upstream that answered without reading the whole upload never finishes
+/// it), and how long an unread upload is drained for the span.
 const REQUEST_REPORT_GRACE: Duration = Duration::from_secs(2);
+
+/// Idle upstream connections kept per host. Bounds the pool after a burst (each idle
+/// connection holds its buffers), and stays above the concurrency a single host usually sees.
+const MAX_IDLE_PER_HOST: usize = 256;
 
 /// Shared state of the proxy listener.
 pub struct Proxy {
     table: Table,
     /// One pooled client per route (index = route index in `table`).
     clients: Vec<UpstreamClient>,
-    /// Each route's upstream as spans show it, computed once.
-    upstream_bases: Vec<Arc<str>>,
     /// `None` when capture is off.
     queue: Option<SpanQueue>,
     recorders: TaskTracker,
@@ -59,6 +61,9 @@ pub struct Proxy {
 }
 
 /// The response body the app receives: the upstream's, tapped, or one the proxy made.
+// One per response, never collected: boxing the common variant would cost an allocation per call
+// to save bytes only on the rare error path.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     Upstream(TapBody<Incoming>),
     Local(Full<Bytes>),
@@ -93,14 +98,14 @@ impl Body for ProxyBody {
     }
 }
 
-/// Everything known about a call when its response head goes back to the app.
+/// Everything known about a call when its request arrived. Cheap handles only: the app's
+/// URI and header values are refcounted, the route is an `Arc`.
 struct CallStart {
     ctx: TraceContext,
     method: Method,
-    path: String,
-    upstream_path: String,
-    upstream: Arc<str>,
-    provider_hint: Option<String>,
+    /// As the app sent them; copied (a URI shares the connection's read buffer).
+    path_and_query: String,
+    route: Option<Arc<Route>>,
     request_content_type: Option<HeaderValue>,
     request_content_encoding: Option<HeaderValue>,
     started: SystemTime,
@@ -119,17 +124,11 @@ impl Proxy {
             .routes()
             .iter()
             .enumerate()
-            .map(|(i, r)| build_client(i, r, config.connect_timeout))
+            .map(|(i, r)| build_client(i, &r.config, config.connect_timeout))
             .collect::<Result<Vec<_>, _>>()?;
-        let upstream_bases = table
-            .routes()
-            .iter()
-            .map(|r| Arc::from(upstream_base(&r.upstream)))
-            .collect();
         Ok(Self {
             table,
             clients,
-            upstream_bases,
             queue,
             recorders,
             metrics,
@@ -147,79 +146,79 @@ impl Proxy {
 
         let (parts, body) = req.into_parts();
         let ctx = TraceContext::extract(&parts.headers);
-        let path = parts.uri.path().to_string();
-        let query = parts.uri.query();
-        let app_path = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
-        };
-        let target = self.table.resolve(&path, query);
-        let route = target.as_ref().map(|t| t.route);
-        let mut start = CallStart {
-            method: parts.method.clone(),
-            path: app_path,
-            upstream_path: String::new(),
-            upstream: route
-                .and_then(|r| self.upstream_bases.get(r).cloned())
-                .unwrap_or_else(|| Arc::from("")),
-            provider_hint: route
-                .and_then(|r| self.table.routes().get(r))
-                .and_then(|r| r.provider.clone()),
-            request_content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
-            request_content_encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
+        let target = self.table.resolve_uri(parts.uri.path_and_query());
+        let route = target
+            .as_ref()
+            .and_then(|t| self.table.routes().get(t.route).cloned());
+        let method = parts.method;
+        let start = CallStart {
+            method: method.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_string(),
+            route,
+            request_content_type: parts.headers.get(header::CONTENT_TYPE).map(detach),
+            request_content_encoding: parts.headers.get(header::CONTENT_ENCODING).map(detach),
             ctx,
             started,
             started_at,
         };
-        let (request_body, request_report) = if self.queue.is_some() {
-            let (tap, report, salvage) = TapBody::salvageable(body, self.max_capture);
-            (tap, Some(RequestReport { report, salvage }))
-        } else {
-            (TapBody::passthrough(body), None)
-        };
-        let Some(Target {
-            route,
-            uri,
-            upstream_path,
-        }) = target
-        else {
-            start.upstream_path = path.clone();
-            drop(request_body); // unread: its rest is salvaged for the span
-            let pending = Pending::new(self.clone(), start, request_report);
-            return pending.fail(ProxyError::NoRoute { path });
-        };
-        start.upstream_path = upstream_path;
-
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
         start.ctx.apply_to_upstream(&mut headers);
-        let mut upstream_req = Request::new(request_body);
-        *upstream_req.method_mut() = parts.method;
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = Version::HTTP_11; // the pooled client picks h2 by ALPN
-        *upstream_req.headers_mut() = headers;
 
         // From here on, if the app goes away (hyper drops this future), the guard records the
         // call as cancelled.
-        let pending = Pending::new(self.clone(), start, request_report);
+        let (pending, request_body) = match &self.queue {
+            Some(_) => {
+                let state = CallState::new(self.clone(), start);
+                let tap = TapBody::new(body, self.max_capture, state.clone(), Side::Request, true);
+                (Pending::capturing(self.clone(), state), tap)
+            }
+            None => (
+                Pending::forwarding(self.clone(), start),
+                TapBody::passthrough(body),
+            ),
+        };
+        let Some(Target { route, uri }) = target else {
+            drop(request_body); // unread: its rest is salvaged for the span
+            let path = pending.with_start(|s| app_path(&s.path_and_query).to_string());
+            return pending.fail(ProxyError::NoRoute { path });
+        };
         let Some(client) = self.clients.get(route) else {
             return pending.fail(ProxyError::BadRequest {
                 message: "route has no client".into(),
             });
         };
+        headers.remove(header::HOST);
+        if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+            // Plain-http upstreams speak HTTP/1.1, where the client would format `Host` per
+            // request; the route's value is computed once.
+            if let Some(host) = self.table.routes().get(route).and_then(|r| r.host.clone()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        let mut upstream_req = Request::new(request_body);
+        *upstream_req.method_mut() = method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = Version::HTTP_11; // the pooled client picks h2 by ALPN
+        *upstream_req.headers_mut() = headers;
+
+        let sent_at = Instant::now();
         let sent = tokio::time::timeout(self.header_timeout, client.request(upstream_req)).await;
         let rsp = match sent {
             Ok(Ok(rsp)) => rsp,
             Ok(Err(e)) => {
-                let upstream = pending.upstream().to_string();
+                let upstream = pending.upstream();
                 return pending.fail(ProxyError::UpstreamConnect {
                     upstream,
                     message: error_chain(&e),
                 });
             }
             Err(_) => {
-                let upstream = pending.upstream().to_string();
+                let upstream = pending.upstream();
                 return pending.fail(ProxyError::UpstreamTimeout {
                     upstream,
                     after: self.header_timeout,
@@ -227,145 +226,348 @@ impl Proxy {
             }
         };
 
-        let (mut rsp_parts, rsp_body) = rsp.into_parts();
         let head_at = Instant::now();
+        let (mut rsp_parts, rsp_body) = rsp.into_parts();
         strip_hop_by_hop(&mut rsp_parts.headers);
-        let (start, request_report) = pending.disarm();
-        start.ctx.stamp_response(&mut rsp_parts.headers);
         if rsp_parts.status.as_u16() >= 400 {
             self.metrics.upstream_error_responses.fetch_add(1, Relaxed);
         }
-        let body = match &self.queue {
-            Some(_) => {
-                let (tap, response_report) = TapBody::new(rsp_body, self.max_capture);
-                let head = ResponseHead {
-                    status: rsp_parts.status,
-                    content_type: rsp_parts.headers.get(header::CONTENT_TYPE).cloned(),
-                    content_encoding: rsp_parts.headers.get(header::CONTENT_ENCODING).cloned(),
-                    head_at,
-                };
-                self.spawn_recorder(
-                    start,
-                    request_report,
-                    Outcome::Response(head, response_report),
-                );
-                tap
+        let body = match pending.answered() {
+            Answered::Capturing(state) => {
+                state.respond(&mut rsp_parts.headers, rsp_parts.status, head_at);
+                TapBody::new(rsp_body, self.max_capture, state, Side::Response, false)
             }
-            None => {
+            Answered::Forwarding(start) => {
+                start.ctx.stamp_response(&mut rsp_parts.headers);
                 self.metrics.in_flight.fetch_sub(1, Relaxed);
                 TapBody::passthrough(rsp_body)
             }
         };
-        Response::from_parts(rsp_parts, ProxyBody::Upstream(body))
+        let rsp = Response::from_parts(rsp_parts, ProxyBody::Upstream(body));
+        // The proxy's own share of the call: before the upstream send, and after its head.
+        self.metrics
+            .observe_overhead((sent_at - started_at) + head_at.elapsed());
+        rsp
+    }
+}
+
+// === CallState ===
+
+/// One call's record in the making, shared by its two body taps and the handler. Each of the
+/// two sides (the request body; the response: its body, or the failure) reports once; whichever
+/// reports last offers the finished call to the queue, on its own task and without awaiting.
+/// Nothing is spawned except on rare paths (an unread upload to salvage, a request body still
+/// open after the response ended).
+struct CallState {
+    proxy: Arc<Proxy>,
+    /// Itself, for the rare paths that spawn (observers are called with `&self`).
+    me: Weak<CallState>,
+    slots: Mutex<Slots>,
+}
+
+struct Slots {
+    /// Taken when the call is offered.
+    start: Option<CallStart>,
+    head: Option<ResponseHead>,
+    proxy_error: Option<(String, String)>,
+    request: Option<Captured>,
+    response: Option<Captured>,
+    request_open: bool,
+    response_open: bool,
+    /// An unread upload is being drained; it reports when done (bounded).
+    salvaging: bool,
+    /// The grace timer for a late request report is running.
+    waiting: bool,
+}
+
+struct ResponseHead {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    content_encoding: Option<HeaderValue>,
+    head_at: Instant,
+}
+
+impl CallState {
+    fn new(proxy: Arc<Proxy>, start: CallStart) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            proxy,
+            me: me.clone(),
+            slots: Mutex::new(Slots {
+                start: Some(start),
+                head: None,
+                proxy_error: None,
+                request: None,
+                response: None,
+                request_open: true,
+                response_open: true,
+                salvaging: false,
+                waiting: false,
+            }),
+        })
     }
 
-    /// Waits (off the hot path) for both bodies to report, then offers the record to the queue.
-    fn spawn_recorder(
-        &self,
-        start: CallStart,
-        request_report: Option<RequestReport>,
-        outcome: Outcome,
-    ) {
-        let Some(queue) = self.queue.clone() else {
-            self.metrics.in_flight.fetch_sub(1, Relaxed);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // Slots are plain data: a panic elsewhere cannot leave them inconsistent.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_start<T>(&self, f: impl FnOnce(&CallStart) -> T) -> Option<T> {
+        self.lock().start.as_ref().map(f)
+    }
+
+    /// The upstream's head arrived: stamps the trace headers on it and notes what the span
+    /// needs of it, under one lock.
+    fn respond(&self, headers: &mut HeaderMap, status: StatusCode, head_at: Instant) {
+        let mut slots = self.lock();
+        if let Some(start) = &slots.start {
+            start.ctx.stamp_response(headers);
+        }
+        slots.head = Some(ResponseHead {
+            status,
+            content_type: headers.get(header::CONTENT_TYPE).map(detach),
+            content_encoding: headers.get(header::CONTENT_ENCODING).map(detach),
+            head_at,
+        });
+    }
+
+    /// Applies one report, then offers the call if it was the last one missing.
+    fn settle(&self, f: impl FnOnce(&mut Slots)) {
+        let mut slots = self.lock();
+        f(&mut slots);
+        if slots.start.is_none() {
+            return; // already offered (a late report after the grace period)
+        }
+        if !slots.response_open && slots.request_open {
+            // Rare: the response side is done but the upload is not. Wait a bounded time for
+            // it, off this task.
+            if !slots.salvaging && !slots.waiting {
+                slots.waiting = true;
+                drop(slots);
+                self.wait_for_request();
+            }
+            return;
+        }
+        if slots.request_open || slots.response_open {
+            return;
+        }
+        let taken = take(&mut slots);
+        drop(slots);
+        if let Some(taken) = taken {
+            self.offer(taken);
+        }
+    }
+
+    fn wait_for_request(&self) {
+        let (Some(state), Ok(_)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            self.force_offer();
             return;
         };
-        let metrics = self.metrics.clone();
-        let max_capture = self.max_capture;
-        self.recorders.spawn(async move {
-            let (head, response, proxy_error) = match outcome {
-                Outcome::Response(head, rx) => (Some(head), rx.await.ok(), None),
-                Outcome::Failed(code, message) => (None, None, Some((code, message))),
-                Outcome::ClientGone => {
-                    let gone = Captured {
-                        end: Some(End::Cancelled),
-                        ..Captured::default()
-                    };
-                    (None, Some(gone), None)
-                }
-            };
-            let request = match request_report {
-                Some(r) => r.finish(max_capture).await,
-                None => None,
-            };
-            let ended_at = Instant::now();
-            metrics.observe_latency(ended_at - start.started_at);
-            metrics.in_flight.fetch_sub(1, Relaxed);
-            if let Some(c) = &response {
-                if c.end == Some(End::Error) {
-                    metrics.upstream_errors.fetch_add(1, Relaxed);
-                }
-            }
-            let text =
-                |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).map(str::to_string);
-            queue.offer(CallRecord {
-                ctx: start.ctx,
-                method: start.method.to_string(),
-                path: start.path,
-                upstream_path: start.upstream_path,
-                upstream: start.upstream.to_string(),
-                provider_hint: start.provider_hint,
-                request_content_type: text(start.request_content_type.as_ref()),
-                request_content_encoding: text(start.request_content_encoding.as_ref()),
-                response_content_type: text(head.as_ref().and_then(|h| h.content_type.as_ref())),
-                response_content_encoding: text(
-                    head.as_ref().and_then(|h| h.content_encoding.as_ref()),
-                ),
-                status: head.as_ref().map(|h| h.status.as_u16()),
-                started: start.started,
-                started_at: start.started_at,
-                head_at: head.as_ref().map(|h| h.head_at),
-                ended_at,
-                request,
-                response,
-                proxy_error,
-            });
+        self.proxy.recorders.spawn(async move {
+            tokio::time::sleep(REQUEST_REPORT_GRACE).await;
+            state.force_offer();
+        });
+    }
+
+    /// Offers whatever has arrived (the request capture is missing).
+    fn force_offer(&self) {
+        let taken = take(&mut self.lock());
+        if let Some(taken) = taken {
+            self.offer(taken);
+        }
+    }
+
+    fn offer(&self, t: Taken) {
+        let proxy = &self.proxy;
+        let ended_at = Instant::now();
+        proxy.metrics.observe_latency(ended_at - t.start.started_at);
+        proxy.metrics.in_flight.fetch_sub(1, Relaxed);
+        if t.response
+            .as_ref()
+            .is_some_and(|c| c.end == Some(End::Error))
+        {
+            proxy.metrics.upstream_errors.fetch_add(1, Relaxed);
+        }
+        let Some(queue) = &proxy.queue else {
+            return;
+        };
+        let (status, content_type, content_encoding, head_at) = match t.head {
+            Some(h) => (
+                Some(h.status),
+                h.content_type,
+                h.content_encoding,
+                Some(h.head_at),
+            ),
+            None => (None, None, None, None),
+        };
+        let s = t.start;
+        queue.offer(RawCall {
+            ctx: s.ctx,
+            method: s.method,
+            path_and_query: s.path_and_query,
+            route: s.route,
+            request_content_type: s.request_content_type,
+            request_content_encoding: s.request_content_encoding,
+            response_content_type: content_type,
+            response_content_encoding: content_encoding,
+            status,
+            started: s.started,
+            started_at: s.started_at,
+            head_at,
+            ended_at,
+            request: t.request,
+            response: t.response,
+            proxy_error: t.proxy_error,
         });
     }
 }
 
-/// How a call ended, as far as the response goes.
-enum Outcome {
-    /// The upstream answered; the response body reports on the receiver.
-    Response(ResponseHead, oneshot::Receiver<Captured>),
-    /// The proxy failed the call: (code, message).
-    Failed(String, String),
-    /// The app went away before the response head arrived.
-    ClientGone,
+/// What a finished call hands to [`CallState::offer`].
+struct Taken {
+    start: CallStart,
+    head: Option<ResponseHead>,
+    proxy_error: Option<(String, String)>,
+    request: Option<Captured>,
+    response: Option<Captured>,
 }
 
-/// A call between "request read" and "response head": if it is dropped while armed (the app
-/// hung up, hyper dropped the handler future), it records the call as cancelled, so no call is
-/// ever lost from the store or left counted as in flight.
+fn take(slots: &mut Slots) -> Option<Taken> {
+    Some(Taken {
+        start: slots.start.take()?,
+        head: slots.head.take(),
+        proxy_error: slots.proxy_error.take(),
+        request: slots.request.take(),
+        response: slots.response.take(),
+    })
+}
+
+impl Observer<Incoming> for CallState {
+    fn report(&self, side: Side, captured: Captured) {
+        self.settle(|s| match side {
+            Side::Request => {
+                s.request = Some(captured);
+                s.request_open = false;
+                s.salvaging = false;
+            }
+            Side::Response => {
+                s.response = Some(captured);
+                s.response_open = false;
+            }
+        });
+    }
+
+    /// An upload dropped before its end (connection refused, an early answer, no route): read
+    /// its rest off the hot path, bounded, so the span still shows what the app sent.
+    fn abandoned(&self, side: Side, captured: Captured, rest: Incoming) {
+        let (Some(this), Ok(_)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            self.report(side, captured);
+            return;
+        };
+        self.lock().salvaging = true;
+        let limit = self.proxy.max_capture;
+        self.proxy.recorders.spawn(async move {
+            let mut captured = captured;
+            let budget = this.proxy.metrics.capture_budget.clone();
+            let drained = tokio::time::timeout(
+                REQUEST_REPORT_GRACE,
+                drain_into(&mut captured, rest, limit, Some(&budget)),
+            )
+            .await;
+            if matches!(drained, Ok(true)) {
+                captured.end = Some(End::Complete);
+            }
+            this.report(side, captured);
+        });
+    }
+
+    fn budget(&self) -> Option<&Arc<CaptureBudget>> {
+        Some(&self.proxy.metrics.capture_budget)
+    }
+}
+
+impl Drop for CallState {
+    /// A call whose sides never both reported (a bug, or a runtime torn down mid-call) is still
+    /// offered, so nothing stays counted as in flight.
+    fn drop(&mut self) {
+        let taken = take(self.slots.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if let Some(taken) = taken {
+            self.offer(taken);
+        }
+    }
+}
+
+// === Pending ===
+
+/// A call between "request read" and "response head". If it is dropped while armed (the app
+/// hung up, hyper dropped the handler future), it settles the response side as cancelled, so
+/// no call is ever lost from the store or left counted as in flight.
 struct Pending {
     proxy: Arc<Proxy>,
-    armed: Option<(CallStart, Option<RequestReport>)>,
+    armed: Option<Armed>,
+}
+
+// Held once per call, in the handler's future; boxing the start would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Armed {
+    /// Capture on: the call's shared state.
+    Capturing(Arc<CallState>),
+    /// Capture off: only the start, for the response headers.
+    Forwarding(CallStart),
+}
+
+/// What the handler keeps once the upstream answered.
+#[allow(clippy::large_enum_variant)]
+enum Answered {
+    Capturing(Arc<CallState>),
+    Forwarding(CallStart),
 }
 
 impl Pending {
-    fn new(proxy: Arc<Proxy>, start: CallStart, request: Option<RequestReport>) -> Self {
+    fn capturing(proxy: Arc<Proxy>, state: Arc<CallState>) -> Self {
         Self {
             proxy,
-            armed: Some((start, request)),
+            armed: Some(Armed::Capturing(state)),
         }
     }
 
-    fn upstream(&self) -> &str {
-        self.armed.as_ref().map(|(s, _)| &*s.upstream).unwrap_or("")
+    fn forwarding(proxy: Arc<Proxy>, start: CallStart) -> Self {
+        Self {
+            proxy,
+            armed: Some(Armed::Forwarding(start)),
+        }
     }
 
-    fn disarm(mut self) -> (CallStart, Option<RequestReport>) {
+    fn with_start<T: Default>(&self, f: impl FnOnce(&CallStart) -> T) -> T {
+        match &self.armed {
+            Some(Armed::Capturing(state)) => state.with_start(f).unwrap_or_default(),
+            Some(Armed::Forwarding(start)) => f(start),
+            None => T::default(),
+        }
+    }
+
+    /// The route's upstream, for error messages.
+    fn upstream(&self) -> String {
+        self.with_start(|s| {
+            s.route
+                .as_ref()
+                .map(|r| r.upstream_base.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The upstream answered: the response side now belongs to the response body's tap.
+    fn answered(mut self) -> Answered {
         match self.armed.take() {
-            Some(armed) => armed,
-            // Unreachable by construction: `armed` is only taken here and in Drop.
-            None => unreachable!("a pending call is disarmed once"),
+            Some(Armed::Capturing(state)) => Answered::Capturing(state),
+            Some(Armed::Forwarding(start)) => Answered::Forwarding(start),
+            // Unreachable by construction: `armed` is only taken here, in `fail` and in Drop.
+            None => unreachable!("a pending call is answered once"),
         }
     }
 
     /// Answers with a proxy-made error and records the failed call.
-    fn fail(self, err: ProxyError) -> Response<ProxyBody> {
+    fn fail(mut self, err: ProxyError) -> Response<ProxyBody> {
         let proxy = self.proxy.clone();
-        let (start, request_report) = self.disarm();
         if !matches!(
             err,
             ProxyError::NoRoute { .. } | ProxyError::BadRequest { .. }
@@ -376,75 +578,42 @@ impl Pending {
         let failures = proxy.metrics.proxy_errors_logged.fetch_add(1, Relaxed) + 1;
         if failures.is_power_of_two() {
             // The path only, never the query: it may carry credentials.
-            tracing::warn!(error = %err, path = %start.path.split('?').next().unwrap_or(""), failures, "proxy error");
+            let path = self.with_start(|s| app_path(&s.path_and_query).to_string());
+            tracing::warn!(error = %err, path = %path, failures, "proxy error");
         }
         let (mut parts, bytes) = err.to_response().into_parts();
-        start.ctx.stamp_response(&mut parts.headers);
-        proxy.spawn_recorder(
-            start,
-            request_report,
-            Outcome::Failed(err.code().to_string(), err.to_string()),
-        );
+        match self.armed.take() {
+            Some(Armed::Capturing(state)) => {
+                state.with_start(|s| s.ctx.stamp_response(&mut parts.headers));
+                let failure = (err.code().to_string(), err.to_string());
+                state.settle(|s| {
+                    s.proxy_error = Some(failure);
+                    s.response_open = false;
+                });
+            }
+            Some(Armed::Forwarding(start)) => {
+                start.ctx.stamp_response(&mut parts.headers);
+                proxy.metrics.in_flight.fetch_sub(1, Relaxed);
+            }
+            None => {}
+        }
         Response::from_parts(parts, ProxyBody::Local(Full::new(bytes)))
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some((start, request)) = self.armed.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.proxy
-                    .spawn_recorder(start, request, Outcome::ClientGone);
-            } else {
+        match self.armed.take() {
+            Some(Armed::Capturing(state)) => state.settle(|s| {
+                s.response = Some(Captured::ended(End::Cancelled));
+                s.response_open = false;
+            }),
+            Some(Armed::Forwarding(_)) => {
                 self.proxy.metrics.in_flight.fetch_sub(1, Relaxed);
             }
+            None => {}
         }
     }
-}
-
-/// The request body's report, plus its unread rest if the upstream never read it.
-struct RequestReport {
-    report: oneshot::Receiver<Captured>,
-    salvage: oneshot::Receiver<Incoming>,
-}
-
-impl RequestReport {
-    /// Waits (bounded) for the request capture. A body the upstream never finished reading
-    /// (connection refused, early answer) is read to its end here, off the hot path, so the
-    /// span still shows what the app sent.
-    async fn finish(self, limit: usize) -> Option<Captured> {
-        let mut captured = tokio::time::timeout(REQUEST_REPORT_GRACE, self.report)
-            .await
-            .ok()?
-            .ok()?;
-        if captured.end != Some(End::Cancelled) {
-            return Some(captured);
-        }
-        let Ok(rest) = self.salvage.await else {
-            return Some(captured);
-        };
-        let (tap, report) = TapBody::new(rest, limit.saturating_sub(captured.kept));
-        let drained = tokio::time::timeout(REQUEST_REPORT_GRACE, tap.collect()).await;
-        let ended = matches!(drained, Ok(Ok(_)));
-        if let Ok(more) = report.await {
-            captured.kept += more.kept;
-            captured.seen += more.seen;
-            captured.frames = captured.frames.saturating_add(more.frames);
-            captured.truncated |= more.truncated;
-            captured.chunks.extend(more.chunks);
-            if ended {
-                captured.end = Some(End::Complete);
-            }
-        }
-        Some(captured)
-    }
-}
-
-struct ResponseHead {
-    status: StatusCode,
-    content_type: Option<HeaderValue>,
-    content_encoding: Option<HeaderValue>,
-    head_at: Instant,
 }
 
 /// One pooled client per route: rustls (webpki roots + the route's `ca_file`), ALPN h2/http1.1,
@@ -512,13 +681,15 @@ fn build_client(
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .build(https))
 }
 
-/// `scheme://authority[/base]`, as spans show the upstream.
-fn upstream_base(uri: &http::Uri) -> String {
-    let s = uri.to_string();
-    s.trim_end_matches('/').to_string()
+/// The path of a `path?query`.
+fn app_path(path_and_query: &str) -> &str {
+    path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path)
 }
 
 /// The error and its causes, e.g. "client error (Connect): tcp connect error: Connection refused".
@@ -549,21 +720,58 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes hop-by-hop headers, including any listed in `Connection` itself.
+///
+/// One scan of the names first: most messages carry none, or only `Connection`, and a scan with
+/// cheap name comparisons costs less than seven hashed removals.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in &listed {
-            headers.remove(name);
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present == 0 {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        // Copied out before the map changes; a short list (the usual "keep-alive" or "close")
+        // stays on the stack.
+        let mut stack = [0u8; 128];
+        let mut heap = Vec::new();
+        let mut len = 0;
+        for value in headers.get_all(header::CONNECTION) {
+            let v = value.as_bytes();
+            if heap.is_empty() && len + v.len() < stack.len() {
+                stack[len..len + v.len()].copy_from_slice(v);
+                stack[len + v.len()] = b',';
+                len += v.len() + 1;
+            } else {
+                if heap.is_empty() {
+                    heap.extend_from_slice(&stack[..len]);
+                }
+                heap.extend_from_slice(v);
+                heap.push(b',');
+            }
+        }
+        let listed = if heap.is_empty() {
+            &stack[..len]
+        } else {
+            &heap[..]
+        };
+        for name in listed.split(|b| *b == b',') {
+            let name = name.trim_ascii();
+            if let Ok(name) = std::str::from_utf8(name) {
+                if !name.is_empty() {
+                    // `&str` names are looked up without allocating a `HeaderName`.
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 

@@ -1,13 +1,28 @@
-//! Metrics: atomic counters and one latency histogram, rendered as Prometheus text.
-//! Counting is lock-free and cheap enough for the hot path.
+//! Metrics: atomic counters, two histograms (call duration, and the time the proxy itself adds)
+//! and the capture byte budget, rendered as Prometheus text. Counting is lock-free and cheap
+//! enough for the hot path.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    Arc,
+};
+use std::time::Duration;
 
 /// Upper bounds (seconds) of the request latency histogram.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+
+/// Upper bounds (seconds) of the proxy-overhead histogram: 1 µs to 100 ms.
+const OVERHEAD_BUCKETS: [f64; 16] = [
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// Captured bytes held in memory by all calls together, by default (see [`CaptureBudget`]).
+/// TODO(config): becomes the `capture_budget_bytes` key.
+pub const DEFAULT_CAPTURE_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -31,6 +46,10 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
+    /// Time the proxy itself added to calls the upstream answered.
+    overhead: Histogram<{ OVERHEAD_BUCKETS.len() }>,
+    /// The global bound on captured bytes held in memory.
+    pub capture_budget: Arc<CaptureBudget>,
 }
 
 impl Default for Metrics {
@@ -51,6 +70,8 @@ impl Default for Metrics {
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_count: AtomicU64::new(0),
             latency_sum_us: AtomicU64::new(0),
+            overhead: Histogram::new(&OVERHEAD_BUCKETS),
+            capture_budget: Arc::new(CaptureBudget::new(DEFAULT_CAPTURE_BUDGET_BYTES)),
         }
     }
 }
@@ -68,6 +89,13 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_us
             .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Records the time the proxy itself added to one call: from the request's arrival to its
+    /// hand-off to the upstream client, plus from the response head's arrival to its return to
+    /// the app. Waiting for the upstream is not counted.
+    pub fn observe_overhead(&self, d: Duration) {
+        self.overhead.observe(d);
     }
 
     pub fn captures_dropped(&self) -> u64 {
@@ -167,7 +195,127 @@ impl Metrics {
             self.latency_sum_us.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "llm_tracer_request_duration_seconds_count {count}");
+        self.overhead.render(
+            &mut out,
+            "llm_tracer_proxy_overhead_seconds",
+            "Time the proxy itself added to a call the upstream answered: request arrival to upstream send, plus response head arrival to its return to the app (waiting on the upstream excluded).",
+        );
+        let budget = &self.capture_budget;
+        let _ = writeln!(
+            out,
+            "# HELP llm_tracer_capture_bytes_in_use Captured body bytes held in memory, waiting to become spans.\n# TYPE llm_tracer_capture_bytes_in_use gauge\nllm_tracer_capture_bytes_in_use {}\n\
+             # HELP llm_tracer_capture_budget_bytes The bound on captured bytes held in memory; over it, copies are truncated.\n# TYPE llm_tracer_capture_budget_bytes gauge\nllm_tracer_capture_budget_bytes {}\n\
+             # HELP llm_tracer_capture_budget_refused_frames_total Body frames forwarded but not kept because the capture budget was spent.\n# TYPE llm_tracer_capture_budget_refused_frames_total counter\nllm_tracer_capture_budget_refused_frames_total {}",
+            budget.used(),
+            budget.limit(),
+            budget.refused(),
+        );
         out
+    }
+}
+
+// === Histogram ===
+
+/// A Prometheus histogram with fixed bounds, lock-free: one relaxed add per bucket hit plus
+/// count and sum. Bounds are compared as integer nanoseconds.
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    bounds_ns: [u64; N],
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64; N]) -> Self {
+        Self {
+            bounds,
+            bounds_ns: std::array::from_fn(|i| (bounds[i] * 1e9).round() as u64),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(i) = self.bounds_ns.iter().position(|b| ns <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+// === CaptureBudget ===
+
+/// A process-wide bound on captured bytes held in memory (the kept chunks of every body whose
+/// span is not assembled yet). Charged as the tap keeps frames, given back when the capture is
+/// dropped (after its span is assembled, or when it is dropped for any other reason). Over
+/// budget, bodies are still forwarded whole; only their copies stop growing (and say truncated).
+#[derive(Debug)]
+pub struct CaptureBudget {
+    used: AtomicUsize,
+    limit: usize,
+    refused: AtomicU64,
+}
+
+impl CaptureBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Frames refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
+    }
+
+    /// Charges `n` bytes if they fit.
+    pub fn try_charge(&self, n: usize) -> bool {
+        let before = self.used.fetch_add(n, Relaxed);
+        if before.saturating_add(n) > self.limit {
+            self.used.fetch_sub(n, Relaxed);
+            self.refused.fetch_add(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Charges `n` bytes even over the limit (bookkeeping that cannot be refused).
+    pub fn force_charge(&self, n: usize) {
+        self.used.fetch_add(n, Relaxed);
+    }
+
+    /// Gives back `n` bytes charged earlier.
+    pub fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Relaxed);
     }
 }
 
@@ -192,5 +340,37 @@ mod tests {
             "+Inf counts everything"
         );
         assert!(text.contains("llm_tracer_request_duration_seconds_count 3"));
+    }
+
+    #[test]
+    fn the_overhead_histogram_counts_calls_in_microsecond_buckets() {
+        let m = Metrics::default();
+        m.observe_overhead(std::time::Duration::from_micros(7));
+        m.observe_overhead(std::time::Duration::from_micros(40));
+        m.observe_overhead(std::time::Duration::from_secs(1));
+        let text = m.render(0, 0);
+        assert!(text.contains("# TYPE llm_tracer_proxy_overhead_seconds histogram"));
+        assert!(text.contains("llm_tracer_proxy_overhead_seconds_bucket{le=\"0.000005\"} 0"));
+        assert!(text.contains("llm_tracer_proxy_overhead_seconds_bucket{le=\"0.00001\"} 1"));
+        assert!(
+            text.contains("llm_tracer_proxy_overhead_seconds_bucket{le=\"0.00005\"} 2"),
+            "overhead buckets are cumulative"
+        );
+        assert!(
+            text.contains("llm_tracer_proxy_overhead_seconds_bucket{le=\"+Inf\"} 3"),
+            "a slow outlier still counts in +Inf"
+        );
+        assert!(text.contains("llm_tracer_proxy_overhead_seconds_count 3"));
+    }
+
+    #[test]
+    fn the_capture_budget_refuses_what_does_not_fit_and_takes_back_releases() {
+        let b = CaptureBudget::new(100);
+        assert!(b.try_charge(60));
+        assert!(!b.try_charge(50), "a charge over the limit is refused");
+        assert_eq!(b.used(), 60, "a refused charge leaves nothing behind");
+        assert_eq!(b.refused(), 1);
+        b.release(60);
+        assert!(b.try_charge(100));
     }
 }

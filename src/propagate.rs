@@ -9,11 +9,6 @@ use serde_json::{Map, Value};
 pub const X_TRACER_PREFIX: &str = "x-tracer-";
 pub const TRACE_ID: HeaderName = HeaderName::from_static("x-tracer-trace-id");
 pub const SPAN_ID: HeaderName = HeaderName::from_static("x-tracer-span-id");
-const PARENT_SPAN_ID: &str = "x-tracer-parent-span-id";
-const SPAN_NAME: &str = "x-tracer-span-name";
-const SESSION_ID: &str = "x-tracer-session-id";
-const USER_ID: &str = "x-tracer-user-id";
-const TAGS: &str = "x-tracer-tags";
 const META_PREFIX: &str = "x-tracer-meta-";
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -38,6 +33,18 @@ pub struct TraceContext {
     pub w3c: Option<W3cContext>,
 }
 
+/// The first value of each propagation header, found in one pass.
+#[derive(Default)]
+struct Seen<'a> {
+    traceparent: Option<&'a HeaderValue>,
+    trace_id: Option<&'a HeaderValue>,
+    parent_span_id: Option<&'a HeaderValue>,
+    span_name: Option<&'a HeaderValue>,
+    session_id: Option<&'a HeaderValue>,
+    user_id: Option<&'a HeaderValue>,
+    tags: Option<&'a HeaderValue>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct W3cContext {
     pub trace_id: String,
@@ -47,17 +54,55 @@ pub struct W3cContext {
 
 impl TraceContext {
     /// Reads the app's headers. Invalid values are ignored (never an error to the app).
+    ///
+    /// One pass over the headers: most requests carry no `x-tracer-*` header at all, and a
+    /// pass with a prefix test per name is cheaper than six hashed lookups.
     pub fn extract(headers: &HeaderMap) -> Self {
-        let text = |name: &str| -> Option<String> {
-            let v = headers.get(name)?.to_str().ok()?.trim();
+        let mut seen = Seen::default();
+        let mut metadata = Map::new();
+        for (name, value) in headers {
+            let name = name.as_str();
+            if name == TRACEPARENT.as_str() {
+                seen.traceparent.get_or_insert(value);
+                continue;
+            }
+            let Some(key) = name.strip_prefix(X_TRACER_PREFIX) else {
+                continue;
+            };
+            let slot = match key {
+                "trace-id" => &mut seen.trace_id,
+                "parent-span-id" => &mut seen.parent_span_id,
+                "span-name" => &mut seen.span_name,
+                "session-id" => &mut seen.session_id,
+                "user-id" => &mut seen.user_id,
+                "tags" => &mut seen.tags,
+                _ => {
+                    let Some(key) = name.strip_prefix(META_PREFIX) else {
+                        continue;
+                    };
+                    if key.is_empty() || metadata.len() >= MAX_ENTRIES {
+                        continue;
+                    }
+                    if let Ok(v) = value.to_str() {
+                        metadata
+                            .insert(key.to_string(), Value::String(truncate(v.trim(), MAX_TEXT)));
+                    }
+                    continue;
+                }
+            };
+            // `HeaderMap::get` semantics: the first value of a name counts.
+            slot.get_or_insert(value);
+        }
+        let text = |v: Option<&HeaderValue>| -> Option<String> {
+            let v = v?.to_str().ok()?.trim();
             (!v.is_empty()).then(|| truncate(v, MAX_TEXT))
         };
-        let w3c = headers
-            .get(&TRACEPARENT)
+        let w3c = seen
+            .traceparent
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent);
-        let explicit = text(TRACE_ID.as_str()).filter(|id| crate::span::is_valid_id(id));
-        let explicit_parent = text(PARENT_SPAN_ID).filter(|id| crate::span::is_valid_id(id));
+        let explicit = text(seen.trace_id).filter(|id| crate::span::is_valid_id(id));
+        let explicit_parent = text(seen.parent_span_id).filter(|id| crate::span::is_valid_id(id));
 
         let (trace_id, parent_span_id) = match (explicit, &w3c) {
             (Some(id), w3c) => {
@@ -77,7 +122,7 @@ impl TraceContext {
             (None, None) => (new_trace_id(), explicit_parent),
         };
 
-        let tags = text(TAGS)
+        let tags = text(seen.tags)
             .map(|raw| {
                 let mut tags: Vec<String> = Vec::new();
                 for tag in raw.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -89,26 +134,13 @@ impl TraceContext {
             })
             .unwrap_or_default();
 
-        let mut metadata = Map::new();
-        for (name, value) in headers {
-            let Some(key) = name.as_str().strip_prefix(META_PREFIX) else {
-                continue;
-            };
-            if key.is_empty() || metadata.len() >= MAX_ENTRIES {
-                continue;
-            }
-            if let Ok(v) = value.to_str() {
-                metadata.insert(key.to_string(), Value::String(truncate(v.trim(), MAX_TEXT)));
-            }
-        }
-
         Self {
             trace_id,
             span_id: new_span_id(),
             parent_span_id,
-            span_name: text(SPAN_NAME),
-            session_id: text(SESSION_ID),
-            user_id: text(USER_ID),
+            span_name: text(seen.span_name),
+            session_id: text(seen.session_id),
+            user_id: text(seen.user_id),
             tags,
             metadata,
             w3c,
@@ -141,6 +173,13 @@ impl TraceContext {
 
 /// Removes every `x-tracer-*` header.
 pub fn strip_tracer_headers(headers: &mut HeaderMap) {
+    // Usually there are none: one scan of the names, no allocation.
+    if !headers
+        .keys()
+        .any(|n| n.as_str().starts_with(X_TRACER_PREFIX))
+    {
+        return;
+    }
     let names: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().starts_with(X_TRACER_PREFIX))
@@ -185,15 +224,60 @@ pub fn parse_traceparent(value: &str) -> Option<W3cContext> {
     })
 }
 
-/// 32 lowercase hex chars, W3C-compatible.
+/// 32 lowercase hex chars, W3C-compatible (never all zeros).
 pub fn new_trace_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    let mut buf = [0u8; 32];
+    let (hi, lo) = (fast_random(), fast_random());
+    hex_into(hi, &mut buf[..16]);
+    hex_into(lo | u64::from(hi == 0), &mut buf[16..]);
+    hex_string(&buf)
 }
 
-/// 16 lowercase hex chars.
+/// 16 lowercase hex chars (never all zeros).
 pub fn new_span_id() -> String {
-    let id = uuid::Uuid::new_v4();
-    hex::encode(&id.as_bytes()[..8])
+    let mut buf = [0u8; 16];
+    hex_into(fast_random().max(1), &mut buf);
+    hex_string(&buf)
+}
+
+thread_local! {
+    /// wyrand state, seeded per thread from the standard library's random hash keys (which come
+    /// from the OS). IDs must be unique, not secret: a 64-bit generator per thread is plenty and
+    /// costs a handful of instructions, where a UUID went through a CSPRNG and `fmt`.
+    static RNG: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
+/// One wyrand step.
+fn fast_random() -> u64 {
+    RNG.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+/// Writes `v` as 16 lowercase hex digits into `out` (16 bytes).
+fn hex_into(mut v: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+fn hex_string(buf: &[u8]) -> String {
+    // Always ASCII hex, so the conversion cannot fail.
+    std::str::from_utf8(buf).unwrap_or_default().to_owned()
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -277,6 +361,48 @@ mod tests {
             "an invalid trace id is ignored and a fresh one minted"
         );
         assert_eq!(ctx.span_id.len(), 16);
+    }
+
+    #[test]
+    fn fresh_ids_are_lowercase_hex_of_the_right_length_and_differ() {
+        let hex = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let (t, s) = (new_trace_id(), new_span_id());
+            assert!(
+                t.len() == 32 && hex(&t),
+                "a trace id is 32 lowercase hex chars: {t}"
+            );
+            assert!(
+                s.len() == 16 && hex(&s),
+                "a span id is 16 lowercase hex chars: {s}"
+            );
+            assert!(
+                parse_traceparent(&format!("00-{t}-{s}-01")).is_some(),
+                "fresh ids make a valid traceparent"
+            );
+            assert!(seen.insert(s), "span ids do not repeat");
+        }
+    }
+
+    #[test]
+    fn the_first_value_of_a_repeated_header_counts_and_later_metadata_wins() {
+        let ctx = TraceContext::extract(&headers(&[
+            ("x-tracer-trace-id", "first"),
+            ("x-tracer-trace-id", "second"),
+            ("x-tracer-meta-k", "one"),
+            ("x-tracer-meta-k", "two"),
+            ("x-tracer-span-name", "  "),
+        ]));
+        assert_eq!(
+            ctx.trace_id, "first",
+            "like HeaderMap::get, the first value counts"
+        );
+        assert_eq!(ctx.metadata.get("k"), Some(&Value::String("two".into())));
+        assert_eq!(ctx.span_name, None, "a blank value is no value");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Queue: the bounded hand-off from request tasks to the one writer task, and the writer.
 //!
 //! `offer` never waits: a full queue costs one capture (counted and logged), never the app's
-//! latency. The writer batches by count or time (whichever first), assembles spans, stores them
-//! on a blocking thread, and drains everything queued before it exits.
+//! latency. The writer batches by count or time (whichever first); on its own low-priority thread
+//! it turns each [`RawCall`] into a `CallRecord` (the string copies happen here, not on the
+//! request path), assembles spans and stores them; it drains everything queued before it exits.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,8 +15,8 @@ use tokio::sync::{
 use crate::{
     metrics::Metrics,
     span::{self, AssembleOptions, Span},
-    store::Store,
-    tap::CallRecord,
+    store::{Store, StoreError},
+    tap::RawCall,
 };
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,7 +24,7 @@ use std::sync::atomic::Ordering::Relaxed;
 /// The sending side, held by the proxy. Cheap to clone.
 #[derive(Clone)]
 pub struct SpanQueue {
-    tx: mpsc::Sender<CallRecord>,
+    tx: mpsc::Sender<RawCall>,
     metrics: Arc<Metrics>,
 }
 
@@ -36,13 +37,13 @@ pub struct WriterOptions {
 }
 
 impl SpanQueue {
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<CallRecord>) {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<RawCall>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (Self { tx, metrics }, rx)
     }
 
     /// Never awaits: a full queue costs one span, never the app's latency.
-    pub fn offer(&self, record: CallRecord) {
+    pub fn offer(&self, record: RawCall) {
         let (reason, counter) = match self.tx.try_send(record) {
             Ok(()) => return,
             Err(TrySendError::Full(_)) => ("queue_full", &self.metrics.captures_dropped_queue_full),
@@ -72,14 +73,15 @@ impl SpanQueue {
 /// When `stop` turns true the channel is closed (later offers count as `shutting_down`) and
 /// everything already queued is still written, then the store is flushed.
 pub async fn run_writer(
-    mut rx: mpsc::Receiver<CallRecord>,
+    mut rx: mpsc::Receiver<RawCall>,
     store: Store,
     metrics: Arc<Metrics>,
     opts: WriterOptions,
     mut stop: watch::Receiver<bool>,
 ) {
     let max = opts.batch_size.max(1);
-    let mut batch: Vec<CallRecord> = Vec::with_capacity(max);
+    let mut batch: Vec<RawCall> = Vec::with_capacity(max);
+    let worker = Worker::start(store.clone(), opts.assemble.clone());
     let mut closing = false;
     loop {
         // recv_many waits for at least one record, then takes whatever else is already queued.
@@ -108,17 +110,8 @@ pub async fn run_writer(
             }
         }
         let records = std::mem::replace(&mut batch, Vec::with_capacity(max));
-        let assemble_opts = opts.assemble.clone();
-        let store = store.clone();
         let count = records.len() as u64;
-        let written = tokio::task::spawn_blocking(move || {
-            let spans: Vec<Span> = records
-                .into_iter()
-                .map(|r| span::assemble(r, &assemble_opts))
-                .collect();
-            store.put_spans(&spans)
-        })
-        .await;
+        let written = worker.run(records).await;
         match written {
             Ok(Ok(())) => {
                 metrics.spans_captured.fetch_add(count, Relaxed);
@@ -132,19 +125,114 @@ pub async fn run_writer(
                 metrics.store_ok.store(false, Relaxed);
                 tracing::error!(error = %e, spans = count, "span batch not stored; traffic unaffected");
             }
-            Err(e) => {
+            Err(WorkerGone) => {
                 metrics.store_errors.fetch_add(1, Relaxed);
                 metrics
                     .captures_dropped_store_error
                     .fetch_add(count, Relaxed);
-                tracing::error!(error = %e, spans = count, "span assembly or store task panicked");
+                tracing::error!(spans = count, "span assembly or store write panicked");
             }
         }
     }
+    drop(worker);
     let store = store.clone();
     match tokio::task::spawn_blocking(move || store.flush()).await {
         Ok(Ok(())) => tracing::debug!("store flushed"),
         Ok(Err(e)) => tracing::error!(error = %e, "store flush failed at shutdown"),
         Err(e) => tracing::error!(error = %e, "store flush task failed"),
+    }
+}
+
+// === Worker ===
+
+/// Nice value of the writer thread: when the request path and the writer want the same CPU,
+/// the request path wins (a span may be stored a little later; a call is never slowed).
+#[cfg(target_os = "linux")]
+const WRITER_NICE: i32 = 10;
+
+/// The writer's CPU work (turning records into spans, writing them) runs on one OS thread of
+/// its own, at a lower scheduling priority than the runtime's threads. One long-lived thread
+/// rather than a blocking-pool thread per batch: no thread churn, one allocator arena.
+struct Worker {
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// Used when the thread could not be started: each batch on the blocking pool instead.
+    fallback: Option<(Store, AssembleOptions)>,
+}
+
+type Job = (
+    Vec<RawCall>,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
+/// The batch's work panicked (a bug); its spans are lost, the writer goes on.
+struct WorkerGone;
+
+impl Worker {
+    fn start(store: Store, opts: AssembleOptions) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let (thread_store, thread_opts) = (store.clone(), opts.clone());
+        let spawned = std::thread::Builder::new()
+            .name("llm-tracer-writer".into())
+            .spawn(move || {
+                lower_priority();
+                while let Ok((records, done)) = rx.recv() {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        write_batch(&thread_store, &thread_opts, records)
+                    }));
+                    if let Ok(result) = result {
+                        let _ = done.send(result);
+                    } // else: `done` is dropped, and the batch reports WorkerGone.
+                }
+            });
+        match spawned {
+            Ok(_) => Self {
+                tx: Some(tx),
+                fallback: None,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no writer thread; using the blocking pool");
+                Self {
+                    tx: None,
+                    fallback: Some((store, opts)),
+                }
+            }
+        }
+    }
+
+    async fn run(&self, records: Vec<RawCall>) -> Result<Result<(), StoreError>, WorkerGone> {
+        if let Some(tx) = &self.tx {
+            let (done, result) = tokio::sync::oneshot::channel();
+            // Never blocks: one batch at a time, and the previous one has answered.
+            if tx.send((records, done)).is_err() {
+                return Err(WorkerGone);
+            }
+            return result.await.map_err(|_| WorkerGone);
+        }
+        let Some((store, opts)) = self.fallback.clone() else {
+            return Err(WorkerGone);
+        };
+        tokio::task::spawn_blocking(move || write_batch(&store, &opts, records))
+            .await
+            .map_err(|_| WorkerGone)
+    }
+}
+
+fn write_batch(
+    store: &Store,
+    opts: &AssembleOptions,
+    records: Vec<RawCall>,
+) -> Result<(), StoreError> {
+    let spans: Vec<Span> = records
+        .into_iter()
+        .map(|r| span::assemble(r.into_record(), opts))
+        .collect();
+    store.put_spans(&spans)
+}
+
+/// Lowers the calling thread's priority (Linux nice values are per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, WRITER_NICE) {
+        tracing::debug!(error = %e, "writer thread keeps the default priority");
     }
 }
