@@ -1,0 +1,233 @@
+//! Store: everything sled. Spans keyed by trace, trace summaries kept up to date as spans arrive,
+//! a newest-first time index, secondary indexes (status, model, session, user, tag), span → trace
+//! lookup, cursor pagination and stats. The only module that imports `sled`.
+//!
+//! All calls block: callers on the runtime use `spawn_blocking`.
+//!
+//! Layout: ONE sled tree (`v1`) whose keys carry a one-byte prefix per logical key space, so every
+//! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
+//! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
+//! order is the query plan (`inv(t)` is `u64::MAX - t`, big-endian, so a forward scan is newest-first):
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `m` | `m` `schema_version` | `"1"` |
+//! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
+//! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
+//! | `u` | `u` trace_id | stored summary JSON (public fields' inputs + merge bookkeeping) |
+//! | `t` | `t` inv(trace start) trace_id | empty |
+//! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
+//! | `l` | `l` start_us(be) trace_id 0x00 span_id | compact call record (stats), only for `Kind::is_call` spans |
+//!
+//! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
+//! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
+//! therefore ends it unambiguously. Trace ids are `span::is_valid_id` (no 0x00), so 0x00 is a safe
+//! separator after them too; `put_spans` skips spans whose ids are not valid.
+//!
+//! A span id is globally unique: it belongs to exactly one trace at a time, the one its `i` record
+//! names. Every `s` and `l` key carries both the trace id and the span id, so each (trace, span)
+//! pair has keys of its own and `delete_trace` only ever removes keys its trace owns. Re-sending a
+//! span id under another trace moves the span: the same batch removes its old `s`/`l` keys and
+//! rebuilds the old trace's summary and index keys (or deletes them if no span is left).
+//!
+//! Sessions ([`Store::list_sessions`], [`Store::get_session`]) are read from the `x` session
+//! index and the `t` time index; stats time series ([`StatsQuery::series`]) come from the same
+//! single `l` scan as the totals. Neither reads spans.
+//!
+//! A summary keeps at most [`MAX_SUMMARY_VALUES`] models and as many tags (the lexicographically
+//! smallest, so the result still does not depend on arrival order); the others are not indexed.
+//!
+//! Files: `keys` (key layout), `codec` (value encoding), `summary` (the stored trace summary),
+//! `preview`, `write` (put / delete), `query` (list / get), `sessions`, `stats`, `retention`,
+//! `check`, `types` (the public query and answer types).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::span::{is_valid_id, Kind, Span, Status, Timestamp};
+
+mod check;
+mod codec;
+mod keys;
+mod preview;
+mod query;
+mod retention;
+mod sessions;
+mod stats;
+mod summary;
+#[cfg(test)]
+mod tests;
+mod types;
+mod write;
+
+pub use check::{CheckReport, MAX_CHECK_PROBLEMS};
+pub use types::*;
+
+use codec::*;
+use keys::*;
+use preview::*;
+use summary::*;
+#[allow(unused_imports)] // names the sibling modules share through `use super::*`
+use {query::*, retention::*, sessions::*, stats::*, write::*};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data_dir: cannot open the store at {dir}: {source}")]
+    Open { dir: PathBuf, source: sled::Error },
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt record under key {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("store: schema version {found} is newer than this binary understands ({supported})")]
+    Schema { found: String, supported: u32 },
+}
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache, bytes.
+    pub cache_capacity: u64,
+    /// sled's background fsync interval; `None` = only on explicit flush.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 64 * 1024 * 1024,
+            flush_every_ms: Some(500),
+        }
+    }
+}
+
+/// The schema this binary writes and understands.
+const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"mschema_version";
+
+/// Upper bound on the summaries one `list_traces` call examines (filters and `q` are checked on
+/// summaries, so a rare match could otherwise walk the whole store). When reached, the page is
+/// returned as it is, with a `next_cursor` at the last examined position so the client can go on.
+const MAX_EXAMINED: usize = 100_000;
+
+/// Length of `input_preview` / `output_preview`, in chars.
+const PREVIEW_CHARS: usize = 200;
+
+/// At most this many models and as many tags per trace summary (each one is an index key that
+/// every write to the trace may rewrite). The lexicographically smallest are kept; the others are
+/// neither shown in the summary nor indexed, so filtering by them does not find the trace.
+pub const MAX_SUMMARY_VALUES: usize = 64;
+
+/// `stats` keeps at most this many latencies (and as many TTFTs) for the overall quantiles …
+const STATS_SAMPLE: usize = 1_000_000;
+/// … and at most this many per `group_by=model` row.
+const GROUP_STATS_SAMPLE: usize = 100_000;
+
+/// Most buckets in one stats series.
+pub const MAX_BUCKETS: usize = 1000;
+/// Quantile sample per series bucket (so a full series holds at most 2 × 2 M values).
+const BUCKET_STATS_SAMPLE: usize = 2_000;
+/// A series names at most this many models per bucket; calls of later-seen models are counted
+/// under [`OTHER_MODELS`].
+pub const MAX_SERIES_MODELS: usize = 20;
+pub const OTHER_MODELS: &str = "(other)";
+/// A session's totals cover at most this many of its newest traces.
+pub const MAX_SESSION_TRACES: usize = 1000;
+
+/// How long [`Store::open`] waits for a directory lock still held by a just-dropped handle.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY_EVERY: Duration = Duration::from_millis(20);
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Serialises writers (the queue's writer task and `POST /api/spans`): each write reads the
+    /// summaries it merges into, so two writers must not interleave. Readers never take it.
+    writer: Arc<Mutex<()>>,
+    /// Traces deleted by retention since open (reported by `/healthz`).
+    retention_deleted: Arc<AtomicU64>,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// sled releases its directory lock asynchronously: dropping a `Db` signals its background
+    /// threads, and the lock file is unlocked only when the last of them lets go of it (sled
+    /// issue #1289). Reopening right after a drop (a restart in the same process, a test) can
+    /// therefore see "could not acquire lock" for a few milliseconds, so `open` retries on that
+    /// error only, every 20 ms for up to 2 s, before reporting it. Other errors fail at once.
+    pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
+        Self::open_waiting(dir, opts, LOCK_WAIT)
+    }
+
+    /// [`Store::open`] with the lock wait as a parameter.
+    fn open_waiting(dir: &Path, opts: &StoreOptions, wait: Duration) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            dir: dir.to_owned(),
+            source,
+        };
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_capacity)
+            .flush_every_ms(opts.flush_every_ms);
+        let deadline = Instant::now() + wait;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_error(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY_EVERY);
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
+        let tree = db.open_tree("v1").map_err(open_err)?;
+        match tree.get(SCHEMA_KEY)? {
+            None => {
+                tree.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+            }
+            Some(raw) => {
+                let found = String::from_utf8_lossy(&raw).into_owned();
+                match found.trim().parse::<u32>() {
+                    Ok(v) if v <= SCHEMA_VERSION => {}
+                    _ => {
+                        return Err(StoreError::Schema {
+                            found,
+                            supported: SCHEMA_VERSION,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(Store {
+            db,
+            tree,
+            writer: Arc::new(Mutex::new(())),
+            retention_deleted: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// sled's "could not acquire lock on …" (an `Io` error wrapping `WouldBlock`): another handle,
+/// possibly one just dropped whose threads have not exited yet, still holds the directory lock.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}

@@ -1,0 +1,293 @@
+//! The stored trace summary (`Agg`): merging one span at a time, independent of arrival order,
+//! and the index keys a summary implies.
+
+use super::*;
+
+/// What `u` holds: everything the public summary is derived from, kept so that merging one more
+/// span is cheap and the result does not depend on the order spans arrive in (every "first"/
+/// "latest" pick is by (time, span_id), costs are summed as integers).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub(super) struct Agg {
+    pub(super) trace_id: String,
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) status: Status,
+    pub(super) span_count: u64,
+    pub(super) llm_calls: u64,
+    pub(super) input_tokens: u64,
+    pub(super) output_tokens: u64,
+    /// Sum of the known span costs in picodollars; `None` while no span had a cost.
+    pub(super) cost_pico: Option<u64>,
+    pub(super) models: BTreeSet<String>,
+    pub(super) tags: BTreeSet<String>,
+    pub(super) root: Option<Root>,
+    /// Earliest error span's message.
+    pub(super) first_error: Option<Pick>,
+    /// Earliest span with a session / user id.
+    pub(super) first_session: Option<Pick>,
+    pub(super) first_user: Option<Pick>,
+    /// Output preview of the latest-ending LLM span that has an output (`at` = its end).
+    pub(super) last_llm_output: Option<Pick>,
+}
+
+/// The trace's root candidate: spans without a parent first, then earliest start, then span id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Root {
+    pub(super) has_parent: bool,
+    pub(super) start: u64,
+    pub(super) span_id: String,
+    pub(super) name: String,
+    pub(super) session_id: Option<String>,
+    pub(super) user_id: Option<String>,
+    pub(super) input_preview: Option<String>,
+    pub(super) output_preview: Option<String>,
+}
+
+/// A value taken from one span, ranked by (`at`, `span_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Pick {
+    pub(super) at: u64,
+    pub(super) span_id: String,
+    pub(super) value: String,
+}
+
+impl Pick {
+    pub(super) fn rank(&self) -> (u64, &str) {
+        (self.at, &self.span_id)
+    }
+}
+
+/// Keeps the pick with the lowest (`earliest`) or highest rank; `value` is only built if it wins.
+pub(super) fn pick(
+    slot: &mut Option<Pick>,
+    earliest: bool,
+    at: u64,
+    span_id: &str,
+    value: impl FnOnce() -> Option<String>,
+) {
+    let wins = match slot {
+        None => true,
+        Some(cur) if earliest => (at, span_id) < cur.rank(),
+        Some(cur) => (at, span_id) > cur.rank(),
+    };
+    if wins {
+        if let Some(value) = value() {
+            *slot = Some(Pick {
+                at,
+                span_id: span_id.to_string(),
+                value,
+            });
+        }
+    }
+}
+
+impl Agg {
+    pub(super) fn new(trace_id: &str) -> Agg {
+        Agg {
+            trace_id: trace_id.to_string(),
+            ..Agg::default()
+        }
+    }
+
+    /// Adds one span that is not yet part of the trace. Commutative: any arrival order of the
+    /// same spans gives the same `Agg`.
+    pub(super) fn merge(&mut self, span: &Span) {
+        let (start, end) = (
+            span.start_time.micros(),
+            span.end_time.micros().max(span.start_time.micros()),
+        );
+        if self.span_count == 0 {
+            (self.start, self.end) = (start, end);
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+        }
+        self.span_count += 1;
+        self.status = self.status.worst(span.status);
+        if matches!(span.kind, Kind::Llm | Kind::Embedding) {
+            self.llm_calls += 1;
+        }
+        if let Some(llm) = &span.llm {
+            self.input_tokens = self
+                .input_tokens
+                .saturating_add(llm.input_tokens.unwrap_or(0));
+            self.output_tokens = self
+                .output_tokens
+                .saturating_add(llm.output_tokens.unwrap_or(0));
+            if let Some(pico) = llm.cost_usd.and_then(to_pico) {
+                self.cost_pico = Some(self.cost_pico.unwrap_or(0).saturating_add(pico));
+            }
+        }
+        if let Some(model) = span.model().filter(|m| !m.is_empty()) {
+            insert_capped(&mut self.models, model);
+        }
+        for tag in &span.tags {
+            insert_capped(&mut self.tags, tag);
+        }
+
+        let sid = span.span_id.as_str();
+        if span.status == Status::Error {
+            pick(&mut self.first_error, true, start, sid, || {
+                Some(error_message(span))
+            });
+        }
+        pick(&mut self.first_session, true, start, sid, || {
+            span.session_id.clone()
+        });
+        pick(&mut self.first_user, true, start, sid, || {
+            span.user_id.clone()
+        });
+        if span.kind == Kind::Llm && !span.output.is_null() {
+            pick(&mut self.last_llm_output, false, end, sid, || {
+                output_preview(&span.output)
+            });
+        }
+
+        let has_parent = span.parent_span_id.is_some();
+        let wins = match &self.root {
+            None => true,
+            Some(r) => (has_parent, start, sid) < (r.has_parent, r.start, r.span_id.as_str()),
+        };
+        if wins {
+            self.root = Some(Root {
+                has_parent,
+                start,
+                span_id: sid.to_string(),
+                name: span.name.clone(),
+                session_id: span.session_id.clone(),
+                user_id: span.user_id.clone(),
+                input_preview: input_preview(&span.input),
+                output_preview: output_preview(&span.output),
+            });
+        }
+    }
+
+    pub(super) fn session_id(&self) -> Option<&str> {
+        let root = self.root.as_ref().and_then(|r| r.session_id.as_deref());
+        root.or(self.first_session.as_ref().map(|p| p.value.as_str()))
+    }
+
+    pub(super) fn user_id(&self) -> Option<&str> {
+        let root = self.root.as_ref().and_then(|r| r.user_id.as_deref());
+        root.or(self.first_user.as_ref().map(|p| p.value.as_str()))
+    }
+
+    pub(super) fn summary(&self) -> TraceSummary {
+        let root = self.root.as_ref();
+        let start = Timestamp(self.start);
+        let end = Timestamp(self.end);
+        TraceSummary {
+            trace_id: self.trace_id.clone(),
+            name: root.map(|r| r.name.clone()).unwrap_or_default(),
+            start_time: start,
+            end_time: end,
+            duration_ms: start.ms_until(end),
+            status: self.status,
+            error: self.first_error.as_ref().map(|p| p.value.clone()),
+            span_count: self.span_count,
+            llm_calls: self.llm_calls,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_usd: self.cost_pico.map(from_pico),
+            models: self.models.iter().cloned().collect(),
+            session_id: self.session_id().map(str::to_string),
+            user_id: self.user_id().map(str::to_string),
+            tags: self.tags.iter().cloned().collect(),
+            input_preview: root.and_then(|r| r.input_preview.clone()),
+            output_preview: root
+                .and_then(|r| r.output_preview.clone())
+                .or_else(|| self.last_llm_output.as_ref().map(|p| p.value.clone())),
+        }
+    }
+
+    /// Every `t` and `x` key that should exist for this trace.
+    pub(super) fn index_keys(&self) -> BTreeSet<Vec<u8>> {
+        let mut position = inv(self.start).to_be_bytes().to_vec();
+        position.extend_from_slice(self.trace_id.as_bytes());
+        let with_position = |mut prefix: Vec<u8>| {
+            prefix.extend_from_slice(&position);
+            prefix
+        };
+        let mut keys = BTreeSet::new();
+        keys.insert(with_position(vec![P_TIME]));
+        keys.insert(with_position(index_prefix(F_STATUS, self.status.as_str())));
+        for model in &self.models {
+            keys.insert(with_position(index_prefix(F_MODEL, model)));
+        }
+        for tag in &self.tags {
+            keys.insert(with_position(index_prefix(F_TAG, tag)));
+        }
+        if let Some(session) = self.session_id() {
+            keys.insert(with_position(index_prefix(F_SESSION, session)));
+        }
+        if let Some(user) = self.user_id() {
+            keys.insert(with_position(index_prefix(F_USER, user)));
+        }
+        keys
+    }
+
+    /// All `list_traces` filters, checked on the summary (the chosen index already implies one).
+    pub(super) fn matches(&self, q: &TraceQuery, needle: Option<&str>) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        q.since.is_none_or(|t| self.start >= t.micros())
+            && q.until.is_none_or(|t| self.start < t.micros())
+            && q.status.is_none_or(|s| self.status == s)
+            && q.model.as_ref().is_none_or(|m| self.models.contains(m))
+            && q.tag.as_ref().is_none_or(|t| self.tags.contains(t))
+            && eq(&q.session_id, self.session_id())
+            && eq(&q.user_id, self.user_id())
+            && needle.is_none_or(|n| self.contains_text(n))
+    }
+
+    /// Case-insensitive substring search over the summary's text fields; `needle` is lowercase.
+    pub(super) fn contains_text(&self, needle: &str) -> bool {
+        let has = |s: &str| s.to_lowercase().contains(needle);
+        let root = self.root.as_ref();
+        has(&self.trace_id)
+            || root.is_some_and(|r| has(&r.name))
+            || root
+                .and_then(|r| r.input_preview.as_deref())
+                .is_some_and(has)
+            || root
+                .and_then(|r| r.output_preview.as_deref())
+                .is_some_and(has)
+            || self.last_llm_output.as_ref().is_some_and(|p| has(&p.value))
+            || self.first_error.as_ref().is_some_and(|p| has(&p.value))
+            || self.session_id().is_some_and(has)
+            || self.user_id().is_some_and(has)
+            || self.models.iter().any(|m| has(m))
+            || self.tags.iter().any(|t| has(t))
+    }
+}
+
+/// Adds `value`, keeping only the [`MAX_SUMMARY_VALUES`] smallest: the result is the same
+/// whatever order the values arrive in.
+pub(super) fn insert_capped(set: &mut BTreeSet<String>, value: &str) {
+    if set.len() >= MAX_SUMMARY_VALUES && set.last().is_some_and(|last| value >= last.as_str()) {
+        return;
+    }
+    set.insert(value.to_string());
+    while set.len() > MAX_SUMMARY_VALUES {
+        set.pop_last();
+    }
+}
+
+pub(super) fn error_message(span: &Span) -> String {
+    match &span.error {
+        Some(e) if !e.message.is_empty() => e.message.clone(),
+        Some(e) if !e.kind.is_empty() => e.kind.clone(),
+        _ => format!("{} failed", span.name),
+    }
+}
+
+/// Costs are summed as integer picodollars so the sum does not depend on the order of addition.
+/// Negative or non-finite costs count as unknown.
+pub(super) fn to_pico(usd: f64) -> Option<u64> {
+    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1e12).round() as u64)
+}
+
+pub(super) fn from_pico(pico: u64) -> f64 {
+    pico as f64 / 1e12
+}

@@ -1,0 +1,1921 @@
+use super::*;
+use crate::span::{LlmInfo, SpanError};
+use serde_json::json;
+
+const T0: u64 = 1_700_000_000_000_000;
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, &StoreOptions::default()).expect("a fresh temp dir opens")
+}
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    (dir, store)
+}
+
+/// A chain span starting `start_ms` after T0 and lasting `dur_ms`.
+fn span(trace: &str, id: &str, start_ms: u64, dur_ms: u64) -> Span {
+    let start = Timestamp(T0 + start_ms * 1000);
+    let end = Timestamp(T0 + (start_ms + dur_ms) * 1000);
+    Span {
+        trace_id: trace.into(),
+        span_id: id.into(),
+        parent_span_id: None,
+        name: format!("span {id}"),
+        kind: Kind::Chain,
+        start_time: start,
+        end_time: end,
+        duration_ms: start.ms_until(end),
+        status: Status::Ok,
+        error: None,
+        session_id: None,
+        user_id: None,
+        tags: Vec::new(),
+        metadata: Default::default(),
+        http: None,
+        llm: None,
+        input: Value::Null,
+        output: Value::Null,
+        capture: None,
+    }
+}
+
+/// An LLM chat call with a parent, tokens and an optional cost.
+fn llm(
+    trace: &str,
+    id: &str,
+    start_ms: u64,
+    dur_ms: u64,
+    model: &str,
+    tokens: (u64, u64),
+    cost: Option<f64>,
+) -> Span {
+    let mut s = span(trace, id, start_ms, dur_ms);
+    s.kind = Kind::Llm;
+    s.name = format!("chat {model}");
+    s.llm = Some(LlmInfo {
+        request_model: Some(model.into()),
+        input_tokens: Some(tokens.0),
+        output_tokens: Some(tokens.1),
+        cost_usd: cost,
+        ..LlmInfo::default()
+    });
+    s.input = json!({"model": model, "messages": [{"role": "user", "content": format!("question {id}")}]});
+    s.output =
+        json!({"choices": [{"message": {"role": "assistant", "content": format!("answer {id}")}}]});
+    s
+}
+
+trait With: Sized {
+    fn with(self, f: impl FnOnce(&mut Span)) -> Span;
+}
+impl With for Span {
+    fn with(mut self, f: impl FnOnce(&mut Span)) -> Span {
+        f(&mut self);
+        self
+    }
+}
+
+fn failed(msg: &str) -> impl FnOnce(&mut Span) + '_ {
+    move |s| {
+        s.status = Status::Error;
+        s.error = Some(SpanError {
+            kind: "upstream".into(),
+            message: msg.into(),
+        });
+    }
+}
+
+fn child_of(p: &str) -> impl FnOnce(&mut Span) + '_ {
+    move |s| s.parent_span_id = Some(p.into())
+}
+
+/// A small agent trace: root chain, two LLM calls (one failing), a tool.
+fn agent_trace(trace: &str) -> Vec<Span> {
+    vec![
+        span(trace, "root", 0, 1000).with(|s| {
+            s.name = "agent run".into();
+            s.session_id = Some("sess-1".into());
+            s.input = json!("What is the weather?");
+            s.tags = vec!["prod".into()];
+        }),
+        llm(
+            trace,
+            "call1",
+            10,
+            200,
+            "gpt-4o-mini",
+            (100, 20),
+            Some(0.001),
+        )
+        .with(child_of("root"))
+        .with(|s| {
+            s.user_id = Some("alice".into());
+            s.tags = vec!["beta".into(), "prod".into()];
+        }),
+        span(trace, "tool1", 220, 100)
+            .with(child_of("root"))
+            .with(|s| s.kind = Kind::Tool),
+        llm(trace, "call2", 400, 300, "gpt-4o", (50, 30), Some(0.002)).with(child_of("root")),
+        llm(trace, "call3", 750, 100, "gpt-4o", (10, 0), None)
+            .with(child_of("root"))
+            .with(failed("rate limited"))
+            .with(|s| s.output = Value::Null),
+    ]
+}
+
+fn summary(store: &Store, trace: &str) -> TraceSummary {
+    store
+        .get_trace(trace)
+        .expect("get_trace")
+        .expect("the trace exists")
+        .0
+}
+
+fn ids(page: &TracePage) -> Vec<&str> {
+    page.traces.iter().map(|t| t.trace_id.as_str()).collect()
+}
+
+fn list(store: &Store, f: impl FnOnce(&mut TraceQuery)) -> Vec<String> {
+    let mut q = TraceQuery {
+        limit: 1000,
+        ..TraceQuery::default()
+    };
+    f(&mut q);
+    ids(&store.list_traces(&q).expect("list"))
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+fn keys_with_prefix(store: &Store, p: u8) -> Vec<Vec<u8>> {
+    store
+        .tree
+        .scan_prefix([p])
+        .map(|kv| kv.expect("scan").0.to_vec())
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn put_then_get_trace_round_trips_spans_in_start_order() {
+    let (_dir, store) = temp_store();
+    let mut spans = agent_trace("t1");
+    spans.reverse();
+    store.put_spans(&spans).expect("put");
+    let (sum, got) = store
+        .get_trace("t1")
+        .expect("get")
+        .expect("the trace was stored");
+    let order: Vec<&str> = got.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(
+        order,
+        ["root", "call1", "tool1", "call2", "call3"],
+        "spans come back ordered by start time"
+    );
+    let mut expected = agent_trace("t1");
+    expected.sort_by_key(|s| s.start_time);
+    assert_eq!(
+        got, expected,
+        "spans round-trip unchanged through the store"
+    );
+    assert_eq!(sum.span_count, 5, "the summary counts every span");
+    assert_eq!(
+        store.get_span("call2").expect("get_span"),
+        Some(expected[3].clone()),
+        "a span is found by its id"
+    );
+    assert_eq!(
+        store.get_span("nope").expect("get_span"),
+        None,
+        "an unknown span id is None"
+    );
+    assert!(
+        store.get_trace("other").expect("get").is_none(),
+        "an unknown trace is None"
+    );
+}
+
+#[test]
+fn summary_fields_follow_the_rules() {
+    let (_dir, store) = temp_store();
+    store.put_spans(&agent_trace("t1")).expect("put");
+    let s = summary(&store, "t1");
+    assert_eq!(s.name, "agent run", "the name is the root span's name");
+    assert_eq!(
+        s.start_time,
+        Timestamp(T0),
+        "start is the earliest span start"
+    );
+    assert_eq!(
+        s.end_time,
+        Timestamp(T0 + 1_000_000),
+        "end is the latest span end"
+    );
+    assert_eq!(s.duration_ms, 1000.0, "duration is end minus start in ms");
+    assert_eq!(
+        s.status,
+        Status::Error,
+        "the trace is as bad as its worst span"
+    );
+    assert_eq!(
+        s.error.as_deref(),
+        Some("rate limited"),
+        "error is the earliest error span's message"
+    );
+    assert_eq!(s.llm_calls, 3, "llm_calls counts LLM spans");
+    assert_eq!(
+        (s.input_tokens, s.output_tokens),
+        (160, 50),
+        "tokens are summed, unknown counts as 0"
+    );
+    let cost = s.cost_usd.expect("known costs are summed");
+    assert!(
+        (cost - 0.003).abs() < 1e-12,
+        "cost is the sum of the known costs, got {cost}"
+    );
+    assert_eq!(
+        s.models,
+        ["gpt-4o", "gpt-4o-mini"],
+        "models are sorted and unique"
+    );
+    assert_eq!(
+        s.session_id.as_deref(),
+        Some("sess-1"),
+        "session comes from the root span"
+    );
+    assert_eq!(
+        s.user_id.as_deref(),
+        Some("alice"),
+        "user falls back to the first span that has one"
+    );
+    assert_eq!(s.tags, ["beta", "prod"], "tags are the sorted union");
+    assert_eq!(
+        s.input_preview.as_deref(),
+        Some("What is the weather?"),
+        "input preview is the root input"
+    );
+    assert_eq!(
+        s.output_preview.as_deref(),
+        Some("answer call2"),
+        "without root output, the latest-ending LLM output is used"
+    );
+
+    store
+        .put_spans(&[llm("t2", "a", 0, 10, "m", (1, 1), None)])
+        .expect("put");
+    let s2 = summary(&store, "t2");
+    assert_eq!(
+        s2.cost_usd, None,
+        "cost is null, never 0, when no span had a cost"
+    );
+    assert_eq!(s2.status, Status::Ok, "a trace without failures is ok");
+    assert_eq!(s2.error, None, "error is null without error spans");
+    assert_eq!(
+        s2.input_preview.as_deref(),
+        Some("question a"),
+        "a chat input previews its last user message"
+    );
+    assert_eq!(
+        s2.output_preview.as_deref(),
+        Some("answer a"),
+        "a chat completion previews choices[0].message.content"
+    );
+}
+
+#[test]
+fn previews_are_short_single_lines() {
+    let long = "word\n ".repeat(100);
+    let p = clip(&long).expect("text gives a preview");
+    assert_eq!(
+        p.chars().count(),
+        PREVIEW_CHARS,
+        "a preview is cut at the char limit"
+    );
+    assert!(
+        p.ends_with('…') && !p.contains('\n'),
+        "a cut preview ends with an ellipsis and is one line"
+    );
+    assert_eq!(clip("  "), None, "blank text gives no preview");
+    assert_eq!(
+        input_preview(&json!({"a": 1})).as_deref(),
+        Some(r#"{"a":1}"#),
+        "other JSON previews compactly"
+    );
+    let anthropic =
+        json!({"content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]});
+    assert_eq!(
+        output_preview(&anthropic).as_deref(),
+        Some("hi there"),
+        "text blocks are joined"
+    );
+    let huge = json!({"data": "x".repeat(1_000_000)});
+    assert!(
+        compact_json(&huge).len() <= PREVIEW_CHARS * 8,
+        "compact JSON of a huge body is capped"
+    );
+}
+
+#[test]
+fn arrival_order_does_not_change_the_summary() {
+    let spans = agent_trace("t1");
+    let (_d1, a) = temp_store();
+    a.put_spans(&spans).expect("put");
+    let (_d2, b) = temp_store();
+    for s in spans.iter().rev() {
+        b.put_spans(std::slice::from_ref(s)).expect("put");
+    }
+    let (_d3, c) = temp_store();
+    c.put_spans(&[spans[3].clone(), spans[1].clone()])
+        .expect("put");
+    c.put_spans(&[spans[4].clone(), spans[0].clone(), spans[2].clone()])
+        .expect("put");
+    let (sa, sb, sc) = (summary(&a, "t1"), summary(&b, "t1"), summary(&c, "t1"));
+    assert_eq!(
+        sa, sb,
+        "inserting the same spans in reverse order gives the same summary"
+    );
+    assert_eq!(
+        sa, sc,
+        "inserting the same spans in shuffled batches gives the same summary"
+    );
+}
+
+#[test]
+fn a_late_earlier_span_moves_the_trace_in_the_time_index() {
+    let (_dir, store) = temp_store();
+    store
+        .put_spans(&[span("late", "l1", 30_000, 10).with(child_of("lroot"))])
+        .expect("put");
+    store
+        .put_spans(&[span("mid", "m1", 20_000, 10)])
+        .expect("put");
+    assert_eq!(
+        list(&store, |_| {}),
+        ["late", "mid"],
+        "newest trace start first"
+    );
+    assert_eq!(
+        list(&store, |q| q.status = Some(Status::Ok)),
+        ["late", "mid"],
+        "both are ok"
+    );
+
+    let root = span("late", "lroot", 10_000, 30_000)
+        .with(failed("boom"))
+        .with(|s| s.name = "late root".into());
+    store.put_spans(&[root]).expect("put");
+    assert_eq!(
+        list(&store, |_| {}),
+        ["mid", "late"],
+        "the trace moves to its new, earlier start and appears once"
+    );
+    assert_eq!(
+        list(&store, |q| q.status = Some(Status::Ok)),
+        ["mid"],
+        "the old status index entry is gone"
+    );
+    assert_eq!(
+        list(&store, |q| q.status = Some(Status::Error)),
+        ["late"],
+        "the new status index entry exists"
+    );
+    let s = summary(&store, "late");
+    assert_eq!(
+        s.name, "late root",
+        "a parentless span that arrives late becomes the root"
+    );
+    assert_eq!(
+        s.start_time,
+        Timestamp(T0 + 10_000_000),
+        "the start moved earlier"
+    );
+
+    let late_keys = |p: u8| {
+        keys_with_prefix(&store, p)
+            .into_iter()
+            .filter(|k| contains(k, b"late"))
+            .count()
+    };
+    assert_eq!(
+        late_keys(P_TIME),
+        1,
+        "exactly one time-index key remains for the trace"
+    );
+    assert_eq!(
+        late_keys(P_INDEX),
+        1,
+        "exactly one secondary-index key (its status) remains for the trace"
+    );
+    let old = inv(T0 + 30_000_000).to_be_bytes();
+    assert!(
+        !keys_with_prefix(&store, P_TIME)
+            .iter()
+            .chain(&keys_with_prefix(&store, P_INDEX))
+            .any(|k| contains(k, &old)),
+        "no index key still carries the old start"
+    );
+}
+
+#[test]
+fn resending_a_span_id_replaces_the_span() {
+    let (_dir, store) = temp_store();
+    store
+        .put_spans(&[
+            llm("t", "a", 0, 100, "m1", (10, 10), Some(0.5)),
+            span("t", "b", 0, 50),
+        ])
+        .expect("put");
+    let resent = llm("t", "a", 5, 100, "m2", (1, 2), Some(0.25));
+    store.put_spans(std::slice::from_ref(&resent)).expect("put");
+    let (s, spans) = store.get_trace("t").expect("get").expect("exists");
+    assert_eq!(s.span_count, 2, "a re-sent span id is not counted twice");
+    assert_eq!(
+        (s.input_tokens, s.output_tokens, s.cost_usd),
+        (1, 2, Some(0.25)),
+        "only the new version counts"
+    );
+    assert_eq!(s.models, ["m2"], "the replaced span's model is gone");
+    assert_eq!(spans.len(), 2, "the old span record is removed");
+    assert_eq!(
+        store.get_span("a").expect("get"),
+        Some(resent),
+        "the span id resolves to the new version"
+    );
+    assert_eq!(
+        list(&store, |q| q.model = Some("m1".into())),
+        Vec::<String>::new(),
+        "the old model index is gone"
+    );
+    assert_eq!(
+        keys_with_prefix(&store, P_CALL).len(),
+        1,
+        "one call record per call, the old one is removed"
+    );
+
+    // Duplicates inside one batch: the last one wins.
+    store
+        .put_spans(&[
+            span("d", "x", 0, 10),
+            span("d", "x", 1, 10),
+            span("d", "x", 1, 20),
+        ])
+        .expect("put");
+    let (s, spans) = store.get_trace("d").expect("get").expect("exists");
+    assert_eq!(
+        (s.span_count, spans.len()),
+        (1, 1),
+        "duplicates in one batch collapse into one span"
+    );
+    assert_eq!(s.duration_ms, 20.0, "the last duplicate in a batch wins");
+    assert_eq!(
+        store
+            .stats(&StatsQuery::default())
+            .expect("stats")
+            .total
+            .calls,
+        1,
+        "stats count the call once"
+    );
+}
+
+#[test]
+fn invalid_ids_are_skipped() {
+    let (_dir, store) = temp_store();
+    store
+        .put_spans(&[
+            span("bad\0id", "a", 0, 1),
+            span("ok", "bad id", 0, 1),
+            span("ok", "b", 0, 1),
+        ])
+        .expect("put");
+    assert_eq!(
+        list(&store, |_| {}),
+        ["ok"],
+        "spans with invalid ids are not stored"
+    );
+    assert_eq!(
+        summary(&store, "ok").span_count,
+        1,
+        "only the valid span was counted"
+    );
+}
+
+fn stats_total(store: &Store) -> StatsRow {
+    store.stats(&StatsQuery::default()).expect("stats").total
+}
+
+#[test]
+fn a_span_id_reused_by_another_trace_moves_the_span_out_of_the_old_trace() {
+    let (_dir, store) = temp_store();
+    store
+        .put_spans(&[
+            llm("a", "same", 0, 10, "m-old", (100, 10), Some(0.5)),
+            llm("a", "keep", 1, 10, "m-keep", (1, 1), None),
+        ])
+        .expect("put");
+    store
+        .put_spans(&[
+            llm("b", "same", 5, 10, "m-new", (7, 3), None),
+            span("b", "other", 6, 10),
+        ])
+        .expect("put");
+    assert_eq!(
+        store.get_span("same").expect("get").map(|s| s.trace_id),
+        Some("b".into()),
+        "the span id resolves to the trace that sent it last"
+    );
+    let (a, a_spans) = store.get_trace("a").expect("get").expect("a still exists");
+    assert_eq!(
+        a_spans
+            .iter()
+            .map(|s| s.span_id.as_str())
+            .collect::<Vec<_>>(),
+        ["keep"],
+        "the old trace no longer holds the moved span"
+    );
+    assert_eq!(
+        (a.span_count, a.input_tokens, a.output_tokens, a.cost_usd),
+        (1, 1, 1, None),
+        "the old trace's summary no longer counts the moved span"
+    );
+    assert_eq!(
+        a.models,
+        ["m-keep"],
+        "the moved span's model left the old trace"
+    );
+    assert_eq!(
+        list(&store, |q| q.model = Some("m-old".into())),
+        Vec::<String>::new(),
+        "the old trace's index entry for the moved span's model is gone"
+    );
+    assert_eq!(
+        a.start_time,
+        Timestamp(T0 + 1000),
+        "the old trace's start is recomputed from its remaining spans"
+    );
+    let b = summary(&store, "b");
+    assert_eq!(
+        (b.span_count, b.input_tokens),
+        (2, 7),
+        "the new trace counts the span"
+    );
+    let st = stats_total(&store);
+    assert_eq!(
+        (st.calls, st.input_tokens),
+        (2, 8),
+        "stats count the moved call once, in its new version, plus the other call"
+    );
+
+    // Moving a trace's only span makes that trace disappear.
+    store.put_spans(&[span("c", "solo", 0, 10)]).expect("put");
+    store.put_spans(&[span("d", "solo", 0, 10)]).expect("put");
+    assert!(
+        store.get_trace("c").expect("get").is_none(),
+        "a trace whose only span moved away is gone"
+    );
+    assert!(
+        !list(&store, |_| {}).contains(&"c".to_string()),
+        "a trace whose only span moved away is no longer listed"
+    );
+    for kv in store.tree.iter() {
+        let (k, _) = kv.expect("scan");
+        let (prefix, tail) = k.split_first().expect("keys are never empty");
+        let gone = match *prefix {
+            P_SUMMARY => tail == b"c",
+            P_TIME | P_INDEX => tail.ends_with(b"c"),
+            P_SPAN => tail.starts_with(b"c\0"),
+            P_CALL => contains(tail, b"c\0solo"),
+            _ => false,
+        };
+        assert!(
+            !gone,
+            "no key is left for the vanished trace: {}",
+            show_key(&k)
+        );
+    }
+    assert_eq!(
+        summary(&store, "d").span_count,
+        1,
+        "the span lives in its new trace"
+    );
+}
+
+#[test]
+fn a_span_id_moving_between_traces_inside_one_batch_ends_in_the_last_one() {
+    let (_dir, store) = temp_store();
+    store
+        .put_spans(&[
+            llm("a", "x", 0, 10, "m", (1, 0), None),
+            span("a", "a-root", 0, 10),
+            llm("b", "x", 1, 10, "m", (2, 0), None),
+            llm("c", "x", 2, 10, "m", (4, 0), None),
+        ])
+        .expect("put");
+    assert_eq!(
+        summary(&store, "a").span_count,
+        1,
+        "the first trace keeps only its other span"
+    );
+    assert!(
+        store.get_trace("b").expect("get").is_none(),
+        "a trace that held the span only in passing does not exist"
+    );
+    assert_eq!(
+        summary(&store, "c").input_tokens,
+        4,
+        "the last trace holds the span"
+    );
+    let st = stats_total(&store);
+    assert_eq!(
+        (st.calls, st.input_tokens),
+        (1, 4),
+        "stats see only the final version of the call"
+    );
+}
+
+#[test]
+fn traces_sharing_a_start_and_span_id_keep_separate_call_records() {
+    let (_dir, store) = temp_store();
+    // Stored by an older writer or raced: same start, same span id, two traces. Build the
+    // keys directly, as put_spans would never leave the id in two traces.
+    let a = llm("a", "dup", 0, 10, "m", (1, 0), None);
+    let b = llm("b", "dup", 0, 10, "m", (2, 0), None);
+    let ka = call_key(a.start_time.micros(), "a", "dup");
+    let kb = call_key(b.start_time.micros(), "b", "dup");
+    assert_ne!(ka, kb, "the call keys of two traces never collide");
+    store.put_spans(std::slice::from_ref(&a)).expect("put");
+    // Put `b`'s span key and call record next to `a`'s, as if both owned the id.
+    let sb = span_key("b", b.start_time.micros(), "dup");
+    store
+        .tree
+        .insert(&sb, encode_json(&b, &sb).expect("encode"))
+        .expect("insert");
+    store
+        .tree
+        .insert(&kb, encode_json(&CallRec::of(&b), &kb).expect("encode"))
+        .expect("insert");
+    assert_eq!(
+        stats_total(&store).calls,
+        2,
+        "both traces' calls are counted"
+    );
+    assert!(store.delete_trace("b").expect("delete"), "b existed");
+    let st = stats_total(&store);
+    assert_eq!(
+        (st.calls, st.input_tokens),
+        (1, 1),
+        "deleting one trace leaves the other trace's call record"
+    );
+    assert_eq!(
+        store.get_span("dup").expect("get").map(|s| s.trace_id),
+        Some("a".into()),
+        "deleting a trace that does not own the span id keeps the lookup"
+    );
+}
+
+#[test]
+fn deleting_a_trace_keeps_the_stats_of_a_trace_that_took_over_its_span_id() {
+    let (_dir, store) = temp_store();
+    store
+        .put_spans(&[
+            llm("a", "same", 0, 10, "m", (1, 0), None),
+            span("a", "r", 0, 5),
+        ])
+        .expect("put");
+    store
+        .put_spans(&[llm("b", "same", 0, 10, "m", (5, 0), None)])
+        .expect("put");
+    assert!(store.delete_trace("a").expect("delete"), "a still existed");
+    let st = stats_total(&store);
+    assert_eq!(
+        (st.calls, st.input_tokens),
+        (1, 5),
+        "the other trace's call record survives deleting the first trace"
+    );
+    assert_eq!(
+        store.get_span("same").expect("get").map(|s| s.trace_id),
+        Some("b".into()),
+        "the span-id lookup still points at the other trace"
+    );
+    assert!(store.delete_trace("b").expect("delete"), "b existed");
+    assert_eq!(
+        stats_total(&store).calls,
+        0,
+        "deleting both leaves no call record"
+    );
+    assert_eq!(
+        store.tree.iter().count(),
+        1,
+        "only the schema record is left once every trace is deleted"
+    );
+}
+
+#[test]
+fn summaries_keep_at_most_the_smallest_tags_and_models() {
+    let (_dir, store) = temp_store();
+    let n = MAX_SUMMARY_VALUES + 10;
+    let mut spans: Vec<Span> = (0..n)
+        .map(|i| {
+            llm(
+                "t",
+                &format!("s{i}"),
+                i as u64,
+                1,
+                &format!("model-{i:03}"),
+                (0, 0),
+                None,
+            )
+            .with(|s| s.tags = vec![format!("tag-{i:03}"), "common".into()])
+        })
+        .collect();
+    spans.reverse(); // the kept values do not depend on arrival order
+    store.put_spans(&spans).expect("put");
+    let s = summary(&store, "t");
+    assert_eq!(
+        s.models.len(),
+        MAX_SUMMARY_VALUES,
+        "a summary holds at most the capped number of models"
+    );
+    assert_eq!(
+        s.tags.len(),
+        MAX_SUMMARY_VALUES,
+        "a summary holds at most the capped number of tags"
+    );
+    assert_eq!(
+        s.models.first().map(String::as_str),
+        Some("model-000"),
+        "the smallest models are kept"
+    );
+    assert!(
+        s.tags.contains(&"common".to_string()) && s.tags.contains(&"tag-000".to_string()),
+        "the smallest tags are kept"
+    );
+    let count = |field: u8| {
+        keys_with_prefix(&store, P_INDEX)
+            .into_iter()
+            .filter(|k| k.get(1) == Some(&field))
+            .count()
+    };
+    assert_eq!(
+        count(F_MODEL),
+        MAX_SUMMARY_VALUES,
+        "only kept models are indexed"
+    );
+    assert_eq!(
+        count(F_TAG),
+        MAX_SUMMARY_VALUES,
+        "only kept tags are indexed"
+    );
+    let last = format!("tag-{:03}", n - 1);
+    assert_eq!(
+        list(&store, |q| q.tag = Some(last.clone())),
+        Vec::<String>::new(),
+        "a tag beyond the cap is not indexed"
+    );
+    assert_eq!(
+        list(&store, |q| q.tag = Some("tag-000".into())),
+        ["t"],
+        "a kept tag is indexed"
+    );
+
+    let (_d2, other) = temp_store();
+    for sp in spans.iter().rev() {
+        other.put_spans(std::slice::from_ref(sp)).expect("put");
+    }
+    assert_eq!(
+        summary(&other, "t"),
+        s,
+        "capping gives the same summary whatever the arrival order"
+    );
+}
+
+/// Four traces, 1 s apart, newest = t4.
+fn filter_fixture(store: &Store) {
+    let t = |id: &str, at: u64, f: &dyn Fn(&mut Span)| {
+        let mut s = llm(
+            id,
+            &format!("{id}-s"),
+            at * 1000,
+            10,
+            "gpt-4o",
+            (1, 1),
+            None,
+        );
+        f(&mut s);
+        store.put_spans(&[s]).expect("put");
+    };
+    t("t1", 1, &|s| {
+        s.session_id = Some("S1".into());
+        s.user_id = Some("alice".into());
+        s.tags = vec!["prod".into()];
+    });
+    t("t2", 2, &|s| {
+        s.session_id = Some("S1".into());
+        s.user_id = Some("bob".into());
+        s.status = Status::Error;
+        s.llm.as_mut().expect("llm").request_model = Some("claude-3".into());
+    });
+    t("t3", 3, &|s| {
+        s.session_id = Some("S2".into());
+        s.user_id = Some("alice".into());
+        s.tags = vec!["prod".into(), "exp".into()];
+        s.name = "Summarize Invoice".into();
+    });
+    t("t4", 4, &|s| {
+        s.user_id = Some("alice".into());
+        s.status = Status::Cancelled;
+        s.input = json!("Needle in the INPUT");
+    });
+}
+
+#[test]
+fn each_filter_and_their_combinations() {
+    let (_dir, store) = temp_store();
+    filter_fixture(&store);
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        list(&store, |_| {}),
+        ["t4", "t3", "t2", "t1"],
+        "no filter lists all, newest first"
+    );
+    assert_eq!(
+        list(&store, |q| q.status = Some(Status::Error)),
+        ["t2"],
+        "status filter"
+    );
+    assert_eq!(
+        list(&store, |q| q.status = Some(Status::Cancelled)),
+        ["t4"],
+        "status cancelled"
+    );
+    assert_eq!(
+        list(&store, |q| q.model = s("gpt-4o")),
+        ["t4", "t3", "t1"],
+        "model filter"
+    );
+    assert_eq!(
+        list(&store, |q| q.model = s("gpt")),
+        Vec::<String>::new(),
+        "model filter is exact"
+    );
+    assert_eq!(
+        list(&store, |q| q.session_id = s("S1")),
+        ["t2", "t1"],
+        "session filter"
+    );
+    assert_eq!(
+        list(&store, |q| q.user_id = s("alice")),
+        ["t4", "t3", "t1"],
+        "user filter"
+    );
+    assert_eq!(
+        list(&store, |q| q.tag = s("prod")),
+        ["t3", "t1"],
+        "tag filter"
+    );
+    assert_eq!(
+        list(&store, |q| q.q = s("invoice")),
+        ["t3"],
+        "q matches the name case-insensitively"
+    );
+    assert_eq!(
+        list(&store, |q| q.q = s("needle in")),
+        ["t4"],
+        "q matches the input preview"
+    );
+    assert_eq!(
+        list(&store, |q| q.q = s("CLAUDE")),
+        ["t2"],
+        "q matches models"
+    );
+    assert_eq!(
+        list(&store, |q| q.q = s("t3")),
+        ["t3"],
+        "q matches the trace id"
+    );
+    assert_eq!(list(&store, |q| q.q = s("EXP")), ["t3"], "q matches tags");
+    let at = |sec: u64| Some(Timestamp(T0 + sec * 1_000_000));
+    assert_eq!(
+        list(&store, |q| q.since = at(2)),
+        ["t4", "t3", "t2"],
+        "since is inclusive"
+    );
+    assert_eq!(
+        list(&store, |q| q.until = at(3)),
+        ["t2", "t1"],
+        "until is exclusive"
+    );
+    assert_eq!(
+        list(&store, |q| (q.since, q.until) = (at(2), at(4))),
+        ["t3", "t2"],
+        "since and until together"
+    );
+    assert_eq!(
+        list(&store, |q| (q.since, q.until) = (at(3), at(3))),
+        Vec::<String>::new(),
+        "an empty window is empty"
+    );
+    assert_eq!(
+        list(&store, |q| q.until = Some(Timestamp(0))),
+        Vec::<String>::new(),
+        "until 0 is empty"
+    );
+    assert_eq!(
+        list(&store, |q| (q.user_id, q.tag) = (s("alice"), s("prod"))),
+        ["t3", "t1"],
+        "user and tag"
+    );
+    assert_eq!(
+        list(&store, |q| (q.session_id, q.status) =
+            (s("S1"), Some(Status::Ok))),
+        ["t1"],
+        "session and status"
+    );
+    assert_eq!(
+        list(&store, |q| (q.user_id, q.model, q.since) =
+            (s("alice"), s("gpt-4o"), at(3))),
+        ["t4", "t3"],
+        "user, model and since"
+    );
+    assert_eq!(
+        list(&store, |q| (q.tag, q.q) = (s("prod"), s("summarize"))),
+        ["t3"],
+        "tag and q"
+    );
+    assert_eq!(
+        list(&store, |q| (q.session_id, q.user_id) = (s("S2"), s("bob"))),
+        Vec::<String>::new(),
+        "AND, not OR"
+    );
+}
+
+#[test]
+fn index_values_with_nul_bytes_stay_exact() {
+    let (_dir, store) = temp_store();
+    store
+        .put_spans(&[
+            llm("a", "a1", 0, 1, "m", (0, 0), None),
+            llm("b", "b1", 1, 1, "m\0x", (0, 0), None),
+        ])
+        .expect("put");
+    store
+        .put_spans(&[llm("c", "c1", 2, 1, "m\u{1}", (0, 0), None)])
+        .expect("put");
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        list(&store, |q| q.model = s("m")),
+        ["a"],
+        "a value is not matched by a longer one containing 0x00"
+    );
+    assert_eq!(
+        list(&store, |q| q.model = s("m\0x")),
+        ["b"],
+        "a value containing 0x00 is found exactly"
+    );
+    assert_eq!(
+        list(&store, |q| q.model = s("m\u{1}")),
+        ["c"],
+        "a value containing 0x01 is found exactly"
+    );
+}
+
+#[test]
+fn cursor_pagination_returns_every_trace_exactly_once() {
+    let (_dir, store) = temp_store();
+    // Pairs share a start time so the trace id breaks ties.
+    let spans: Vec<Span> = (0..25)
+        .map(|i| span(&format!("tr{i:02}"), &format!("s{i}"), (i / 2) * 1000, 5))
+        .collect();
+    store.put_spans(&spans).expect("put");
+    for filter in [None, Some(Status::Ok)] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let q = TraceQuery {
+                limit: 10,
+                cursor: cursor.clone(),
+                status: filter,
+                ..TraceQuery::default()
+            };
+            let page = store.list_traces(&q).expect("list");
+            pages += 1;
+            seen.extend(page.traces.iter().map(|t| t.trace_id.clone()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(Cursor::decode(&c).expect("next_cursor decodes")),
+                None => break,
+            }
+        }
+        assert_eq!(
+            pages, 3,
+            "25 traces at limit 10 take three pages, the last without next_cursor"
+        );
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            (seen.len(), unique.len()),
+            (25, 25),
+            "every trace is returned exactly once"
+        );
+        let starts: Vec<u64> = seen
+            .iter()
+            .map(|id| summary(&store, id).start_time.micros())
+            .collect();
+        assert!(
+            starts.windows(2).all(|w| w[0] >= w[1]),
+            "pages run newest first"
+        );
+    }
+    let q = TraceQuery {
+        limit: 25,
+        ..TraceQuery::default()
+    };
+    assert_eq!(
+        store.list_traces(&q).expect("list").next_cursor,
+        None,
+        "an exact last page has no next_cursor"
+    );
+}
+
+#[test]
+fn cursors_round_trip_and_malformed_ones_decode_to_none() {
+    let c = Cursor {
+        start_us: T0,
+        trace_id: "abc-1.2:3_x".into(),
+    };
+    assert_eq!(
+        Cursor::decode(&c.encode()),
+        Some(c.clone()),
+        "a cursor round-trips"
+    );
+    assert!(
+        c.encode().bytes().all(|b| b.is_ascii_hexdigit()),
+        "the wire form is URL-safe"
+    );
+    let mut bad_id = vec![CURSOR_VERSION];
+    bad_id.extend_from_slice(&T0.to_be_bytes());
+    bad_id.extend_from_slice(b"a b");
+    let mut wrong_version = hex::decode(c.encode()).expect("hex");
+    wrong_version[0] = 9;
+    for bad in [
+        String::new(),
+        "zz".into(),
+        "abc".into(),
+        "01".into(),
+        hex::encode([CURSOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 1]),
+        hex::encode(bad_id),
+        hex::encode(wrong_version),
+        hex::encode([CURSOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 1, 0xFF]),
+    ] {
+        assert_eq!(
+            Cursor::decode(&bad),
+            None,
+            "a malformed cursor {bad:?} decodes to None"
+        );
+    }
+}
+
+#[test]
+fn delete_removes_everything_about_the_trace() {
+    let (_dir, store) = temp_store();
+    store.put_spans(&agent_trace("doomed")).expect("put");
+    store
+        .put_spans(
+            &agent_trace("kept")
+                .into_iter()
+                .map(|s| s.with(|s| s.span_id.push_str("-k")))
+                .collect::<Vec<_>>(),
+        )
+        .expect("put");
+    assert!(
+        store.delete_trace("doomed").expect("delete"),
+        "deleting an existing trace reports it existed"
+    );
+    assert!(
+        !store.delete_trace("doomed").expect("delete"),
+        "deleting it again reports it did not exist"
+    );
+    assert!(
+        store.get_trace("doomed").expect("get").is_none(),
+        "the trace is gone"
+    );
+    assert_eq!(
+        store.get_span("call1").expect("get"),
+        None,
+        "its spans are gone"
+    );
+    assert_eq!(
+        list(&store, |_| {}),
+        ["kept"],
+        "only the other trace is listed"
+    );
+    for kv in store.tree.iter() {
+        let (k, v) = kv.expect("scan");
+        assert!(
+            !contains(&k, b"doomed") && !contains(&v, b"doomed"),
+            "no key or value mentions the deleted trace: {}",
+            show_key(&k)
+        );
+        assert!(
+            !contains(&k, b"call1") || contains(&k, b"call1-k"),
+            "no key names a deleted span"
+        );
+    }
+    assert_eq!(
+        store
+            .stats(&StatsQuery::default())
+            .expect("stats")
+            .total
+            .calls,
+        3,
+        "its call records are gone"
+    );
+    assert_eq!(
+        summary(&store, "kept").span_count,
+        5,
+        "the other trace is untouched"
+    );
+}
+
+/// A store with moved, replaced, out-of-order and deleted spans: everything `check` looks at.
+fn busy_store() -> (tempfile::TempDir, Store) {
+    let (dir, store) = temp_store();
+    store.put_spans(&agent_trace("a")).expect("put");
+    let mut b = agent_trace("b");
+    b.reverse();
+    for s in &mut b {
+        s.span_id.push_str("-b");
+    }
+    store.put_spans(&b).expect("put");
+    store
+        .put_spans(
+            &agent_trace("doomed")
+                .into_iter()
+                .map(|s| s.with(|s| s.span_id.push_str("-d")))
+                .collect::<Vec<_>>(),
+        )
+        .expect("put");
+    store.delete_trace("doomed").expect("delete");
+    // A span re-sent with changes, and one that moves to another trace.
+    let moved = llm("c", "call2-b", 5, 10, "gpt-4o", (1, 1), Some(0.5));
+    store.put_spans(&[moved]).expect("put");
+    let replaced = span("a", "tool1", 220, 150).with(|s| s.kind = Kind::Tool);
+    store.put_spans(&[replaced]).expect("put");
+    (dir, store)
+}
+
+#[test]
+fn check_finds_a_consistent_store_clean_and_counts_its_records() {
+    let (_dir, store) = busy_store();
+    let report = store.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "a store written through the API is consistent: {report:?}"
+    );
+    assert_eq!(report.traces, 3, "traces a, b and c are counted");
+    assert_eq!(report.summaries, 3, "one summary per trace");
+    assert_eq!(report.spans, 10, "5 + 4 + 1 spans remain");
+    assert_eq!(report.span_ids, 10, "one `i` record per span");
+    assert_eq!(report.calls, 6, "one call record per LLM span");
+    assert_eq!(report.time_index, 3, "one time-index entry per trace");
+    assert!(
+        report.secondary_index > 0,
+        "secondary index entries are counted"
+    );
+}
+
+#[test]
+fn check_reports_each_kind_of_corruption() {
+    type Corruption = Box<dyn Fn(&Store)>;
+    let cases: Vec<(&str, Corruption, &str)> = vec![
+        (
+            "stray key",
+            Box::new(|s: &Store| s.insert_raw(b"zzz", b"1")),
+            "unknown key",
+        ),
+        (
+            "missing i",
+            Box::new(|s: &Store| s.remove_raw(&span_id_key("call1"))),
+            "no `i` record",
+        ),
+        (
+            "i elsewhere",
+            Box::new(|s: &Store| s.insert_raw(&span_id_key("call1"), &span_id_value("b", 7))),
+            "points elsewhere",
+        ),
+        (
+            "dangling i",
+            Box::new(|s: &Store| s.insert_raw(&span_id_key("ghost"), &span_id_value("a", 7))),
+            "has no such span",
+        ),
+        (
+            "missing t",
+            Box::new(|s: &Store| {
+                let key = s
+                    .load_agg("a")
+                    .expect("load")
+                    .expect("a exists")
+                    .index_keys();
+                let t = key
+                    .iter()
+                    .find(|k| k[0] == P_TIME)
+                    .expect("a t key")
+                    .clone();
+                s.remove_raw(&t);
+            }),
+            "lacks its index entry",
+        ),
+        (
+            "stray x",
+            Box::new(|s: &Store| {
+                let mut key = index_prefix(F_MODEL, "gpt-4o");
+                key.extend_from_slice(&inv(T0).to_be_bytes());
+                key.extend_from_slice(b"nosuchtrace");
+                s.insert_raw(&key, b"");
+            }),
+            "whose summary does not list it",
+        ),
+        (
+            "stale summary",
+            Box::new(|s: &Store| {
+                let mut agg = s.load_agg("a").expect("load").expect("a exists");
+                agg.input_tokens += 1;
+                let key = summary_key("a");
+                s.insert_raw(&key, &encode_json(&agg, &key).expect("encode"));
+            }),
+            "differs from a recomputation",
+        ),
+        (
+            "missing summary",
+            Box::new(|s: &Store| s.remove_raw(&summary_key("a"))),
+            "has spans but no summary",
+        ),
+        (
+            "orphan summary",
+            Box::new(|s: &Store| {
+                let key = summary_key("lonely");
+                s.insert_raw(
+                    &key,
+                    &encode_json(&Agg::new("lonely"), &key).expect("encode"),
+                );
+            }),
+            "has no spans",
+        ),
+        (
+            "orphan call",
+            Box::new(|s: &Store| s.insert_raw(&call_key(T0, "a", "ghost"), b"{}")),
+            "has no span",
+        ),
+        (
+            "missing call",
+            Box::new(|s: &Store| s.remove_raw(&call_key(T0 + 10_000, "a", "call1"))),
+            "has no `l` record",
+        ),
+        (
+            "undecodable span",
+            Box::new(|s: &Store| s.insert_raw(&span_key("a", T0, "root"), b"not json")),
+            "does not decode",
+        ),
+    ];
+    for (name, corrupt_it, expected) in cases {
+        let (_dir, store) = busy_store();
+        corrupt_it(&store);
+        let report = store.check().expect("check");
+        assert!(!report.is_clean(), "{name}: a corrupted store is reported");
+        assert!(
+            report.problems.iter().any(|p| p.contains(expected)),
+            "{name}: the report says {expected:?}: {:?}",
+            report.problems
+        );
+    }
+}
+
+#[test]
+fn retention_by_age_deletes_only_traces_that_started_before_the_cutoff() {
+    let (_dir, store) = temp_store();
+    for (i, trace) in ["old-1", "old-2", "new-1"].iter().enumerate() {
+        let spans: Vec<Span> = agent_trace(trace)
+            .into_iter()
+            .map(|s| {
+                s.with(|s| {
+                    s.span_id = format!("{}-{i}", s.span_id);
+                    s.parent_span_id = s.parent_span_id.take().map(|p| format!("{p}-{i}"));
+                    let shift = i as u64 * 3_600_000_000;
+                    s.start_time = Timestamp(s.start_time.micros() + shift);
+                    s.end_time = Timestamp(s.end_time.micros() + shift);
+                })
+            })
+            .collect();
+        store.put_spans(&spans).expect("put");
+    }
+    // Cut between old-2 (T0 + 1 h) and new-1 (T0 + 2 h).
+    let cutoff = Timestamp(T0 + 90 * 60 * 1_000_000);
+    assert_eq!(
+        store
+            .enforce_retention(Some(cutoff), None)
+            .expect("retention"),
+        2,
+        "both traces that started before the cutoff are deleted"
+    );
+    assert_eq!(list(&store, |_| {}), ["new-1"], "the newer trace is kept");
+    assert_eq!(store.retention_deleted(), 2, "deletions are counted");
+    let report = store.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "retention keeps indexes consistent: {report:?}"
+    );
+    assert_eq!(
+        store
+            .enforce_retention(Some(cutoff), None)
+            .expect("retention"),
+        0,
+        "a second pass finds nothing to delete"
+    );
+}
+
+#[test]
+fn retention_by_size_deletes_the_oldest_traces_until_the_live_data_fits() {
+    let (_dir, store) = temp_store();
+    let big = "x".repeat(20_000);
+    for i in 0..20u64 {
+        let s = span(&format!("t{i:02}"), &format!("s{i:02}"), i * 1000, 10)
+            .with(|s| s.input = json!(big.clone()));
+        store.put_spans(&[s]).expect("put");
+    }
+    store.flush().expect("flush");
+    let live = store.live_bytes().expect("live");
+    assert_eq!(
+        store
+            .enforce_retention(None, Some(store.size_on_disk() + 1))
+            .expect("retention"),
+        0,
+        "a store under its limit loses nothing"
+    );
+    let max = live / 2;
+    assert!(store.size_on_disk() > max, "the fixture is over the limit");
+    let deleted = store.enforce_retention(None, Some(max)).expect("retention");
+    assert!(deleted >= 10, "at least half the traces go: {deleted}");
+    assert!(
+        store.live_bytes().expect("live") <= max / 10 * 9,
+        "the live data ends at most at 90 % of the limit"
+    );
+    let kept = list(&store, |q| q.limit = 100);
+    assert_eq!(kept.len() as u64, 20 - deleted, "the rest are kept");
+    let newest: Vec<String> = (0..20u64 - deleted)
+        .map(|i| format!("t{:02}", 19 - i))
+        .collect();
+    assert_eq!(kept, newest, "the oldest traces go first");
+    let report = store.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "retention keeps indexes consistent: {report:?}"
+    );
+}
+
+#[test]
+fn data_survives_reopening_the_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let before = {
+        let store = open(dir.path());
+        store.put_spans(&agent_trace("t1")).expect("put");
+        store.flush().expect("flush");
+        summary(&store, "t1")
+    };
+    let store = open(dir.path());
+    assert_eq!(
+        summary(&store, "t1"),
+        before,
+        "the summary is still there after reopening"
+    );
+    assert_eq!(
+        store.get_trace("t1").expect("get").expect("exists").1.len(),
+        5,
+        "the spans are still there"
+    );
+    assert_eq!(
+        list(&store, |q| q.tag = Some("beta".into())),
+        ["t1"],
+        "the indexes are still there"
+    );
+}
+
+/// `Store::open`, retried (bounded) while the error is still the directory lock, in case a
+/// loaded machine keeps a dropped handle's threads alive past `open`'s own wait.
+fn reopen(dir: &Path) -> Result<Store, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match Store::open(dir, &StoreOptions::default()) {
+            Err(StoreError::Open { source, .. }) if is_lock_error(&source) && attempts < 5 => {
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    store.tree.insert(SCHEMA_KEY, &b"2"[..]).expect("insert");
+    store.flush().expect("flush");
+    drop(store);
+    let err = reopen(dir.path())
+        .err()
+        .expect("a newer schema must not open");
+    assert!(
+        matches!(err, StoreError::Schema { ref found, supported: 1 } if found == "2"),
+        "the error names both versions: {err}"
+    );
+}
+
+#[test]
+fn open_waits_for_a_lock_released_shortly_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = open(dir.path());
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(first);
+    });
+    let second = Store::open(dir.path(), &StoreOptions::default());
+    holder.join().expect("the holder thread ends");
+    assert!(
+        second.is_ok(),
+        "open waits for a lock that is released within its wait: {:?}",
+        second.err()
+    );
+}
+
+#[test]
+fn open_reports_a_lock_that_stays_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _held = open(dir.path());
+    let began = Instant::now();
+    let err = Store::open_waiting(
+        dir.path(),
+        &StoreOptions::default(),
+        Duration::from_millis(100),
+    )
+    .err()
+    .expect("a directory locked by a live handle does not open");
+    assert!(
+        matches!(&err, StoreError::Open { source, .. } if is_lock_error(source)),
+        "the error is the lock error: {err}"
+    );
+    assert!(
+        began.elapsed() >= Duration::from_millis(100),
+        "open retried for its whole wait before giving up"
+    );
+}
+
+#[test]
+fn reservoir_keeps_every_value_up_to_its_cap_then_a_bounded_uniform_sample() {
+    let mut small = Reservoir::new(10);
+    for v in 0..10 {
+        small.add(f64::from(v));
+    }
+    assert_eq!(
+        small.values,
+        (0..10).map(f64::from).collect::<Vec<_>>(),
+        "up to the cap every value is kept, so quantiles are exact"
+    );
+
+    let fill = || {
+        let mut r = Reservoir::new(1000);
+        for v in 1..=100_000 {
+            r.add(f64::from(v));
+        }
+        r
+    };
+    let (a, b) = (fill(), fill());
+    assert_eq!(a.values.len(), 1000, "the sample never grows past its cap");
+    assert_eq!(a.seen, 100_000, "every value is seen");
+    assert_eq!(
+        a.values, b.values,
+        "the fixed seed makes sampling reproducible"
+    );
+    let q = quantiles(a.values);
+    let near = |got: Option<f64>, want: f64| got.is_some_and(|g| (g - want).abs() < 5_000.0);
+    assert!(
+        near(q.p50, 50_000.0) && near(q.p95, 95_000.0) && near(q.p99, 99_000.0),
+        "sampled quantiles stay close to the true ones: {q:?}"
+    );
+}
+
+#[test]
+fn stats_count_calls_tokens_cost_and_quantiles() {
+    let (_dir, store) = temp_store();
+    let mut spans = Vec::new();
+    for i in 0..10u64 {
+        let model = if i < 6 { "gpt-4o" } else { "claude" };
+        let cost = (i % 2 == 0).then_some(0.01);
+        let mut s = llm(
+            "t",
+            &format!("c{i}"),
+            i * 1000,
+            (i + 1) * 10,
+            model,
+            (i, 2 * i),
+            cost,
+        );
+        if i == 3 || i == 7 {
+            s = s.with(failed("boom"));
+        }
+        if i < 4 {
+            let l = s.llm.as_mut().expect("llm");
+            l.stream = true;
+            l.ttft_ms = Some(i as f64 + 1.0);
+        }
+        spans.push(s);
+    }
+    spans.push(span("t", "chain", 0, 20_000)); // not a call: ignored by stats
+    spans.push(
+        llm("u", "nostream", 0, 5, "x", (0, 0), None)
+            .with(|s| s.llm.as_mut().expect("llm").ttft_ms = Some(99.0)),
+    );
+    store.put_spans(&spans).expect("put");
+
+    let window = StatsQuery {
+        since: Some(Timestamp(T0)),
+        until: Some(Timestamp(T0 + 10_000_000)),
+        group_by_model: true,
+        series: None,
+    };
+    let st = store.stats(&window).expect("stats");
+    let t = &st.total;
+    assert_eq!(
+        t.calls, 11,
+        "every call span in the window counts, chain spans do not"
+    );
+    assert_eq!(t.errors, 2, "errors count error-status calls");
+    assert_eq!(
+        (t.input_tokens, t.output_tokens),
+        (45, 90),
+        "tokens are summed"
+    );
+    let cost = t.cost_usd.expect("some calls had a cost");
+    assert!(
+        (cost - 0.05).abs() < 1e-12,
+        "cost sums the known costs, got {cost}"
+    );
+    // Latencies: 5, 10, 20, ..., 100 ms → nearest rank p50 = 6th = 50, p95 = p99 = 11th = 100.
+    assert_eq!(
+        t.latency_ms,
+        Quantiles {
+            p50: Some(50.0),
+            p95: Some(100.0),
+            p99: Some(100.0)
+        },
+        "nearest-rank latency quantiles"
+    );
+    assert_eq!(
+        t.ttft_ms,
+        Quantiles {
+            p50: Some(2.0),
+            p95: Some(4.0),
+            p99: Some(4.0)
+        },
+        "ttft counts streamed calls only"
+    );
+
+    let groups = st.groups.expect("group_by_model gives rows");
+    let models: Vec<(&str, u64)> = groups
+        .iter()
+        .map(|g| (g.model.as_deref().unwrap_or("-"), g.calls))
+        .collect();
+    assert_eq!(
+        models,
+        [("gpt-4o", 6), ("claude", 4), ("x", 1)],
+        "groups are per model, by calls desc"
+    );
+    assert_eq!(groups[1].errors, 1, "group errors are per model");
+    assert_eq!(
+        groups[2].cost_usd, None,
+        "a group without known cost has cost null"
+    );
+
+    let narrow = StatsQuery {
+        since: Some(Timestamp(T0 + 2_000_000)),
+        until: Some(Timestamp(T0 + 4_000_000)),
+        group_by_model: false,
+        series: None,
+    };
+    let st = store.stats(&narrow).expect("stats");
+    assert_eq!(st.total.calls, 2, "since is inclusive and until exclusive");
+    assert_eq!(st.groups, None, "no groups unless asked");
+    let empty = store
+        .stats(&StatsQuery {
+            since: Some(Timestamp(T0 * 2)),
+            ..StatsQuery::default()
+        })
+        .expect("stats");
+    assert_eq!(
+        empty.total,
+        StatsRow::default(),
+        "an empty window has zero counts and null quantiles"
+    );
+}
+
+#[test]
+fn quantiles_use_nearest_rank() {
+    assert_eq!(
+        quantiles(vec![]),
+        Quantiles::default(),
+        "no values, no quantiles"
+    );
+    assert_eq!(
+        quantiles(vec![7.0]),
+        Quantiles {
+            p50: Some(7.0),
+            p95: Some(7.0),
+            p99: Some(7.0)
+        },
+        "one value is every quantile"
+    );
+    let hundred: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+    assert_eq!(
+        quantiles(hundred),
+        Quantiles {
+            p50: Some(50.0),
+            p95: Some(95.0),
+            p99: Some(99.0)
+        },
+        "rank ceil(p·n)"
+    );
+}
+
+#[test]
+fn series_covers_the_window_in_clock_aligned_buckets_and_caps_their_number() {
+    let minute = 60_000_000;
+    let s = Series::covering(T0 + 30_000_000, T0 + 150_000_000, minute).expect("3 buckets");
+    assert_eq!(s.first_us % minute, 0, "buckets start on the minute");
+    assert!(s.first_us <= T0 + 30_000_000 && s.first_us + minute > T0 + 30_000_000);
+    assert_eq!(s.count, 3, "0:30..=2:30 touches three minutes");
+    assert_eq!(
+        Series::covering(0, (MAX_BUCKETS as u64) * 1000, 1000),
+        Err(MAX_BUCKETS as u64 + 1),
+        "one bucket too many is refused with the count needed"
+    );
+    assert!(Series::covering(0, (MAX_BUCKETS as u64) * 1000 - 1, 1000).is_ok());
+}
+
+#[test]
+fn stats_series_fills_dense_buckets_from_the_same_scan() {
+    let (_dir, store) = temp_store();
+    // T0 is a whole second; calls at 0.5 s, 1.2 s, 1.7 s (error) and 3.1 s, two models.
+    store
+        .put_spans(&[
+            llm("a", "c1", 500, 10, "gpt-4o", (1, 2), Some(0.5)),
+            llm("a", "c2", 1200, 20, "gpt-4o-mini", (3, 4), None),
+            llm("b", "c3", 1700, 40, "gpt-4o", (5, 6), Some(0.25)).with(failed("boom")),
+            llm("b", "c4", 3100, 80, "gpt-4o", (7, 8), None),
+            span("b", "chain", 0, 4000),
+        ])
+        .expect("put");
+    let q = StatsQuery {
+        since: Some(Timestamp(T0)),
+        until: Some(Timestamp(T0 + 4_000_000)),
+        group_by_model: true,
+        series: Some(Series::covering(T0, T0 + 3_999_999, 1_000_000).expect("4 buckets")),
+    };
+    let st = store.stats(&q).expect("stats");
+    assert_eq!(st.bucket_seconds, Some(1));
+    let series = st.series.expect("a series was asked for");
+    let calls: Vec<u64> = series.iter().map(|r| r.stats.calls).collect();
+    assert_eq!(calls, [1, 2, 0, 1], "calls per second, the empty one kept");
+    assert_eq!(series[1].stats.errors, 1);
+    assert_eq!(
+        (series[1].stats.input_tokens, series[1].stats.output_tokens),
+        (8, 10)
+    );
+    assert_eq!(series[1].stats.latency_ms.p95, Some(40.0));
+    assert_eq!(
+        series[2].stats.latency_ms.p50, None,
+        "empty bucket: no quantiles"
+    );
+    assert_eq!(series[0].start, Timestamp(T0));
+    assert_eq!(series[0].end, Timestamp(T0 + 1_000_000));
+    assert_eq!(series[3].end, Timestamp(T0 + 4_000_000));
+    let models = series[1].models.as_ref().expect("per-model counts");
+    let names: Vec<(&str, u64, u64)> = models
+        .iter()
+        .map(|m| (m.model.as_str(), m.calls, m.errors))
+        .collect();
+    assert_eq!(names, [("gpt-4o", 1, 1), ("gpt-4o-mini", 1, 0)]);
+    assert_eq!(
+        series[0].models.as_ref().map(|m| m[0].cost_usd),
+        Some(Some(0.5))
+    );
+    assert_eq!(
+        series.iter().map(|r| r.stats.calls).sum::<u64>(),
+        st.total.calls,
+        "the series adds up to the totals"
+    );
+}
+
+#[test]
+fn series_names_a_bounded_number_of_models() {
+    let (_dir, store) = temp_store();
+    let spans: Vec<Span> = (0..(MAX_SERIES_MODELS as u64 + 5))
+        .map(|i| {
+            llm(
+                "t",
+                &format!("c{i}"),
+                i,
+                1,
+                &format!("m{i:02}"),
+                (0, 0),
+                None,
+            )
+        })
+        .collect();
+    store.put_spans(&spans).expect("put");
+    let q = StatsQuery {
+        group_by_model: true,
+        series: Some(Series::covering(T0, T0 + 1_000_000, 10_000_000).expect("one bucket")),
+        ..StatsQuery::default()
+    };
+    let st = store.stats(&q).expect("stats");
+    let models = st.series.expect("series")[0]
+        .models
+        .clone()
+        .expect("models");
+    assert_eq!(
+        models.len(),
+        MAX_SERIES_MODELS + 1,
+        "the named ones plus (other)"
+    );
+    let other = models
+        .iter()
+        .find(|m| m.model == OTHER_MODELS)
+        .expect("other");
+    assert_eq!(other.calls, 5, "later models are folded into (other)");
+}
+
+#[test]
+fn call_bounds_are_the_first_and_last_call_in_the_window() {
+    let (_dir, store) = temp_store();
+    assert_eq!(store.call_bounds(None, None).expect("bounds"), None);
+    store
+        .put_spans(&[
+            llm("t", "a", 5, 1, "m", (0, 0), None),
+            llm("t", "b", 9, 1, "m", (0, 0), None),
+            llm("t", "c", 20, 1, "m", (0, 0), None),
+            span("t", "chain", 0, 100),
+        ])
+        .expect("put");
+    assert_eq!(
+        store.call_bounds(None, None).expect("bounds"),
+        Some((T0 + 5_000, T0 + 20_000)),
+        "chain spans are not calls"
+    );
+    assert_eq!(
+        store
+            .call_bounds(Some(Timestamp(T0 + 6_000)), Some(Timestamp(T0 + 20_000)))
+            .expect("bounds"),
+        Some((T0 + 9_000, T0 + 9_000))
+    );
+}
+
+#[test]
+fn sessions_are_listed_by_latest_activity_with_totals_and_traces_in_order() {
+    let (_dir, store) = temp_store();
+    let turn = |trace: &str, session: &str, start: u64, cost: Option<f64>| {
+        llm(
+            trace,
+            &format!("{trace}-c"),
+            start,
+            10,
+            "gpt-4o",
+            (10, 5),
+            cost,
+        )
+        .with(|s| {
+            s.session_id = Some(session.into());
+            s.user_id = Some("ada".into());
+        })
+    };
+    store
+        .put_spans(&[
+            turn("a1", "alpha", 0, Some(0.25)),
+            turn("b1", "beta", 100, None),
+            turn("a2", "alpha", 200, Some(0.5)).with(failed("boom")),
+            turn("g1", "gamma", 300, None),
+            turn("b2", "beta", 400, None),
+            llm("nosession", "n", 500, 1, "m", (0, 0), None),
+        ])
+        .expect("put");
+    let page = store
+        .list_sessions(&SessionQuery {
+            limit: 10,
+            ..SessionQuery::default()
+        })
+        .expect("sessions");
+    let ids: Vec<&str> = page
+        .sessions
+        .iter()
+        .map(|s| s.session_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["beta", "gamma", "alpha"],
+        "newest activity first, each once"
+    );
+    let alpha = &page.sessions[2];
+    assert_eq!(alpha.trace_count, 2);
+    assert_eq!(alpha.errors, 1);
+    assert_eq!(alpha.status, Status::Error);
+    assert_eq!((alpha.input_tokens, alpha.output_tokens), (20, 10));
+    assert_eq!(alpha.cost_usd, Some(0.75));
+    assert_eq!(alpha.start_time, Timestamp(T0));
+    assert_eq!(alpha.end_time, Timestamp(T0 + 210_000));
+    assert_eq!(alpha.last_trace_id, "a2");
+    assert_eq!(alpha.user_ids, ["ada"]);
+    assert!(alpha.complete);
+
+    // Pages: one session per page, each once.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_sessions(&SessionQuery {
+                limit: 1,
+                cursor: cursor.clone(),
+                ..SessionQuery::default()
+            })
+            .expect("page");
+        seen.extend(page.sessions.iter().map(|s| s.session_id.clone()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(Cursor::decode(&c).expect("cursor")),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["beta", "gamma", "alpha"],
+        "pagination lists each once"
+    );
+
+    // until: beta's newest before 350 ms is b1, so beta sorts after gamma.
+    let page = store
+        .list_sessions(&SessionQuery {
+            limit: 10,
+            until: Some(Timestamp(T0 + 350_000)),
+            since: Some(Timestamp(T0 + 150_000)),
+            ..SessionQuery::default()
+        })
+        .expect("window");
+    let ids: Vec<&str> = page
+        .sessions
+        .iter()
+        .map(|s| s.session_id.as_str())
+        .collect();
+    assert_eq!(ids, ["gamma", "alpha"], "sessions active in [since, until)");
+
+    let found = store
+        .list_sessions(&SessionQuery {
+            limit: 10,
+            q: Some("ALP".into()),
+            ..SessionQuery::default()
+        })
+        .expect("q");
+    assert_eq!(found.sessions.len(), 1);
+
+    let (s, traces) = store
+        .get_session("alpha", 1000)
+        .expect("get")
+        .expect("exists");
+    assert_eq!(s.trace_count, 2);
+    let order: Vec<&str> = traces.iter().map(|t| t.trace_id.as_str()).collect();
+    assert_eq!(order, ["a1", "a2"], "a session's traces come oldest first");
+    let (s, traces) = store.get_session("alpha", 1).expect("get").expect("exists");
+    assert!(!s.complete, "a capped session says so");
+    assert_eq!(traces.len(), 1);
+    assert_eq!(traces[0].trace_id, "a2", "the newest are kept");
+    assert!(store.get_session("nope", 10).expect("get").is_none());
+}
+
+#[test]
+fn embeddings_are_previewed_as_text_not_vectors() {
+    assert_eq!(
+        input_preview(&json!({"model": "e", "input": ["rotate a key", "revoke it"]})).as_deref(),
+        Some("rotate a key · revoke it")
+    );
+    assert_eq!(
+        output_preview(&json!({"object": "list", "data": [
+            {"embedding": [0.1, 0.2, 0.3]}, {"embedding": [0.4, 0.5, 0.6]}]}))
+        .as_deref(),
+        Some("2 embeddings of 3 dimensions")
+    );
+    assert_eq!(
+        output_preview(&json!({"data": [{"embedding": "AAAA"}]})).as_deref(),
+        Some("1 embedding"),
+        "base64 vectors too"
+    );
+}

@@ -1,0 +1,233 @@
+//! Writes: `put_spans` (spans, span-id records, call records, summaries and index keys in one
+//! atomic batch) and `delete_trace`.
+
+use super::*;
+
+impl Store {
+    /// Writes a batch of spans and brings every touched trace's summary and indexes up to date,
+    /// all in one atomic sled batch. Spans with an invalid trace or span id are skipped with a
+    /// warning.
+    ///
+    /// A span id is globally unique: a span whose `span_id` is already stored replaces it
+    /// (upsert). If the stored one belongs to another trace, the span moves: its old `s`/`l` keys
+    /// are removed and the old trace's summary and index keys are rebuilt from its remaining
+    /// spans, or removed when none is left (the trace disappears).
+    pub fn put_spans(&self, spans: &[Span]) -> Result<(), StoreError> {
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = sled::Batch::default();
+        let mut works: BTreeMap<String, TraceWork<'_>> = BTreeMap::new();
+        // Where each span id lives once this batch is applied (overlays the `i` records).
+        let mut located: HashMap<&str, (&str, u64)> = HashMap::new();
+
+        for span in spans {
+            let (trace_id, span_id) = (span.trace_id.as_str(), span.span_id.as_str());
+            if !is_valid_id(trace_id) || !is_valid_id(span_id) {
+                tracing::warn!(
+                    trace_id,
+                    span_id,
+                    "store: span skipped, its trace or span id is not valid"
+                );
+                continue;
+            }
+            let start = span.start_time.micros();
+            let skey = span_key(trace_id, start, span_id);
+
+            // Is this span id stored already (or written earlier in this batch)? Then the old
+            // version goes, from whichever trace holds it.
+            let previous = match located.get(span_id) {
+                Some(&(t, s)) => Some((t.to_string(), s)),
+                None => self.locate_span(span_id)?,
+            };
+            let mut replaced = false;
+            if let Some((prev_trace, prev_start)) = previous {
+                let old = span_key(&prev_trace, prev_start, span_id);
+                batch.remove(old.clone());
+                batch.remove(call_key(prev_start, &prev_trace, span_id));
+                let prev_work = self.work(&mut works, &prev_trace)?;
+                prev_work.changes.insert(old, None);
+                if prev_trace == trace_id {
+                    replaced = true;
+                } else {
+                    // Moved to another trace: the old one loses the span.
+                    prev_work.recompute = true;
+                }
+            }
+            let work = self.work(&mut works, trace_id)?;
+            if !replaced {
+                // Guard: an `s` key the `i` record does not name (never written by this layout).
+                replaced = match work.changes.get(&skey) {
+                    Some(change) => change.is_some(),
+                    None => self.tree.contains_key(&skey)?,
+                };
+                if replaced {
+                    batch.remove(call_key(start, trace_id, span_id));
+                }
+            }
+            if replaced {
+                work.recompute = true;
+            } else {
+                work.agg.merge(span);
+            }
+
+            batch.insert(skey.clone(), encode_json(span, &skey)?);
+            batch.insert(span_id_key(span_id), span_id_value(trace_id, start));
+            if span.kind.is_call() {
+                let ckey = call_key(start, trace_id, span_id);
+                batch.insert(ckey.clone(), encode_json(&CallRec::of(span), &ckey)?);
+            }
+            work.changes.insert(skey, Some(span));
+            located.insert(span_id, (trace_id, start));
+        }
+
+        for (trace_id, work) in works {
+            let agg = if work.recompute {
+                self.recompute(&trace_id, &work.changes)?
+            } else {
+                work.agg
+            };
+            let before = work
+                .before
+                .as_ref()
+                .map(Agg::index_keys)
+                .unwrap_or_default();
+            let ukey = summary_key(&trace_id);
+            if agg.span_count == 0 {
+                // Its last span moved to another trace: the trace is gone.
+                for gone in before {
+                    batch.remove(gone);
+                }
+                batch.remove(ukey);
+                continue;
+            }
+            let after = agg.index_keys();
+            for gone in before.difference(&after) {
+                batch.remove(gone.clone());
+            }
+            for new in after.difference(&before) {
+                batch.insert(new.clone(), &[][..]);
+            }
+            batch.insert(ukey.clone(), encode_json(&agg, &ukey)?);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Removes the trace's spans, span-id lookups, call records, summary and index entries in one
+    /// batch. `true` when the trace existed.
+    pub fn delete_trace(&self, trace_id: &str) -> Result<bool, StoreError> {
+        Ok(self.delete_trace_measured(trace_id)?.is_some())
+    }
+
+    /// [`Store::delete_trace`], returning the bytes (keys + values) it removed when the trace
+    /// existed.
+    pub(super) fn delete_trace_measured(&self, trace_id: &str) -> Result<Option<u64>, StoreError> {
+        if !is_valid_id(trace_id) {
+            return Ok(None);
+        }
+        let mut freed = 0u64;
+        let mut count = |key: &[u8], value_len: usize| {
+            freed = freed.saturating_add((key.len() + value_len) as u64);
+        };
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = sled::Batch::default();
+        let agg = self.load_agg(trace_id)?;
+        let mut existed = agg.is_some();
+        let prefix = span_prefix(trace_id);
+        for item in self.tree.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            existed = true;
+            count(&key, value.len());
+            let Some((start, span_id)) = key.get(prefix.len()..).and_then(parse_start_and_id)
+            else {
+                return Err(corrupt(&key, "span key has no start and span id"));
+            };
+            // Only keys this trace owns: the `s` and `l` keys carry its id, and the `i` record
+            // is removed only while it still names this trace.
+            if self
+                .locate_span(span_id)?
+                .is_some_and(|(t, _)| t == trace_id)
+            {
+                let ikey = span_id_key(span_id);
+                count(&ikey, trace_id.len() + 9);
+                batch.remove(ikey);
+            }
+            let ckey = call_key(start, trace_id, span_id);
+            if let Some(call) = self.tree.get(&ckey)? {
+                count(&ckey, call.len());
+            }
+            batch.remove(ckey);
+            batch.remove(key);
+        }
+        if let Some(agg) = &agg {
+            for key in agg.index_keys() {
+                count(&key, 0);
+                batch.remove(key);
+            }
+        }
+        let ukey = summary_key(trace_id);
+        if let Some(summary) = self.tree.get(&ukey)? {
+            count(&ukey, summary.len());
+        }
+        batch.remove(ukey);
+        if existed {
+            self.tree.apply_batch(batch)?;
+            Ok(Some(freed))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The pending work for `trace_id` in this `put_spans` batch, starting from its stored
+    /// summary the first time the trace is touched.
+    pub(super) fn work<'w, 'a>(
+        &self,
+        works: &'w mut BTreeMap<String, TraceWork<'a>>,
+        trace_id: &str,
+    ) -> Result<&'w mut TraceWork<'a>, StoreError> {
+        Ok(match works.entry(trace_id.to_string()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let before = self.load_agg(trace_id)?;
+                let agg = before.clone().unwrap_or_else(|| Agg::new(trace_id));
+                e.insert(TraceWork {
+                    before,
+                    agg,
+                    recompute: false,
+                    changes: BTreeMap::new(),
+                })
+            }
+        })
+    }
+
+    /// Slow path: the trace's summary from all its spans as they will be once `changes` (this
+    /// batch's removals and writes of `s` keys) is applied.
+    pub(super) fn recompute(
+        &self,
+        trace_id: &str,
+        changes: &BTreeMap<Vec<u8>, Option<&Span>>,
+    ) -> Result<Agg, StoreError> {
+        let mut agg = Agg::new(trace_id);
+        for item in self.tree.scan_prefix(span_prefix(trace_id)) {
+            let (key, value) = item?;
+            if !changes.contains_key(key.as_ref()) {
+                agg.merge(&decode_json::<Span>(&key, &value)?);
+            }
+        }
+        for span in changes.values().flatten() {
+            agg.merge(span);
+        }
+        Ok(agg)
+    }
+}
+
+/// One trace's pending changes inside a `put_spans` batch.
+pub(super) struct TraceWork<'a> {
+    /// The summary as stored before this batch (its index keys are what to retract).
+    pub(super) before: Option<Agg>,
+    /// Fast path: `before` with this batch's new spans merged in.
+    pub(super) agg: Agg,
+    /// A span was replaced: rebuild the summary from all spans instead.
+    pub(super) recompute: bool,
+    /// `s` keys this batch removes (`None`) or writes.
+    pub(super) changes: BTreeMap<Vec<u8>, Option<&'a Span>>,
+}
