@@ -56,6 +56,9 @@ struct Args {
     /// Requests for the (unindexed) `q=` search.
     #[arg(long, default_value_t = 20)]
     q_queries: usize,
+    /// Only load the spans (for profiling `put_spans`, e.g. under callgrind): no server, no queries.
+    #[arg(long)]
+    ingest_only: bool,
     /// Give up on remaining phases after this long.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
@@ -119,6 +122,12 @@ fn main() -> Result<(), BoxError> {
         "ingest: {loaded} spans in {:.1} s of put_spans (batches of {BATCH}): {rate:.0} spans/s (target ≥ 50000)",
         put.as_secs_f64()
     ));
+    if args.ingest_only {
+        for line in out {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     std::thread::sleep(Duration::from_millis(500)); // sled lets go of its lock asynchronously
     let disk = dir_size(&dir);
     out.push(format!(
