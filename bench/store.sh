@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Store at scale (issue 7): load spans into a fresh sled store, then measure ingest spans/s,
 # list / filter / one-trace latency through the admin API, start-up time with that store,
-# bytes on disk per span, and what `q=` costs today.
+# bytes on disk per span, and full-text `q=` latency.
 #
 #   bench/store.sh                  # 1M spans in 100k traces (a few minutes; capped at 10 min)
 #   bench/store.sh --spans 20000    # smoke run

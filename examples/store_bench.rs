@@ -1,6 +1,6 @@
 //! Store at scale (issue 7): load N spans in N/10 traces into a fresh sled store, then measure
 //! what users feel: ingest rate, list and filter latency, one-trace latency, server start-up
-//! with that store, bytes on disk per span, and what a free-text `q` costs today.
+//! with that store, bytes on disk per span, and full-text `q=` latency.
 //!
 //! ```text
 //! cargo run --release --example store_bench -- --spans 1000000 --bin target/release/llm-tracer
@@ -53,8 +53,8 @@ struct Args {
     /// Requests per query kind.
     #[arg(long, default_value_t = 200)]
     queries: usize,
-    /// Requests for the (unindexed) `q=` search.
-    #[arg(long, default_value_t = 20)]
+    /// Requests for the full-text `q=` search.
+    #[arg(long, default_value_t = 100)]
     q_queries: usize,
     /// Only load the spans (for profiling `put_spans`, e.g. under callgrind): no server, no queries.
     #[arg(long)]
@@ -456,17 +456,19 @@ async fn queries(
         "pending",
         "customer 4242",
         "no-such-word-anywhere",
+        "invoice&model=o3-mini-rare",
     ];
     for i in 0..args.q_queries {
         if Instant::now() > deadline {
             break;
         }
         let q = words[i % words.len()].replace(' ', "%20");
+        // (`&model=` in an entry is a filter next to `q`, not part of it.)
         let (_, _, took) = c.get(&format!("/api/traces?limit=50&q={q}")).await?;
         times.push(took);
     }
     out.push(summary(
-        "GET /api/traces?limit=50&q=… (no full-text index yet: a bounded scan)",
+        "GET /api/traces?limit=50&q=… (full-text index: invoice / pending / customer 4242 / a word found nowhere / invoice + model)",
         &mut times,
         Some(50.0),
     ));

@@ -60,7 +60,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_capture_budget(config.capture_budget_bytes));
     let recorders = TaskTracker::new();
     let (queue, queue_rx) = if config.capture {
         let (q, rx) = SpanQueue::new(config.queue_capacity, metrics.clone());

@@ -49,6 +49,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub capture: bool,
     pub max_capture_bytes: usize,
+    /// Captured bytes all in-flight calls may hold together (see `metrics::CaptureBudget`).
+    pub capture_budget_bytes: usize,
     pub queue_capacity: usize,
     pub batch_size: usize,
     pub batch_interval: Duration,
@@ -108,6 +110,7 @@ pub struct Flags {
     /// `--no-capture` sets `Some("false")`.
     pub capture: Option<String>,
     pub max_capture_bytes: Option<String>,
+    pub capture_budget_bytes: Option<String>,
     pub queue_capacity: Option<String>,
     pub batch_size: Option<String>,
     pub batch_interval_ms: Option<String>,
@@ -139,6 +142,7 @@ struct FileConfig {
     ca_file: Option<String>,
     capture: Option<bool>,
     max_capture_bytes: Option<u64>,
+    capture_budget_bytes: Option<u64>,
     queue_capacity: Option<u64>,
     batch_size: Option<u64>,
     batch_interval_ms: Option<u64>,
@@ -277,6 +281,16 @@ pub fn load(
             1 << 32,
         )?
         .unwrap_or(10_485_760);
+    // At least 64 KiB (a budget that small keeps almost nothing); at most 64 GiB.
+    let capture_budget_bytes = l
+        .pick_num(
+            "capture_budget_bytes",
+            &flags.capture_budget_bytes,
+            raw.capture_budget_bytes,
+            65_536,
+            1 << 36,
+        )?
+        .unwrap_or(crate::metrics::DEFAULT_CAPTURE_BUDGET_BYTES as u64);
     let queue_capacity = l
         .pick_num(
             "queue_capacity",
@@ -540,6 +554,7 @@ pub fn load(
         routes,
         capture,
         max_capture_bytes: usize::try_from(max_capture_bytes).unwrap_or(usize::MAX),
+        capture_budget_bytes: usize::try_from(capture_budget_bytes).unwrap_or(usize::MAX),
         queue_capacity: usize::try_from(queue_capacity).unwrap_or(usize::MAX),
         batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
         batch_interval: Duration::from_millis(batch_interval_ms),
@@ -610,6 +625,7 @@ pub const KEYS: &[&str] = &[
     "ca_file",
     "capture",
     "max_capture_bytes",
+    "capture_budget_bytes",
     "queue_capacity",
     "batch_size",
     "batch_interval_ms",
@@ -876,6 +892,41 @@ mod tests {
             ..Flags::default()
         };
         assert!(!load_str(text, &flags, &[]).unwrap().capture);
+    }
+
+    #[test]
+    fn capture_budget_bytes_defaults_to_32_mib_and_is_validated() {
+        let c = load_str("", &Flags::default(), &[]).unwrap();
+        assert_eq!(
+            c.capture_budget_bytes,
+            32 * 1024 * 1024,
+            "the default budget"
+        );
+        let c = load_str("capture_budget_bytes = 1048576\n", &Flags::default(), &[]).unwrap();
+        assert_eq!(c.capture_budget_bytes, 1_048_576, "the file sets it");
+        let flags = Flags {
+            capture_budget_bytes: Some("2097152".into()),
+            ..Flags::default()
+        };
+        let c = load_str(
+            "",
+            &flags,
+            &[("LLM_TRACER_CAPTURE_BUDGET_BYTES", "4194304")],
+        )
+        .unwrap();
+        assert_eq!(c.capture_budget_bytes, 2_097_152, "the flag wins over env");
+        for bad in [
+            "capture_budget_bytes = 0\n",
+            "capture_budget_bytes = \"lots\"\n",
+        ] {
+            let e = load_str(bad, &Flags::default(), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("capture_budget_bytes"),
+                "a bad budget names its key: {e}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Most bytes kept per captured body (default 10485760).
     #[arg(long, value_name = "N")]
     max_capture_bytes: Option<String>,
+    /// Captured bytes all in-flight calls may hold together (default 33554432).
+    #[arg(long, value_name = "N")]
+    capture_budget_bytes: Option<String>,
     /// Capture queue capacity (default 10000).
     #[arg(long, value_name = "N")]
     queue_capacity: Option<String>,
@@ -129,6 +132,7 @@ impl ServeArgs {
             ca_file: self.ca_file.clone(),
             capture: self.no_capture.then(|| "false".to_string()),
             max_capture_bytes: self.max_capture_bytes.clone(),
+            capture_budget_bytes: self.capture_budget_bytes.clone(),
             queue_capacity: self.queue_capacity.clone(),
             batch_size: self.batch_size.clone(),
             batch_interval_ms: self.batch_interval_ms.clone(),
@@ -283,8 +287,15 @@ fn write_report(
     writeln!(
         out,
         "  {} traces, {} spans, {} summaries, {} span-id records, {} call records, \
-         {} time-index and {} secondary-index entries",
-        r.traces, r.spans, r.summaries, r.span_ids, r.calls, r.time_index, r.secondary_index
+         {} time-index and {} secondary-index entries, {} full-text postings",
+        r.traces,
+        r.spans,
+        r.summaries,
+        r.span_ids,
+        r.calls,
+        r.time_index,
+        r.secondary_index,
+        r.postings
     )?;
     for p in &r.problems {
         writeln!(out, "problem: {p}")?;

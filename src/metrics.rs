@@ -21,7 +21,7 @@ const OVERHEAD_BUCKETS: [f64; 16] = [
 ];
 
 /// Captured bytes held in memory by all calls together, by default (see [`CaptureBudget`]).
-/// TODO(config): becomes the `capture_budget_bytes` key.
+/// The `capture_budget_bytes` config key sets it ([`Metrics::with_capture_budget`]).
 pub const DEFAULT_CAPTURE_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug)]
@@ -77,6 +77,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics whose capture budget holds at most `bytes` (the `capture_budget_bytes` key).
+    pub fn with_capture_budget(bytes: usize) -> Self {
+        Self {
+            capture_budget: Arc::new(CaptureBudget::new(bytes)),
+            ..Self::default()
+        }
+    }
+
     /// Records one proxied call's total duration.
     pub fn observe_latency(&self, d: std::time::Duration) {
         let secs = d.as_secs_f64();

@@ -139,3 +139,21 @@ async fn the_capture_budget_is_exposed_and_given_back_once_spans_are_stored() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn the_capture_budget_is_the_configured_capture_budget_bytes() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(tmp.path(), &upstream.url());
+    config.capture_budget_bytes = 1_048_576;
+    let proxy = TestProxy::start_with(config).await;
+    calls(&proxy, 1, 1).await;
+    assert_eq!(
+        metric_value(
+            &proxy.metrics_text().await,
+            "llm_tracer_capture_budget_bytes"
+        ),
+        Some(1_048_576.0),
+        "the capture budget is the configured capture_budget_bytes"
+    );
+}

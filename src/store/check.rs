@@ -122,17 +122,24 @@ impl Store {
             }
         }
 
-        // `t` and `x`: each is one of its trace's expected index keys.
-        for prefix in [P_TIME, P_INDEX] {
+        // `t`, `x` and `w`: each is one of its trace's expected index keys.
+        for prefix in [P_TIME, P_INDEX, P_TERM] {
             for item in self.tree.scan_prefix([prefix]) {
                 let (key, _) = item?;
+                // After the value (or term): its 0x00 terminator, then the position.
+                let after_nul = |from: usize| {
+                    key.get(from..)
+                        .and_then(|t| t.iter().position(|&b| b == 0).and_then(|p| t.get(p + 1..)))
+                };
                 let tail = if prefix == P_TIME {
                     r.time_index += 1;
                     key.get(1..)
-                } else {
+                } else if prefix == P_INDEX {
                     r.secondary_index += 1;
-                    key.get(2..)
-                        .and_then(|t| t.iter().position(|&b| b == 0).and_then(|p| t.get(p + 1..)))
+                    after_nul(2)
+                } else {
+                    r.postings += 1;
+                    after_nul(1)
                 };
                 let Some((_, trace_id)) = tail.and_then(parse_position) else {
                     r.problem(format!("index key {} is malformed", show_key(&key)));
@@ -160,7 +167,7 @@ impl Store {
             let (key, _) = item?;
             let known = matches!(
                 key.first(),
-                Some(&(P_SPAN | P_SPAN_ID | P_SUMMARY | P_TIME | P_INDEX | P_CALL))
+                Some(&(P_SPAN | P_SPAN_ID | P_SUMMARY | P_TIME | P_INDEX | P_CALL | P_TERM))
             ) || key.as_ref() == SCHEMA_KEY;
             if !known {
                 r.problem(format!("unknown key {}", show_key(&key)));
@@ -219,6 +226,8 @@ pub struct CheckReport {
     pub calls: u64,
     pub time_index: u64,
     pub secondary_index: u64,
+    /// Full-text postings (`w` keys).
+    pub postings: u64,
     /// All problems found (`problems` lists the first [`MAX_CHECK_PROBLEMS`]).
     pub problem_count: u64,
     pub problems: Vec<String>,

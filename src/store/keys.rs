@@ -9,6 +9,7 @@ pub(super) const P_SUMMARY: u8 = b'u';
 pub(super) const P_TIME: u8 = b't';
 pub(super) const P_INDEX: u8 = b'x';
 pub(super) const P_CALL: u8 = b'l';
+pub(super) const P_TERM: u8 = b'w';
 
 pub(super) const F_STATUS: u8 = b's';
 pub(super) const F_MODEL: u8 = b'm';
@@ -125,4 +126,14 @@ pub(super) fn parse_start_and_id(tail: &[u8]) -> Option<(u64, &str)> {
     let (n, id) = tail.split_at_checked(8)?;
     let id = std::str::from_utf8(id).ok().filter(|id| !id.is_empty())?;
     Some((u64::from_be_bytes(n.try_into().ok()?), id))
+}
+
+/// `w` term 0x00: all traces with this full-text term, newest first. Terms are runs of letters
+/// and digits (see `search`), so they never contain 0x00.
+pub(super) fn term_prefix(term: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + term.len());
+    key.push(P_TERM);
+    key.extend_from_slice(term.as_bytes());
+    key.push(0);
+    key
 }

@@ -1,23 +1,25 @@
 //! Store: everything sled. Spans keyed by trace, trace summaries kept up to date as spans arrive,
-//! a newest-first time index, secondary indexes (status, model, session, user, tag), span → trace
+//! a newest-first time index, secondary indexes (status, model, session, user, tag), full-text
+//! postings, span → trace
 //! lookup, cursor pagination and stats. The only module that imports `sled`.
 //!
 //! All calls block: callers on the runtime use `spawn_blocking`.
 //!
-//! Layout: ONE sled tree (`v1`) whose keys carry a one-byte prefix per logical key space, so every
+//! Layout: ONE sled tree (`v2`; schema 1 used `v1` and is migrated at open) whose keys carry a one-byte prefix per logical key space, so every
 //! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
 //! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
 //! order is the query plan (`inv(t)` is `u64::MAX - t`, big-endian, so a forward scan is newest-first):
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `m` | `m` `schema_version` | `"1"` |
+//! | `m` | `m` `schema_version` | `"2"` |
 //! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
 //! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
-//! | `u` | `u` trace_id | stored summary JSON (public fields' inputs + merge bookkeeping) |
+//! | `u` | `u` trace_id | stored summary, binary (`codec::Enc`: public fields' inputs + merge bookkeeping + terms) |
 //! | `t` | `t` inv(trace start) trace_id | empty |
 //! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
-//! | `l` | `l` start_us(be) trace_id 0x00 span_id | compact call record (stats), only for `Kind::is_call` spans |
+//! | `l` | `l` start_us(be) trace_id 0x00 span_id | call record (stats), binary, only for `Kind::is_call` spans |
+//! | `w` | `w` term 0x00 inv(trace start) trace_id | empty: a full-text posting (see `search`) |
 //!
 //! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
 //! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
@@ -59,6 +61,7 @@ mod keys;
 mod preview;
 mod query;
 mod retention;
+mod search;
 mod sessions;
 mod stats;
 mod summary;
@@ -73,6 +76,8 @@ pub use types::*;
 use codec::*;
 use keys::*;
 use preview::*;
+pub use search::MAX_QUERY_TERMS;
+use search::*;
 use summary::*;
 #[allow(unused_imports)] // names the sibling modules share through `use super::*`
 use {query::*, retention::*, sessions::*, stats::*, write::*};
@@ -107,9 +112,14 @@ impl Default for StoreOptions {
     }
 }
 
-/// The schema this binary writes and understands.
-const SCHEMA_VERSION: u32 = 1;
+/// The schema this binary writes and understands. 2: binary summaries and call records, full-text
+/// postings (`w`); in tree `v2`. A schema-1 store (tree `v1`) is migrated at open.
+const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"mschema_version";
+const TREE: &str = "v2";
+const OLD_TREE: &str = "v1";
+/// Spans per `put_spans` while migrating.
+const MIGRATE_BATCH: usize = 512;
 
 /// Upper bound on the summaries one `list_traces` call examines (filters and `q` are checked on
 /// summaries, so a rare match could otherwise walk the whole store). When reached, the page is
@@ -190,30 +200,96 @@ impl Store {
                 Err(e) => return Err(open_err(e)),
             }
         };
-        let tree = db.open_tree("v1").map_err(open_err)?;
-        match tree.get(SCHEMA_KEY)? {
-            None => {
-                tree.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
-            }
-            Some(raw) => {
-                let found = String::from_utf8_lossy(&raw).into_owned();
-                match found.trim().parse::<u32>() {
-                    Ok(v) if v <= SCHEMA_VERSION => {}
-                    _ => {
-                        return Err(StoreError::Schema {
-                            found,
-                            supported: SCHEMA_VERSION,
-                        })
-                    }
-                }
-            }
-        }
-        Ok(Store {
+        let tree = db.open_tree(TREE).map_err(open_err)?;
+        let store = Store {
             db,
             tree,
             writer: Arc::new(Mutex::new(())),
             retention_deleted: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        match store.tree.get(SCHEMA_KEY)? {
+            None => {
+                // A new store, an old layout to migrate, or a migration a crash interrupted
+                // (the version key is written last, so it is simply done again).
+                if store
+                    .db
+                    .tree_names()
+                    .iter()
+                    .any(|n| n.as_ref() == OLD_TREE.as_bytes())
+                {
+                    store.migrate_from_v1()?;
+                } else {
+                    store.tree.clear()?;
+                }
+                store
+                    .tree
+                    .insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+                store.db.flush()?;
+            }
+            Some(raw) => {
+                let found = String::from_utf8_lossy(&raw).into_owned();
+                if found.trim().parse::<u32>().ok() != Some(SCHEMA_VERSION) {
+                    return Err(StoreError::Schema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        // A migration that ended after its version key but before dropping the old tree.
+        if store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == OLD_TREE.as_bytes())
+        {
+            store.db.drop_tree(OLD_TREE)?;
+        }
+        Ok(store)
+    }
+
+    /// Rebuilds this layout from a schema-1 store (tree `v1`: JSON summaries and call records,
+    /// no full-text postings): every span is read back and written again through
+    /// [`Store::put_spans`], in batches, so summaries and every index (postings included) are
+    /// rebuilt by the same code that writes them. Memory is bounded by one batch. The old tree
+    /// is dropped once the new one carries its version key.
+    fn migrate_from_v1(&self) -> Result<(), StoreError> {
+        let old = self.db.open_tree(OLD_TREE)?;
+        if let Some(raw) = old.get(SCHEMA_KEY)? {
+            let found = String::from_utf8_lossy(&raw).into_owned();
+            if found.trim() != "1" {
+                return Err(StoreError::Schema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+        let t = Instant::now();
+        tracing::info!(
+            from = 1,
+            to = SCHEMA_VERSION,
+            "store: migrating the store to the new layout (rebuilding summaries and indexes from the spans)"
+        );
+        self.tree.clear()?;
+        let mut batch = Vec::with_capacity(MIGRATE_BATCH);
+        let mut spans = 0u64;
+        for item in old.scan_prefix([P_SPAN]) {
+            let (key, value) = item?;
+            batch.push(decode_json::<Span>(&key, &value)?);
+            if batch.len() == MIGRATE_BATCH {
+                self.put_spans(&batch)?;
+                spans += batch.len() as u64;
+                batch.clear();
+            }
+        }
+        self.put_spans(&batch)?;
+        spans += batch.len() as u64;
+        tracing::info!(
+            spans,
+            took_ms = t.elapsed().as_millis() as u64,
+            "store: migration done"
+        );
+        Ok(())
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

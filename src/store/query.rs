@@ -4,65 +4,116 @@
 use super::*;
 
 impl Store {
-    /// Newest first by trace start. Uses the most selective index among the filters (session,
-    /// user, tag, model, status, else the time index) and checks the others on the summary.
-    /// Never reads spans. `limit` is validated 1..=1000 by the caller (0 is treated as 1).
+    /// Newest first by trace start. Every filter that has an index (full-text terms of `q`,
+    /// session, user, tag, model, status) is a newest-first list of trace positions; with one
+    /// list it is walked in order, with several they are intersected by leapfrogging (each list
+    /// seeks to the furthest position any list has reached, so a rare list skips the common
+    /// ones' entries), with none the time index is walked. Every filter is checked again on the
+    /// summary. Never reads spans. At most [`MAX_EXAMINED`] index entries (or seeks) per call:
+    /// past that the page is returned as it is, with a `next_cursor` to go on from. `limit` is
+    /// validated 1..=1000 by the caller (0 is treated as 1).
     pub fn list_traces(&self, q: &TraceQuery) -> Result<TracePage, StoreError> {
         let limit = q.limit.max(1);
-        let prefix = if let Some(v) = &q.session_id {
-            index_prefix(F_SESSION, v)
-        } else if let Some(v) = &q.user_id {
-            index_prefix(F_USER, v)
-        } else if let Some(v) = &q.tag {
-            index_prefix(F_TAG, v)
-        } else if let Some(v) = &q.model {
-            index_prefix(F_MODEL, v)
-        } else if let Some(s) = q.status {
-            index_prefix(F_STATUS, s.as_str())
-        } else {
-            vec![P_TIME]
-        };
+        let terms = q.q.as_deref().map(query_terms).unwrap_or_default();
+        let mut lists: Vec<Vec<u8>> = terms.iter().map(|t| term_prefix(t)).collect();
+        let indexed = [
+            (F_SESSION, q.session_id.as_deref()),
+            (F_USER, q.user_id.as_deref()),
+            (F_TAG, q.tag.as_deref()),
+            (F_MODEL, q.model.as_deref()),
+            (F_STATUS, q.status.map(Status::as_str)),
+        ];
+        for (field, value) in indexed {
+            if let Some(v) = value {
+                lists.push(index_prefix(field, v));
+            }
+        }
+        if lists.is_empty() {
+            lists.push(vec![P_TIME]);
+        }
         let empty = TracePage {
             traces: Vec::new(),
             next_cursor: None,
         };
-
-        let Some((lower, upper)) = index_window(&prefix, q.since, q.until, q.cursor.as_ref())
-        else {
+        // Position bounds (inv(start) ++ trace_id), the same for every list.
+        let Some((lower, upper)) = index_window(&[], q.since, q.until, q.cursor.as_ref()) else {
             return Ok(empty);
         };
 
-        let needle = q.q.as_deref().map(str::to_lowercase);
         let mut traces = Vec::new();
         let mut more = false;
         let mut last_examined: Option<Cursor> = None;
         let mut examined = 0usize;
-        for item in self
-            .tree
-            .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)))
-        {
-            let (key, _) = item?;
-            let Some((start, trace_id)) = key.get(prefix.len()..).and_then(parse_position) else {
-                return Err(corrupt(&key, "index key has no start and trace id"));
+        // Looks at one position found in every list; `true` when the page is full.
+        let mut visit = |position: &[u8], traces: &mut Vec<TraceSummary>| {
+            let Some((start, trace_id)) = parse_position(position) else {
+                return Err(corrupt(position, "index key has no start and trace id"));
             };
-            examined += 1;
             last_examined = Some(Cursor {
                 start_us: start,
                 trace_id: trace_id.to_string(),
             });
             if let Some(agg) = self.load_agg(trace_id)? {
                 // The batch keeps indexes and summaries in step; the start check is a guard only.
-                if agg.start == start && agg.matches(q, needle.as_deref()) {
+                if agg.start == start && agg.matches(q, &terms) {
                     if traces.len() == limit {
-                        more = true;
-                        break;
+                        return Ok(true);
                     }
                     traces.push(agg.summary());
                 }
             }
-            if examined >= MAX_EXAMINED {
-                more = true;
-                break;
+            Ok(false)
+        };
+
+        if let [prefix] = lists.as_slice() {
+            let range = (
+                Bound::Included([prefix.as_slice(), &lower].concat()),
+                Bound::Excluded([prefix.as_slice(), &upper].concat()),
+            );
+            for item in self.tree.range::<Vec<u8>, _>(range) {
+                let (key, _) = item?;
+                if visit(key.get(prefix.len()..).unwrap_or_default(), &mut traces)? {
+                    more = true;
+                    break;
+                }
+                examined += 1;
+                if examined >= MAX_EXAMINED {
+                    more = true;
+                    break;
+                }
+            }
+        } else {
+            let mut from = lower;
+            'walk: loop {
+                // Leapfrog: the candidate is confirmed once every list, in turn, has it.
+                let mut candidate = from;
+                let mut agreed = 0;
+                let mut i = 0;
+                while agreed < lists.len() {
+                    examined += 1;
+                    if examined > MAX_EXAMINED {
+                        more = true;
+                        break 'walk;
+                    }
+                    let Some(found) = self.seek(&lists[i % lists.len()], &candidate, &upper)?
+                    else {
+                        break 'walk; // one list has nothing more: neither has the intersection
+                    };
+                    if found == candidate {
+                        agreed += 1;
+                    } else {
+                        candidate = found;
+                        agreed = 1;
+                    }
+                    i += 1;
+                }
+                if visit(&candidate, &mut traces)? {
+                    more = true;
+                    break;
+                }
+                // Strictly after the candidate (no trace id contains 0x00).
+                candidate.push(0);
+                from = candidate;
             }
         }
         let next_cursor = if !more {
@@ -79,6 +130,26 @@ impl Store {
             traces,
             next_cursor: next_cursor.map(|c| c.encode()),
         })
+    }
+
+    /// The first position at or after `from` and before `upper` in the list under `prefix`.
+    fn seek(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        upper: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let range = (
+            Bound::Included([prefix, from].concat()),
+            Bound::Excluded([prefix, upper].concat()),
+        );
+        match self.tree.range::<Vec<u8>, _>(range).next() {
+            Some(item) => {
+                let (key, _) = item?;
+                Ok(key.get(prefix.len()..).map(<[u8]>::to_vec))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The summary and the spans ordered by start time; `None` for an unknown trace.
@@ -117,7 +188,7 @@ impl Store {
     pub(super) fn load_agg(&self, trace_id: &str) -> Result<Option<Agg>, StoreError> {
         let key = summary_key(trace_id);
         match self.tree.get(&key)? {
-            Some(value) => Ok(Some(decode_json(&key, &value)?)),
+            Some(value) => Ok(Some(Agg::decode(&key, &value)?)),
             None => Ok(None),
         }
     }

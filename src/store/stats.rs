@@ -23,7 +23,7 @@ impl Store {
                 .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)))
             {
                 let (key, value) = item?;
-                let rec: CallRec = decode_json(&key, &value)?;
+                let rec = CallRec::decode(&key, &value)?;
                 total.add(&rec);
                 if q.group_by_model {
                     groups
@@ -88,22 +88,15 @@ impl Store {
 }
 
 /// What `l` holds per call: just what stats need, so they never read span JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct CallRec {
-    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
     pub(super) model: Option<String>,
-    #[serde(rename = "e", default)]
     pub(super) error: bool,
-    #[serde(rename = "d")]
     pub(super) duration_ms: f64,
-    #[serde(rename = "i", default)]
     pub(super) input_tokens: u64,
-    #[serde(rename = "o", default)]
     pub(super) output_tokens: u64,
-    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
     pub(super) cost_usd: Option<f64>,
     /// Only for streamed calls.
-    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     pub(super) ttft_ms: Option<f64>,
 }
 
@@ -126,6 +119,55 @@ impl CallRec {
 }
 
 impl CallRec {
+    /// The `l` value: a flags byte (model, error, cost, ttft present), duration, tokens, then
+    /// the optional fields (see [`Enc`]).
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::with_capacity(48);
+        let flags = u8::from(self.model.is_some())
+            | u8::from(self.error) << 1
+            | u8::from(self.cost_usd.is_some()) << 2
+            | u8::from(self.ttft_ms.is_some()) << 3;
+        e.u8(flags);
+        e.f64(self.duration_ms);
+        e.u64(self.input_tokens);
+        e.u64(self.output_tokens);
+        if let Some(m) = &self.model {
+            e.str(m);
+        }
+        if let Some(c) = self.cost_usd {
+            e.f64(c);
+        }
+        if let Some(t) = self.ttft_ms {
+            e.f64(t);
+        }
+        e.0
+    }
+
+    pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<CallRec, StoreError> {
+        decode_bin(key, value, |d| {
+            let flags = d.u8()?;
+            if flags > 0x0F {
+                return None;
+            }
+            let duration_ms = d.f64()?;
+            let input_tokens = d.u64()?;
+            let output_tokens = d.u64()?;
+            Some(CallRec {
+                model: if flags & 1 != 0 {
+                    Some(d.string()?)
+                } else {
+                    None
+                },
+                error: flags & 2 != 0,
+                duration_ms,
+                input_tokens,
+                output_tokens,
+                cost_usd: if flags & 4 != 0 { Some(d.f64()?) } else { None },
+                ttft_ms: if flags & 8 != 0 { Some(d.f64()?) } else { None },
+            })
+        })
+    }
+
     pub(super) fn model_name(&self) -> &str {
         self.model.as_deref().unwrap_or(UNKNOWN_MODEL)
     }

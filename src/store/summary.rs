@@ -6,7 +6,7 @@ use super::*;
 /// What `u` holds: everything the public summary is derived from, kept so that merging one more
 /// span is cheap and the result does not depend on the order spans arrive in (every "first"/
 /// "latest" pick is by (time, span_id), costs are summed as integers).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(super) struct Agg {
     pub(super) trace_id: String,
     pub(super) start: u64,
@@ -28,10 +28,12 @@ pub(super) struct Agg {
     pub(super) first_user: Option<Pick>,
     /// Output preview of the latest-ending LLM span that has an output (`at` = its end).
     pub(super) last_llm_output: Option<Pick>,
+    /// Full-text terms of the trace's spans (see `search`): each one is a `w` posting key.
+    pub(super) terms: BTreeSet<String>,
 }
 
 /// The trace's root candidate: spans without a parent first, then earliest start, then span id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Root {
     pub(super) has_parent: bool,
     pub(super) start: u64,
@@ -44,7 +46,7 @@ pub(super) struct Root {
 }
 
 /// A value taken from one span, ranked by (`at`, `span_id`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Pick {
     pub(super) at: u64,
     pub(super) span_id: String,
@@ -83,8 +85,14 @@ pub(super) fn pick(
 
 impl Agg {
     pub(super) fn new(trace_id: &str) -> Agg {
+        let mut terms = BTreeSet::new();
+        // The trace id is searchable too (its runs of letters and digits).
+        each_term(trace_id, |t| {
+            terms.insert(t.to_string());
+        });
         Agg {
             trace_id: trace_id.to_string(),
+            terms,
             ..Agg::default()
         }
     }
@@ -124,6 +132,7 @@ impl Agg {
         for tag in &span.tags {
             insert_capped(&mut self.tags, tag);
         }
+        add_span_terms(span, &mut self.terms);
 
         let sid = span.span_id.as_str();
         if span.status == Status::Error {
@@ -223,11 +232,14 @@ impl Agg {
         if let Some(user) = self.user_id() {
             keys.insert(with_position(index_prefix(F_USER, user)));
         }
+        for term in &self.terms {
+            keys.insert(with_position(term_prefix(term)));
+        }
         keys
     }
 
     /// All `list_traces` filters, checked on the summary (the chosen index already implies one).
-    pub(super) fn matches(&self, q: &TraceQuery, needle: Option<&str>) -> bool {
+    pub(super) fn matches(&self, q: &TraceQuery, terms: &[String]) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| have == Some(w))
         };
@@ -238,27 +250,7 @@ impl Agg {
             && q.tag.as_ref().is_none_or(|t| self.tags.contains(t))
             && eq(&q.session_id, self.session_id())
             && eq(&q.user_id, self.user_id())
-            && needle.is_none_or(|n| self.contains_text(n))
-    }
-
-    /// Case-insensitive substring search over the summary's text fields; `needle` is lowercase.
-    pub(super) fn contains_text(&self, needle: &str) -> bool {
-        let has = |s: &str| s.to_lowercase().contains(needle);
-        let root = self.root.as_ref();
-        has(&self.trace_id)
-            || root.is_some_and(|r| has(&r.name))
-            || root
-                .and_then(|r| r.input_preview.as_deref())
-                .is_some_and(has)
-            || root
-                .and_then(|r| r.output_preview.as_deref())
-                .is_some_and(has)
-            || self.last_llm_output.as_ref().is_some_and(|p| has(&p.value))
-            || self.first_error.as_ref().is_some_and(|p| has(&p.value))
-            || self.session_id().is_some_and(has)
-            || self.user_id().is_some_and(has)
-            || self.models.iter().any(|m| has(m))
-            || self.tags.iter().any(|t| has(t))
+            && terms.iter().all(|t| self.terms.contains(t))
     }
 }
 
@@ -290,4 +282,123 @@ pub(super) fn to_pico(usd: f64) -> Option<u64> {
 
 pub(super) fn from_pico(pico: u64) -> f64 {
     pico as f64 / 1e12
+}
+
+/// First byte of an encoded summary, so a later layout can tell its records apart.
+const AGG_FORMAT: u8 = 1;
+
+impl Agg {
+    /// The `u` value (see [`Enc`]).
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::with_capacity(512);
+        e.u8(AGG_FORMAT);
+        e.str(&self.trace_id);
+        e.u64(self.start);
+        e.u64(self.end);
+        e.u8(status_code(self.status));
+        e.u64(self.span_count);
+        e.u64(self.llm_calls);
+        e.u64(self.input_tokens);
+        e.u64(self.output_tokens);
+        e.opt_u64(self.cost_pico);
+        e.strs(self.models.iter());
+        e.strs(self.tags.iter());
+        match &self.root {
+            None => e.u8(0),
+            Some(r) => {
+                e.u8(1);
+                e.bool(r.has_parent);
+                e.u64(r.start);
+                e.str(&r.span_id);
+                e.str(&r.name);
+                e.opt_str(r.session_id.as_deref());
+                e.opt_str(r.user_id.as_deref());
+                e.opt_str(r.input_preview.as_deref());
+                e.opt_str(r.output_preview.as_deref());
+            }
+        }
+        for pick in [
+            &self.first_error,
+            &self.first_session,
+            &self.first_user,
+            &self.last_llm_output,
+        ] {
+            match pick {
+                None => e.u8(0),
+                Some(p) => {
+                    e.u8(1);
+                    e.u64(p.at);
+                    e.str(&p.span_id);
+                    e.str(&p.value);
+                }
+            }
+        }
+        e.strs(self.terms.iter());
+        e.0
+    }
+
+    /// Reads what [`Agg::encode`] wrote.
+    pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<Agg, StoreError> {
+        decode_bin(key, value, |d| {
+            if d.u8()? != AGG_FORMAT {
+                return None;
+            }
+            let pick = |d: &mut Dec<'_>| {
+                d.opt(|d| {
+                    Some(Pick {
+                        at: d.u64()?,
+                        span_id: d.string()?,
+                        value: d.string()?,
+                    })
+                })
+            };
+            Some(Agg {
+                trace_id: d.string()?,
+                start: d.u64()?,
+                end: d.u64()?,
+                status: status_of(d.u8()?)?,
+                span_count: d.u64()?,
+                llm_calls: d.u64()?,
+                input_tokens: d.u64()?,
+                output_tokens: d.u64()?,
+                cost_pico: d.opt(Dec::u64)?,
+                models: d.strs()?,
+                tags: d.strs()?,
+                root: d.opt(|d| {
+                    Some(Root {
+                        has_parent: d.bool()?,
+                        start: d.u64()?,
+                        span_id: d.string()?,
+                        name: d.string()?,
+                        session_id: d.opt_string()?,
+                        user_id: d.opt_string()?,
+                        input_preview: d.opt_string()?,
+                        output_preview: d.opt_string()?,
+                    })
+                })?,
+                first_error: pick(d)?,
+                first_session: pick(d)?,
+                first_user: pick(d)?,
+                last_llm_output: pick(d)?,
+                terms: d.strs()?,
+            })
+        })
+    }
+}
+
+pub(super) fn status_code(s: Status) -> u8 {
+    match s {
+        Status::Ok => 0,
+        Status::Error => 1,
+        Status::Cancelled => 2,
+    }
+}
+
+pub(super) fn status_of(code: u8) -> Option<Status> {
+    match code {
+        0 => Some(Status::Ok),
+        1 => Some(Status::Error),
+        2 => Some(Status::Cancelled),
+        _ => None,
+    }
 }

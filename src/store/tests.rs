@@ -657,7 +657,7 @@ fn traces_sharing_a_start_and_span_id_keep_separate_call_records() {
         .expect("insert");
     store
         .tree
-        .insert(&kb, encode_json(&CallRec::of(&b), &kb).expect("encode"))
+        .insert(&kb, CallRec::of(&b).encode())
         .expect("insert");
     assert_eq!(
         stats_total(&store).calls,
@@ -1122,8 +1122,9 @@ fn delete_removes_everything_about_the_trace() {
             "no key or value mentions the deleted trace: {}",
             show_key(&k)
         );
+        // (A posting key holds a term, here the other trace's span name `call1`, not a span.)
         assert!(
-            !contains(&k, b"call1") || contains(&k, b"call1-k"),
+            !contains(&k, b"call1") || contains(&k, b"call1-k") || k.first() == Some(&P_TERM),
             "no key names a deleted span"
         );
     }
@@ -1247,7 +1248,7 @@ fn check_reports_each_kind_of_corruption() {
                 let mut agg = s.load_agg("a").expect("load").expect("a exists");
                 agg.input_tokens += 1;
                 let key = summary_key("a");
-                s.insert_raw(&key, &encode_json(&agg, &key).expect("encode"));
+                s.insert_raw(&key, &agg.encode());
             }),
             "differs from a recomputation",
         ),
@@ -1260,10 +1261,7 @@ fn check_reports_each_kind_of_corruption() {
             "orphan summary",
             Box::new(|s: &Store| {
                 let key = summary_key("lonely");
-                s.insert_raw(
-                    &key,
-                    &encode_json(&Agg::new("lonely"), &key).expect("encode"),
-                );
+                s.insert_raw(&key, &Agg::new("lonely").encode());
             }),
             "has no spans",
         ),
@@ -1423,15 +1421,81 @@ fn reopen(dir: &Path) -> Result<Store, StoreError> {
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    store.tree.insert(SCHEMA_KEY, &b"2"[..]).expect("insert");
+    store.tree.insert(SCHEMA_KEY, &b"3"[..]).expect("insert");
     store.flush().expect("flush");
     drop(store);
     let err = reopen(dir.path())
         .err()
         .expect("a newer schema must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 1 } if found == "2"),
+        matches!(err, StoreError::Schema { ref found, supported: 2 } if found == "3"),
         "the error names both versions: {err}"
+    );
+}
+
+/// Writes a schema-1 store the way the previous layout did (tree `v1`, JSON spans under the same
+/// `s` keys, JSON summaries, no postings), then opens it with this binary.
+#[test]
+fn a_schema_1_store_is_migrated_at_open_and_then_searchable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spans = agent_trace("old-1");
+    {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .open()
+            .expect("sled opens");
+        let old = db.open_tree("v1").expect("tree v1");
+        old.insert(SCHEMA_KEY, &b"1"[..]).expect("insert");
+        for sp in &spans {
+            let key = span_key(&sp.trace_id, sp.start_time.micros(), &sp.span_id);
+            old.insert(&key, serde_json::to_vec(sp).expect("json"))
+                .expect("insert");
+            old.insert(
+                span_id_key(&sp.span_id),
+                span_id_value(&sp.trace_id, sp.start_time.micros()),
+            )
+            .expect("insert");
+        }
+        // A schema-1 summary was JSON: the new layout must never try to read it.
+        old.insert(summary_key("old-1"), &b"{\"trace_id\":\"old-1\"}"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = reopen(dir.path()).expect("a schema-1 store opens (migrated)");
+    let (summary, got) = store
+        .get_trace("old-1")
+        .expect("get")
+        .expect("the migrated trace is there");
+    assert_eq!(got.len(), spans.len(), "every span was migrated");
+    assert_eq!(
+        summary.span_count,
+        spans.len() as u64,
+        "the summary was rebuilt"
+    );
+    let report = store.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "a migrated store checks clean: {report:?}"
+    );
+    assert!(
+        report.postings > 0,
+        "postings were built for the migrated spans"
+    );
+    let name = spans[0].name.clone();
+    assert_eq!(
+        list(&store, |q| q.q = Some(name.clone())),
+        ["old-1"],
+        "the migrated trace is found by full-text search"
+    );
+    assert!(
+        !store.db.tree_names().iter().any(|n| n.as_ref() == b"v1"),
+        "the old tree is dropped after the migration"
+    );
+    drop(store);
+    let store = reopen(dir.path()).expect("reopens");
+    assert!(
+        store.get_trace("old-1").expect("get").is_some(),
+        "the migration is durable"
     );
 }
 
@@ -1918,4 +1982,199 @@ fn embeddings_are_previewed_as_text_not_vectors() {
         Some("1 embedding"),
         "base64 vectors too"
     );
+}
+
+/// Three traces whose LLM calls say different things, for the full-text tests.
+fn text_fixture(store: &Store) {
+    let said = [
+        (
+            "ft-1",
+            0,
+            "gpt-4o",
+            "Refund the Invoice, please",
+            "The refund is pending",
+        ),
+        (
+            "ft-2",
+            1000,
+            "gpt-4o-mini",
+            "Where is my invoice?",
+            "Invoice 42 was emailed",
+        ),
+        (
+            "ft-3",
+            2000,
+            "gpt-4o",
+            "Cancel my plan",
+            "Your plan is cancelled; no refund",
+        ),
+    ];
+    for (trace, at, model, question, answer) in said {
+        let span = llm(trace, &format!("{trace}-c"), at, 100, model, (1, 1), None).with(|s| {
+            s.input = json!({"messages": [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": question}
+            ]});
+            s.output = json!({"choices": [{"message": {"content": answer}}]});
+        });
+        store.put_spans(&[span]).expect("put");
+    }
+}
+
+#[test]
+fn full_text_search_matches_every_term_case_insensitively_newest_first() {
+    let (_dir, store) = temp_store();
+    text_fixture(&store);
+    let q = |text: &str| list(&store, |q| q.q = s(text));
+    assert_eq!(
+        q("refund"),
+        ["ft-3", "ft-1"],
+        "a term in the input or the output"
+    );
+    assert_eq!(q("INVOICE"), ["ft-2", "ft-1"], "terms are case-insensitive");
+    assert_eq!(
+        q("refund invoice"),
+        ["ft-1"],
+        "several terms must all match (AND)"
+    );
+    assert_eq!(q("invoice, 42!"), ["ft-2"], "punctuation separates terms");
+    assert_eq!(
+        q("refun"),
+        Vec::<String>::new(),
+        "a term matches whole words only"
+    );
+    assert_eq!(
+        q("nowhere"),
+        Vec::<String>::new(),
+        "an unknown term matches nothing"
+    );
+    assert_eq!(
+        q("helpful"),
+        ["ft-3", "ft-2", "ft-1"],
+        "system prompts are indexed too"
+    );
+    assert_eq!(
+        q(" ?! "),
+        ["ft-3", "ft-2", "ft-1"],
+        "a query without terms filters nothing"
+    );
+    assert_eq!(
+        q("ft"),
+        ["ft-3", "ft-2", "ft-1"],
+        "trace ids are searchable"
+    );
+    assert_eq!(
+        list(&store, |q| (q.q, q.model) = (s("refund"), s("gpt-4o"))),
+        ["ft-3", "ft-1"],
+        "q combines with an indexed filter"
+    );
+    assert_eq!(
+        list(&store, |q| (q.q, q.model) = (s("invoice"), s("gpt-4o"))),
+        ["ft-1"],
+        "q and the filter intersect"
+    );
+    assert_eq!(
+        list(&store, |q| (q.q, q.until) =
+            (s("refund"), Some(Timestamp(T0 + 2_000_000)))),
+        ["ft-1"],
+        "q combines with the time window"
+    );
+}
+
+#[test]
+fn full_text_pages_follow_the_cursor_and_postings_follow_deletes() {
+    let (_dir, store) = temp_store();
+    text_fixture(&store);
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let page = store
+            .list_traces(&TraceQuery {
+                limit: 1,
+                cursor: cursor.take(),
+                q: s("you refund is"),
+                ..TraceQuery::default()
+            })
+            .expect("list");
+        seen.extend(ids(&page).into_iter().map(String::from));
+        match page.next_cursor {
+            Some(c) => cursor = Cursor::decode(&c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["ft-3", "ft-1"],
+        "pages of an intersection, each trace once"
+    );
+
+    assert!(store.delete_trace("ft-1").expect("delete"));
+    assert_eq!(
+        list(&store, |q| q.q = s("refund")),
+        ["ft-3"],
+        "a deleted trace is not found"
+    );
+    assert!(
+        keys_with_prefix(&store, P_TERM)
+            .iter()
+            .all(|k| !contains(k, b"ft-1")),
+        "deleting a trace removes its postings"
+    );
+    let report = store.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "postings agree with summaries: {report:?}"
+    );
+    assert!(report.postings > 0, "check counts the postings");
+
+    store.insert_raw(
+        &[&term_prefix("ghost")[..], &[0u8; 8], b"ft-2"].concat(),
+        b"",
+    );
+    let report = store.check().expect("check");
+    assert!(
+        report.problems.iter().any(|p| p.contains("ghost")),
+        "check reports a posting its trace's summary does not list: {report:?}"
+    );
+}
+
+fn s(text: &str) -> Option<String> {
+    Some(text.to_string())
+}
+
+#[test]
+fn binary_summaries_and_call_records_round_trip_and_reject_truncation() {
+    let mut agg = Agg::new("codec-trace");
+    for sp in agent_trace("codec-trace") {
+        agg.merge(&sp);
+    }
+    assert!(agg.first_error.is_some() && agg.root.is_some() && !agg.terms.is_empty());
+    let bytes = agg.encode();
+    assert_eq!(
+        Agg::decode(b"k", &bytes).expect("decodes"),
+        agg,
+        "a summary round-trips"
+    );
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            Agg::decode(b"k", &bytes[..cut]).is_err(),
+            "a summary cut to {cut} bytes is reported corrupt, not misread"
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(
+        Agg::decode(b"k", &longer).is_err(),
+        "trailing bytes are corrupt"
+    );
+
+    for sp in agent_trace("codec-trace")
+        .iter()
+        .filter(|s| s.kind.is_call())
+    {
+        let rec = CallRec::of(sp);
+        let bytes = rec.encode();
+        assert_eq!(CallRec::decode(b"k", &bytes).expect("decodes"), rec);
+        assert!(CallRec::decode(b"k", &bytes[..bytes.len() - 1]).is_err());
+    }
 }

@@ -55,10 +55,9 @@ impl Store {
             let work = self.work(&mut works, trace_id)?;
             if !replaced {
                 // Guard: an `s` key the `i` record does not name (never written by this layout).
-                replaced = match work.changes.get(&skey) {
-                    Some(change) => change.is_some(),
-                    None => self.tree.contains_key(&skey)?,
-                };
+                // Only this batch's own writes are consulted: the `i` record is the truth for
+                // what is stored (`check` verifies every `s` key has one), so no read here.
+                replaced = work.changes.get(&skey).is_some_and(Option::is_some);
                 if replaced {
                     batch.remove(call_key(start, trace_id, span_id));
                 }
@@ -73,7 +72,7 @@ impl Store {
             batch.insert(span_id_key(span_id), span_id_value(trace_id, start));
             if span.kind.is_call() {
                 let ckey = call_key(start, trace_id, span_id);
-                batch.insert(ckey.clone(), encode_json(&CallRec::of(span), &ckey)?);
+                batch.insert(ckey, CallRec::of(span).encode());
             }
             work.changes.insert(skey, Some(span));
             located.insert(span_id, (trace_id, start));
@@ -106,7 +105,7 @@ impl Store {
             for new in after.difference(&before) {
                 batch.insert(new.clone(), &[][..]);
             }
-            batch.insert(ukey.clone(), encode_json(&agg, &ukey)?);
+            batch.insert(ukey, agg.encode());
         }
         self.tree.apply_batch(batch)?;
         Ok(())
