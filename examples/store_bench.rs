@@ -59,6 +59,9 @@ struct Args {
     /// Only load the spans (for profiling `put_spans`, e.g. under callgrind): no server, no queries.
     #[arg(long)]
     ingest_only: bool,
+    /// Only time `Store::open` on the existing store in `--dir`, this many times (no ingest).
+    #[arg(long)]
+    open_only: Option<usize>,
     /// Give up on remaining phases after this long.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
@@ -92,6 +95,18 @@ fn main() -> Result<(), BoxError> {
         args.spans / args.spans_per_trace.max(1),
         dir.display()
     ));
+
+    if let Some(n) = args.open_only {
+        for _ in 0..n {
+            let t = Instant::now();
+            let store = Store::open(&dir, &StoreOptions::default())?;
+            let took = t.elapsed();
+            drop(store);
+            println!("Store::open: {:.1} ms", ms(took));
+            std::thread::sleep(Duration::from_millis(500)); // sled lets go of its lock asynchronously
+        }
+        return Ok(());
+    }
 
     // --- ingest ---
     let store = Store::open(&dir, &StoreOptions::default())?;

@@ -141,11 +141,20 @@ impl Store {
                     r.postings += 1;
                     after_nul(1)
                 };
-                let Some((_, trace_id)) = tail.and_then(parse_position) else {
+                let Some((start, trace_id)) = tail.and_then(parse_position) else {
                     r.problem(format!("index key {} is malformed", show_key(&key)));
                     continue;
                 };
                 let expected = match self.load_agg(trace_id) {
+                    // A posting: the term and the position are enough, without building the
+                    // trace's whole key set (there are many postings per trace).
+                    Ok(Some(agg)) if prefix == P_TERM => {
+                        let term = key
+                            .get(1..)
+                            .and_then(|t| t.split(|&b| b == 0).next())
+                            .and_then(|t| std::str::from_utf8(t).ok());
+                        agg.start == start && term.is_some_and(|t| agg.terms.contains(t))
+                    }
                     Ok(Some(agg)) => agg.index_keys().contains(key.as_ref()),
                     Ok(None) => false,
                     Err(e) => {

@@ -273,9 +273,18 @@ impl Store {
         self.tree.clear()?;
         let mut batch = Vec::with_capacity(MIGRATE_BATCH);
         let mut spans = 0u64;
+        let mut skipped = 0u64;
         for item in old.scan_prefix([P_SPAN]) {
             let (key, value) = item?;
-            batch.push(decode_json::<Span>(&key, &value)?);
+            match decode_json::<Span>(&key, &value) {
+                Ok(span) => batch.push(span),
+                Err(e) => {
+                    // One unreadable record must not keep the whole store from opening.
+                    skipped += 1;
+                    tracing::warn!(error = %e, "store: migration skips a span that does not decode");
+                    continue;
+                }
+            }
             if batch.len() == MIGRATE_BATCH {
                 self.put_spans(&batch)?;
                 spans += batch.len() as u64;
@@ -286,6 +295,7 @@ impl Store {
         spans += batch.len() as u64;
         tracing::info!(
             spans,
+            skipped,
             took_ms = t.elapsed().as_millis() as u64,
             "store: migration done"
         );

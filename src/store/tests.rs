@@ -1456,6 +1456,9 @@ fn a_schema_1_store_is_migrated_at_open_and_then_searchable() {
             )
             .expect("insert");
         }
+        // An unreadable span is skipped (and logged), not a reason to refuse the store.
+        old.insert(span_key("old-2", T0, "broken"), &b"not json"[..])
+            .expect("insert");
         // A schema-1 summary was JSON: the new layout must never try to read it.
         old.insert(summary_key("old-1"), &b"{\"trace_id\":\"old-1\"}"[..])
             .expect("insert");
@@ -1467,6 +1470,10 @@ fn a_schema_1_store_is_migrated_at_open_and_then_searchable() {
         .expect("get")
         .expect("the migrated trace is there");
     assert_eq!(got.len(), spans.len(), "every span was migrated");
+    assert!(
+        store.get_trace("old-2").expect("get").is_none(),
+        "the unreadable span was skipped"
+    );
     assert_eq!(
         summary.span_count,
         spans.len() as u64,
