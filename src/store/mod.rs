@@ -43,7 +43,7 @@
 //! `preview`, `write` (put / delete), `query` (list / get), `sessions`, `stats`, `retention`,
 //! `check`, `types` (the public query and answer types).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};

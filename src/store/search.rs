@@ -11,6 +11,8 @@
 //! counts before the system prompt). A trace keeps at most [`MAX_TRACE_TERMS`] terms (the
 //! lexicographically smallest, so the set does not depend on arrival order) plus its trace id.
 
+use std::hash::{BuildHasherDefault, Hasher};
+
 use super::*;
 
 /// Longer runs of letters and digits are indexed (and searched) by their first 32 chars.
@@ -96,9 +98,53 @@ pub(super) fn query_terms(q: &str) -> Vec<String> {
     out
 }
 
-/// Adds the terms of one span to a trace's term set.
-pub(super) fn add_span_terms(span: &Span, terms: &mut BTreeSet<String>) {
-    let mut add = |text: &str| each_term(text, |t| insert_capped_to(terms, t, MAX_TRACE_TERMS));
+/// A trace's terms. FNV-1a instead of SipHash: every word of every indexed text is looked up,
+/// and SipHash was most of that cost. Hash flooding is not a concern here: a set holds one
+/// trace's terms (at most [`MAX_TRACE_TERMS`] plus one span's, from at most 2 × [`MAX_TEXT_BYTES`]
+/// of text), so the worst case is bounded and small.
+pub(super) type TermSet = HashSet<String, BuildHasherDefault<Fnv1a>>;
+
+#[derive(Default)]
+pub(super) struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Adds the terms of one span to a trace's term set, then keeps the [`MAX_TRACE_TERMS`]
+/// smallest (so the set is the same whatever order the spans arrived in).
+pub(super) fn add_span_terms(span: &Span, terms: &mut TermSet) {
+    add_span_terms_uncapped(span, terms);
+    if terms.len() > MAX_TRACE_TERMS {
+        let mut all: Vec<String> = terms.drain().collect();
+        all.sort_unstable();
+        all.truncate(MAX_TRACE_TERMS);
+        terms.extend(all);
+    }
+}
+
+fn add_span_terms_uncapped(span: &Span, terms: &mut TermSet) {
+    let mut add = |text: &str| {
+        each_term(text, |t| {
+            if !terms.contains(t) {
+                terms.insert(t.to_string());
+            }
+        })
+    };
     add(&span.name);
     if let Some(m) = span.model() {
         add(m);
@@ -148,20 +194,6 @@ fn each_string(v: &Value, budget: &mut usize, f: &mut impl FnMut(&str)) {
             }
         }
         _ => {}
-    }
-}
-
-/// Like `insert_capped`, with its own cap.
-fn insert_capped_to(set: &mut BTreeSet<String>, value: &str, cap: usize) {
-    if set.len() >= cap && set.last().is_some_and(|last| value >= last.as_str()) {
-        return;
-    }
-    if set.contains(value) {
-        return;
-    }
-    set.insert(value.to_string());
-    while set.len() > cap {
-        set.pop_last();
     }
 }
 

@@ -29,7 +29,10 @@ pub(super) struct Agg {
     /// Output preview of the latest-ending LLM span that has an output (`at` = its end).
     pub(super) last_llm_output: Option<Pick>,
     /// Full-text terms of the trace's spans (see `search`): each one is a `w` posting key.
-    pub(super) terms: BTreeSet<String>,
+    /// A hash set: merging looks up every word of every span, and a B-tree's string
+    /// comparisons made that the biggest cost of a merge. Never more than `MAX_TRACE_TERMS`
+    /// (the smallest, see `add_span_terms`); sorted when encoded.
+    pub(super) terms: TermSet,
 }
 
 /// The trace's root candidate: spans without a parent first, then earliest start, then span id.
@@ -85,7 +88,7 @@ pub(super) fn pick(
 
 impl Agg {
     pub(super) fn new(trace_id: &str) -> Agg {
-        let mut terms = BTreeSet::new();
+        let mut terms = TermSet::with_capacity_and_hasher(64, Default::default());
         // The trace id is searchable too (its runs of letters and digits).
         each_term(trace_id, |t| {
             terms.insert(t.to_string());
@@ -333,7 +336,9 @@ impl Agg {
                 }
             }
         }
-        e.strs(self.terms.iter());
+        let mut terms: Vec<&String> = self.terms.iter().collect();
+        terms.sort_unstable();
+        e.strs(terms.into_iter());
         e.0
     }
 
@@ -380,7 +385,12 @@ impl Agg {
                 first_session: pick(d)?,
                 first_user: pick(d)?,
                 last_llm_output: pick(d)?,
-                terms: d.strs()?,
+                terms: {
+                    let list = d.strs()?;
+                    let mut set = TermSet::with_capacity_and_hasher(list.len(), Default::default());
+                    set.extend(list);
+                    set
+                },
             })
         })
     }

@@ -2185,3 +2185,33 @@ fn binary_summaries_and_call_records_round_trip_and_reject_truncation() {
         assert!(CallRec::decode(b"k", &bytes[..bytes.len() - 1]).is_err());
     }
 }
+
+#[test]
+fn a_trace_keeps_its_smallest_terms_whatever_the_arrival_order() {
+    // 3 spans of 120 distinct words each: more than a trace keeps.
+    let spans: Vec<Span> = (0..3)
+        .map(|i| {
+            let words: Vec<String> = (0..120).map(|w| format!("w{i}x{w:03}")).collect();
+            span("many-words", &format!("s{i}"), i * 10, 5)
+                .with(|s| s.input = json!(words.join(" ")))
+        })
+        .collect();
+    let merged = |order: &[usize]| {
+        let mut agg = Agg::new("many-words");
+        for &i in order {
+            agg.merge(&spans[i]);
+        }
+        agg
+    };
+    let (a, b) = (merged(&[0, 1, 2]), merged(&[2, 0, 1]));
+    assert_eq!(a.terms.len(), MAX_TRACE_TERMS, "the term set is capped");
+    assert_eq!(a, b, "the kept terms do not depend on arrival order");
+    assert_eq!(a.encode(), b.encode(), "nor do the stored bytes");
+    let mut all: Vec<String> = b.terms.iter().cloned().collect();
+    all.sort();
+    assert!(
+        a.terms.contains("w0x000") && !a.terms.contains("w2x119"),
+        "the smallest terms are the ones kept: {:?}",
+        all.last()
+    );
+}
