@@ -256,10 +256,11 @@ impl Admin {
     }
 
     fn metrics_text(&self) -> Rsp {
-        let text = self.metrics.render(
+        let mut text = self.metrics.render(
             self.store.size_on_disk(),
             self.queue.as_ref().map(SpanQueue::len).unwrap_or(0),
         );
+        crate::metrics::render_retention(&mut text, self.store.retention_deleted());
         let mut rsp = Response::new(Full::new(Bytes::from(text)));
         rsp.headers_mut().insert(
             header::CONTENT_TYPE,

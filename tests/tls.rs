@@ -4,29 +4,7 @@
 
 mod common;
 
-use common::{chat_body, client, test_config, MockUpstream, TestProxy};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-/// A fresh CA and a leaf for localhost / 127.0.0.1: (ca_pem, leaf_pem, leaf_key_pem).
-fn make_certs() -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "llm-tracer test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
+use common::{chat_body, client, make_certs, test_config, MockUpstream, TestProxy};
 
 #[tokio::test]
 async fn an_https_upstream_signed_by_a_private_ca_is_trusted_through_ca_file() {
