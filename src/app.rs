@@ -158,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             grace: config.shutdown_timeout,
             tls: proxy_tls,
             max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
         },
     ));
     let admin_task = tokio::spawn(listener::serve(
@@ -168,6 +169,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             grace: ADMIN_GRACE,
             tls: admin_tls,
             max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
         },
     ));
 

@@ -75,6 +75,8 @@ pub struct Config {
     pub admin_tls: Option<TlsFiles>,
     /// Connections each listener serves at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// A client gets this long to send a request head (slow-loris guard).
+    pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub flush_every_ms: Option<u64>,
     pub cache_capacity_bytes: u64,
@@ -140,6 +142,7 @@ pub struct Flags {
     pub admin_tls_cert: Option<String>,
     pub admin_tls_key: Option<String>,
     pub max_connections: Option<String>,
+    pub header_read_timeout_ms: Option<String>,
     /// `--insecure-skip-verify` sets `Some("true")` (the `/` route only).
     pub insecure_skip_verify: Option<String>,
     pub shutdown_timeout_ms: Option<String>,
@@ -179,6 +182,7 @@ struct FileConfig {
     admin_tls_cert: Option<String>,
     admin_tls_key: Option<String>,
     max_connections: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
     insecure_skip_verify: Option<bool>,
     shutdown_timeout_ms: Option<u64>,
     flush_every_ms: Option<u64>,
@@ -372,6 +376,15 @@ pub fn load(
             1_000_000,
         )?
         .unwrap_or(4096);
+    let header_read_timeout_ms = l
+        .pick_num(
+            "header_read_timeout_ms",
+            &flags.header_read_timeout_ms,
+            raw.header_read_timeout_ms,
+            1,
+            3_600_000,
+        )?
+        .unwrap_or(30_000);
     let tls = l.tls_pair(
         ("tls_cert", &flags.tls_cert, raw.tls_cert),
         ("tls_key", &flags.tls_key, raw.tls_key),
@@ -624,6 +637,7 @@ pub fn load(
         tls,
         admin_tls,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: Duration::from_millis(header_read_timeout_ms),
         shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
         flush_every_ms: (flush_every_ms > 0).then_some(flush_every_ms),
         cache_capacity_bytes,
@@ -700,6 +714,7 @@ pub const KEYS: &[&str] = &[
     "admin_tls_cert",
     "admin_tls_key",
     "max_connections",
+    "header_read_timeout_ms",
     "insecure_skip_verify",
     "shutdown_timeout_ms",
     "flush_every_ms",

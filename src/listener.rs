@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::TlsFiles, error::StartError};
 
-/// A slow client gets this long to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line + headers) a client may send over HTTP/1.1.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// A client gets this long to finish its TLS handshake (each on its own task, so a stalled or
 /// failing handshake never holds up other connections).
@@ -39,6 +39,8 @@ pub struct ServeOptions {
     /// Connections served at once; further ones wait in the kernel's accept queue (the backlog),
     /// so memory stays bounded however many clients connect.
     pub max_connections: usize,
+    /// A slow client gets this long to send its request head (HTTP/1.1), then it is closed.
+    pub header_read_timeout: Duration,
 }
 
 /// Loads a listener's certificate chain and private key (PEM) into a TLS acceptor that offers
@@ -128,7 +130,10 @@ pub async fn serve<S, B>(
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(opts.header_read_timeout)
+        // Bounds each connection's head buffer (hyper's default is ~400 KiB): a head larger than
+        // this is refused (431, or 414 for the URI) instead of buffered.
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     http.http2().timer(TokioTimer::new());
     let grace = opts.grace;

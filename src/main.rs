@@ -102,6 +102,9 @@ struct ServeArgs {
     /// Connections each listener serves at once; more wait to be accepted (default 4096).
     #[arg(long, value_name = "N")]
     max_connections: Option<String>,
+    /// A client gets this long to send its request head (default 30000).
+    #[arg(long, value_name = "MS")]
+    header_read_timeout_ms: Option<String>,
     /// DANGEROUS: accept any certificate from the "/" route's https upstream.
     #[arg(long)]
     insecure_skip_verify: bool,
@@ -162,6 +165,7 @@ impl ServeArgs {
             admin_tls_cert: self.admin_tls_cert.clone(),
             admin_tls_key: self.admin_tls_key.clone(),
             max_connections: self.max_connections.clone(),
+            header_read_timeout_ms: self.header_read_timeout_ms.clone(),
             insecure_skip_verify: self.insecure_skip_verify.then(|| "true".to_string()),
             shutdown_timeout_ms: self.shutdown_timeout_ms.clone(),
             flush_every_ms: self.flush_every_ms.clone(),

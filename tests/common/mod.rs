@@ -247,6 +247,12 @@ pub async fn spawn_served(mut cmd: tokio::process::Command) -> Served {
 impl Served {
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm().await;
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM.
+    pub async fn sigterm(&self) {
         let pid = self.child.id().expect("still running").to_string();
         let killed = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -254,6 +260,10 @@ impl Served {
             .await
             .unwrap();
         assert!(killed.success(), "kill -TERM {pid} worked");
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
         tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
             .expect("the binary exits after SIGTERM")

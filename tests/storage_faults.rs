@@ -1,0 +1,130 @@
+//! The store cannot write: traffic keeps flowing, `/healthz` says degraded, `/metrics` counts
+//! the retries and the dropped spans, and everything recovers by itself once writes work again.
+//!
+//! The failure is injected (`Running::faults`, a hook only the library API reaches) rather than a
+//! real full disk: sled, once a write to its log fails, keeps failing until the store is
+//! reopened, and mounting a small tmpfs needs privileges CI may not have. The hook makes the
+//! writer's batch write return an error, the same path a disk error takes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{chat_body, client, metric_value, MockUpstream, TestProxy};
+use serde_json::Value;
+
+async fn call(proxy: &TestProxy, trace: &str, stream: bool) {
+    let rsp = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-tracer-trace-id", trace)
+        .json(&chat_body("gpt-4o-mini", trace, stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200, "a failing store never fails a call");
+    let body = rsp.text().await.unwrap();
+    assert!(
+        body.contains(&format!("Mock reply to: {trace}")) || body.contains("Mock"),
+        "the upstream's answer reaches the app: {body}"
+    );
+}
+
+/// Polls `/metrics` until `done` holds (bounded; the deadline is a hang guard).
+async fn wait_metrics(proxy: &TestProxy, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = proxy.metrics_text().await;
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never reached: {what}\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_degrades_health_drops_counted_spans_and_recovers() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = TestProxy::start(&upstream.url()).await;
+    let faults = proxy.running.as_ref().unwrap().faults.clone();
+    let (_, health) = proxy.get_json("/healthz").await;
+    assert_eq!(health["status"], "ok");
+
+    faults.fail_writes(u64::MAX);
+    for (i, stream) in [false, true, false].into_iter().enumerate() {
+        call(&proxy, &format!("store-down-{i}"), stream).await;
+    }
+    let text = wait_metrics(&proxy, "three spans dropped for store errors", |t| {
+        metric_value(
+            t,
+            "llm_tracer_captures_dropped_total{reason=\"store_error\"}",
+        ) == Some(3.0)
+    })
+    .await;
+    assert!(
+        metric_value(&text, "llm_tracer_store_write_retries_total").unwrap() >= 2.0,
+        "each failed batch was retried before being dropped:\n{text}"
+    );
+    assert!(metric_value(&text, "llm_tracer_store_errors_total").unwrap() >= 1.0);
+    assert_eq!(
+        metric_value(&text, "llm_tracer_store_healthy"),
+        Some(0.0),
+        "the store is reported unhealthy"
+    );
+    let (status, health) = proxy.get_json("/healthz").await;
+    assert_eq!(status, 200, "healthz still answers");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["store"]["ok"], false);
+    assert_eq!(health["captures_dropped"], 3);
+    let (status, _) = proxy.get_json("/api/traces/store-down-0").await;
+    assert_eq!(status, 404, "a dropped span is counted, not half-stored");
+
+    // Writes work again: the next span is stored and health recovers without a restart.
+    faults.heal();
+    call(&proxy, "store-back", true).await;
+    let trace = proxy.wait_for_trace("store-back", 1).await;
+    assert_eq!(trace["spans"][0]["status"], "ok");
+    let (_, health) = proxy.get_json("/healthz").await;
+    assert_eq!(
+        health["status"], "ok",
+        "health recovers by itself: {health}"
+    );
+    let text = proxy.metrics_text().await;
+    assert_eq!(metric_value(&text, "llm_tracer_store_healthy"), Some(1.0));
+    assert_eq!(
+        metric_value(&text, "llm_tracer_spans_captured_total"),
+        Some(1.0),
+        "every call is stored or counted as dropped, exactly once"
+    );
+}
+
+#[tokio::test]
+async fn a_write_that_fails_once_is_retried_and_nothing_is_lost() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = TestProxy::start(&upstream.url()).await;
+    let faults = proxy.running.as_ref().unwrap().faults.clone();
+    faults.fail_writes(1);
+    call(&proxy, "store-blip", false).await;
+    let trace: Value = proxy.wait_for_trace("store-blip", 1).await;
+    assert_eq!(
+        trace["spans"][0]["status"], "ok",
+        "the retry stored the span"
+    );
+    let text = proxy.metrics_text().await;
+    assert_eq!(
+        metric_value(&text, "llm_tracer_store_write_retries_total"),
+        Some(1.0),
+        "one retry was needed:\n{text}"
+    );
+    assert_eq!(
+        common::metric_family_sum(&text, "llm_tracer_captures_dropped_total"),
+        0.0,
+        "nothing was dropped"
+    );
+    let (_, health) = proxy.get_json("/healthz").await;
+    assert_eq!(
+        health["status"], "ok",
+        "a stored retry leaves the store healthy"
+    );
+}
