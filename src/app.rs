@@ -23,6 +23,8 @@ use crate::{
 
 /// After the proxy listener has stopped, recorders get this long to hand over their records.
 const RECORDER_GRACE: Duration = Duration::from_secs(2);
+/// At shutdown, the writer gets this long to store every queued capture and flush.
+const WRITER_GRACE: Duration = Duration::from_secs(30);
 /// Admin connections get this long to finish once the writer has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -207,8 +209,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         let _ = writer_stop_tx.send(true);
         if let Some(writer) = writer {
-            if let Err(e) = writer.await {
-                tracing::error!(error = %e, "writer task failed");
+            // Bounded: a store that cannot write (sled blocks on a full disk) must not keep the
+            // process from exiting. What is still queued then is lost, and logged.
+            match tokio::time::timeout(WRITER_GRACE, writer).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
+                Err(_) => tracing::error!(
+                    ?WRITER_GRACE,
+                    "the store did not finish writing the queued captures; exiting without them"
+                ),
             }
         }
         let _ = admin_stop_tx.send(true);

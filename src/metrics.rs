@@ -41,6 +41,8 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     /// Batch writes retried after a store error.
     pub store_write_retries: AtomicU64,
+    /// Batch writes that had not finished after the stall limit (e.g. sled blocked on a full disk).
+    pub store_stalls: AtomicU64,
     /// Proxy-made errors seen (drives rate-limited logging).
     pub proxy_errors_logged: AtomicU64,
     /// False while the last store write failed: `/healthz` says degraded.
@@ -68,6 +70,7 @@ impl Default for Metrics {
             captures_dropped_store_error: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             store_write_retries: AtomicU64::new(0),
+            store_stalls: AtomicU64::new(0),
             proxy_errors_logged: AtomicU64::new(0),
             store_ok: AtomicBool::new(true),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -150,6 +153,11 @@ impl Metrics {
             "llm_tracer_store_write_retries_total",
             "Span batch writes retried after a store error.",
             self.store_write_retries.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_store_stalls_total",
+            "Span batch writes still unfinished after 5 s (store unhealthy meanwhile).",
+            self.store_stalls.load(Relaxed),
         );
         let _ = writeln!(
             out,

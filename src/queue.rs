@@ -21,6 +21,9 @@ use crate::{
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+/// A batch write still running after this long marks the store unhealthy (`/healthz` degraded).
+const STALL_AFTER: Duration = Duration::from_secs(5);
+
 /// A failed batch write is retried this many more times, after these pauses, before its spans
 /// are counted as dropped (`captures_dropped_total{reason="store_error"}`).
 const WRITE_RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
@@ -181,7 +184,25 @@ pub async fn run_writer(
         }
         let records = std::mem::replace(&mut batch, Vec::with_capacity(max));
         let count = records.len() as u64;
-        let written = worker.run(records).await;
+        let run = worker.run(records);
+        tokio::pin!(run);
+        let written = tokio::select! {
+            written = &mut run => written,
+            _ = tokio::time::sleep(STALL_AFTER) => {
+                // A write that does not finish (sled blocks on a full disk instead of failing):
+                // say so, so /healthz is not "ok" while nothing is stored. Captures queue up
+                // behind it and are dropped (counted) once the queue is full.
+                metrics.store_ok.store(false, Relaxed);
+                metrics.store_stalls.fetch_add(1, Relaxed);
+                tracing::error!(
+                    spans = count,
+                    after = ?STALL_AFTER,
+                    "store write has not finished (disk full or stalled?); captures wait in the \
+                     queue and are dropped when it is full; traffic unaffected"
+                );
+                run.await
+            }
+        };
         match written {
             Ok(Ok(())) => {
                 metrics.spans_captured.fetch_add(count, Relaxed);
