@@ -481,7 +481,11 @@ fn ending(
             let kind = response
                 .and_then(|c| c.error_kind)
                 .unwrap_or("upstream_body_error");
-            return (Status::Error, Some(err(kind, message)));
+            // An upstream that sent the logical end (`[DONE]`, a terminal event) and then kept
+            // the body open until the idle limit cut it off lost nothing.
+            if !(finished && kind == crate::idle::IDLE_TIMEOUT_KIND) {
+                return (Status::Error, Some(err(kind, message)));
+            }
         }
         Some(End::Cancelled) if !finished => return (Status::Cancelled, Some(cancelled())),
         _ => {}
