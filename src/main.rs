@@ -209,7 +209,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let (args, is_demo) = match &cli.command {
             Command::Serve(a) => (a, false),
             Command::Demo(a) => (a, true),
@@ -243,7 +243,11 @@ fn main() -> ExitCode {
         tracing::info!("signal received");
         running.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Bounded: a store call stuck in the blocking pool (sled can block for good on a full
+    // disk) must not keep the process from exiting; shutdown has already logged what was lost.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// `llm-tracer check`: opens the store (exclusively, so a running server makes it exit 2) and

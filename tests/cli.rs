@@ -137,26 +137,36 @@ async fn demo_serves_a_full_sample_trace_with_no_network() {
         }
     }
     let admin = served.admin.clone();
-    let page: serde_json::Value = client()
-        .get(format!("{admin}/api/traces?tag=agent"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let trace_id = page["traces"][0]["trace_id"]
-        .as_str()
-        .expect("the agent trace is listed")
-        .to_string();
-    let trace: serde_json::Value = client()
-        .get(format!("{admin}/api/traces/{trace_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // "demo: sent" means sent, not stored: wait (bounded) until the agent trace is complete.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let trace: serde_json::Value = loop {
+        let page: serde_json::Value = client()
+            .get(format!("{admin}/api/traces?tag=agent"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(trace_id) = page["traces"][0]["trace_id"].as_str() {
+            let trace: serde_json::Value = client()
+                .get(format!("{admin}/api/traces/{trace_id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if trace["spans"].as_array().map_or(0, Vec::len) >= 4 {
+                break trace;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent trace is listed with its four spans"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let kinds: Vec<&str> = trace["spans"]
         .as_array()
         .unwrap()
@@ -180,19 +190,22 @@ async fn demo_serves_a_full_sample_trace_with_no_network() {
         "one LLM call is streamed"
     );
     assert!(trace["spans"][3]["llm"]["ttft_ms"].as_f64().is_some());
-    let errors: serde_json::Value = client()
-        .get(format!("{admin}/api/traces?status=error"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        errors["traces"].as_array().unwrap().len(),
-        1,
-        "the demo includes one failing call"
-    );
+    let errors = loop {
+        let errors: serde_json::Value = client()
+            .get(format!("{admin}/api/traces?status=error"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = errors["traces"].as_array().map_or(0, Vec::len);
+        if n >= 1 || std::time::Instant::now() >= deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(errors, 1, "the demo includes one failing call");
     served.child.kill().await.unwrap();
 }
 
