@@ -16,13 +16,15 @@ use crate::{
     forward::Proxy,
     listener,
     metrics::Metrics,
-    queue::{self, SpanQueue, WriterOptions},
+    queue::{self, SpanQueue, StoreFaults, WriterOptions},
     span::{AssembleOptions, Timestamp},
     store::{Store, StoreOptions},
 };
 
 /// After the proxy listener has stopped, recorders get this long to hand over their records.
 const RECORDER_GRACE: Duration = Duration::from_secs(2);
+/// At shutdown, the writer gets this long to store every queued capture and flush.
+const WRITER_GRACE: Duration = Duration::from_secs(30);
 /// Admin connections get this long to finish once the writer has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -32,6 +34,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub store: Store,
+    /// Fault injection for the writer's store writes (tests only; see [`StoreFaults`]).
+    pub faults: Arc<StoreFaults>,
     stop: watch::Sender<bool>,
     lifecycle: JoinHandle<()>,
 }
@@ -61,6 +65,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
 
     let metrics = Arc::new(Metrics::with_capture_budget(config.capture_budget_bytes));
+    let faults = Arc::new(StoreFaults::default());
     let recorders = TaskTracker::new();
     let (queue, queue_rx) = if config.capture {
         let (q, rx) = SpanQueue::new(config.queue_capacity, metrics.clone());
@@ -85,8 +90,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.redactor.clone(),
     ));
 
-    let proxy_listener = listener::bind("listen", config.listen).await?;
-    let admin_listener = listener::bind("admin_listen", config.admin_listen).await?;
+    // TLS material is loaded before binding, so a bad file stops start-up naming its key.
+    let proxy_tls = config
+        .tls
+        .as_ref()
+        .map(listener::tls_acceptor)
+        .transpose()?;
+    let admin_tls = config
+        .admin_tls
+        .as_ref()
+        .map(listener::tls_acceptor)
+        .transpose()?;
+    let proxy_listener = listener::bind("listen", config.listen, proxy_tls.is_some()).await?;
+    let admin_listener =
+        listener::bind("admin_listen", config.admin_listen, admin_tls.is_some()).await?;
     let proxy_addr = proxy_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
@@ -123,6 +140,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics.clone(),
             opts,
             writer_stop_rx,
+            faults.clone(),
         ))
     });
 
@@ -134,18 +152,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let admin = admin.clone();
         async move { Ok::<_, Infallible>(admin.handle(req).await) }
     });
-    let grace = config.shutdown_timeout;
     let proxy_task = tokio::spawn(listener::serve(
         proxy_listener,
         proxy_service,
         stop_rx.clone(),
-        grace,
+        listener::ServeOptions {
+            grace: config.shutdown_timeout,
+            tls: proxy_tls,
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+        },
     ));
     let admin_task = tokio::spawn(listener::serve(
         admin_listener,
         admin_service,
         admin_stop_rx,
-        ADMIN_GRACE,
+        listener::ServeOptions {
+            grace: ADMIN_GRACE,
+            tls: admin_tls,
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+        },
     ));
 
     let retention_task =
@@ -182,8 +209,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         let _ = writer_stop_tx.send(true);
         if let Some(writer) = writer {
-            if let Err(e) = writer.await {
-                tracing::error!(error = %e, "writer task failed");
+            // Bounded: a store that cannot write (sled blocks on a full disk) must not keep the
+            // process from exiting. What is still queued then is lost, and logged.
+            match tokio::time::timeout(WRITER_GRACE, writer).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
+                Err(_) => tracing::error!(
+                    ?WRITER_GRACE,
+                    "the store did not finish writing the queued captures; exiting without them"
+                ),
             }
         }
         let _ = admin_stop_tx.send(true);
@@ -198,6 +232,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         metrics,
         store,
+        faults,
         stop: stop_tx,
         lifecycle,
     })

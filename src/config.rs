@@ -32,6 +32,19 @@ pub struct RouteConfig {
     pub provider: Option<String>,
     /// Extra PEM CA bundle trusted for this route's https upstream (besides webpki roots).
     pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from this route's https upstream. Never the default; warned about
+    /// at start-up.
+    pub insecure_skip_verify: bool,
+}
+
+/// A listener's TLS material (PEM files), checked to exist; parsed by `listener`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The config keys, for start-up errors (`tls_cert` / `admin_tls_cert`, …).
+    pub cert_key: &'static str,
+    pub key_key: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +69,16 @@ pub struct Config {
     pub batch_interval: Duration,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
+    /// End a response body whose upstream sends nothing for this long; `None` = never.
+    pub idle_stream_timeout: Option<Duration>,
+    /// TLS on the proxy listener (`tls_cert`/`tls_key`).
+    pub tls: Option<TlsFiles>,
+    /// TLS on the admin listener (`admin_tls_cert`/`admin_tls_key`).
+    pub admin_tls: Option<TlsFiles>,
+    /// Connections each listener serves at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A client gets this long to send a request head (slow-loris guard).
+    pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub flush_every_ms: Option<u64>,
     pub cache_capacity_bytes: u64,
@@ -116,6 +139,15 @@ pub struct Flags {
     pub batch_interval_ms: Option<String>,
     pub connect_timeout_ms: Option<String>,
     pub response_header_timeout_ms: Option<String>,
+    pub idle_stream_timeout_ms: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub admin_tls_cert: Option<String>,
+    pub admin_tls_key: Option<String>,
+    pub max_connections: Option<String>,
+    pub header_read_timeout_ms: Option<String>,
+    /// `--insecure-skip-verify` sets `Some("true")` (the `/` route only).
+    pub insecure_skip_verify: Option<String>,
     pub shutdown_timeout_ms: Option<String>,
     pub flush_every_ms: Option<String>,
     pub cache_capacity_bytes: Option<String>,
@@ -148,6 +180,14 @@ struct FileConfig {
     batch_interval_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     response_header_timeout_ms: Option<u64>,
+    idle_stream_timeout_ms: Option<u64>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    admin_tls_cert: Option<String>,
+    admin_tls_key: Option<String>,
+    max_connections: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    insecure_skip_verify: Option<bool>,
     shutdown_timeout_ms: Option<u64>,
     flush_every_ms: Option<u64>,
     cache_capacity_bytes: Option<u64>,
@@ -213,6 +253,8 @@ struct RouteFile {
     strip_prefix: bool,
     provider: Option<String>,
     ca_file: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 pub const DEFAULT_UPSTREAM: &str = "https://api.openai.com";
@@ -330,6 +372,49 @@ pub fn load(
             3_600_000,
         )?
         .unwrap_or(600_000);
+    let idle_stream_timeout_ms = l
+        .pick_num(
+            "idle_stream_timeout_ms",
+            &flags.idle_stream_timeout_ms,
+            raw.idle_stream_timeout_ms,
+            0,
+            86_400_000,
+        )?
+        .unwrap_or(300_000);
+    let max_connections = l
+        .pick_num(
+            "max_connections",
+            &flags.max_connections,
+            raw.max_connections,
+            1,
+            1_000_000,
+        )?
+        .unwrap_or(4096);
+    let header_read_timeout_ms = l
+        .pick_num(
+            "header_read_timeout_ms",
+            &flags.header_read_timeout_ms,
+            raw.header_read_timeout_ms,
+            1,
+            3_600_000,
+        )?
+        .unwrap_or(30_000);
+    let tls = l.tls_pair(
+        ("tls_cert", &flags.tls_cert, raw.tls_cert),
+        ("tls_key", &flags.tls_key, raw.tls_key),
+    )?;
+    let admin_tls = l.tls_pair(
+        ("admin_tls_cert", &flags.admin_tls_cert, raw.admin_tls_cert),
+        ("admin_tls_key", &flags.admin_tls_key, raw.admin_tls_key),
+    )?;
+    let insecure_skip_verify = l
+        .pick(
+            "insecure_skip_verify",
+            &flags.insecure_skip_verify,
+            raw.insecure_skip_verify.map(|b| b.to_string()),
+            parse_bool,
+        )?
+        .unwrap_or(false);
     let shutdown_timeout_ms = l
         .pick_num(
             "shutdown_timeout_ms",
@@ -504,6 +589,7 @@ pub fn load(
         strip_prefix: false,
         provider: None,
         ca_file: ca_file.clone(),
+        insecure_skip_verify,
     }];
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = |field: &str| format!("route[{i}].{field}");
@@ -543,6 +629,7 @@ pub fn load(
             strip_prefix: r.strip_prefix,
             provider: r.provider,
             ca_file: route_ca,
+            insecure_skip_verify: r.insecure_skip_verify,
         });
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -560,6 +647,12 @@ pub fn load(
         batch_interval: Duration::from_millis(batch_interval_ms),
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         response_header_timeout: Duration::from_millis(response_header_timeout_ms),
+        idle_stream_timeout: (idle_stream_timeout_ms > 0)
+            .then(|| Duration::from_millis(idle_stream_timeout_ms)),
+        tls,
+        admin_tls,
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: Duration::from_millis(header_read_timeout_ms),
         shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
         flush_every_ms: (flush_every_ms > 0).then_some(flush_every_ms),
         cache_capacity_bytes,
@@ -631,6 +724,14 @@ pub const KEYS: &[&str] = &[
     "batch_interval_ms",
     "connect_timeout_ms",
     "response_header_timeout_ms",
+    "idle_stream_timeout_ms",
+    "tls_cert",
+    "tls_key",
+    "admin_tls_cert",
+    "admin_tls_key",
+    "max_connections",
+    "header_read_timeout_ms",
+    "insecure_skip_verify",
     "shutdown_timeout_ms",
     "flush_every_ms",
     "cache_capacity_bytes",
@@ -684,6 +785,41 @@ struct Layers<'a> {
 }
 
 impl Layers<'_> {
+    /// A listener's `*_cert` and `*_key`: both or neither, each an existing file.
+    fn tls_pair(
+        &self,
+        cert: (&'static str, &Option<String>, Option<String>),
+        key: (&'static str, &Option<String>, Option<String>),
+    ) -> Result<Option<TlsFiles>, ConfigError> {
+        let cert_path = self.pick(cert.0, cert.1, cert.2, parse_existing_file)?;
+        let key_path = self.pick(key.0, key.1, key.2, parse_existing_file)?;
+        match (cert_path, key_path) {
+            (Some(c), Some(k)) => Ok(Some(TlsFiles {
+                cert: c,
+                key: k,
+                cert_key: cert.0,
+                key_key: key.0,
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(self.invalid(
+                key.0,
+                "configuration",
+                format!(
+                    "{} is set, so {} (the PEM private key) is required too",
+                    cert.0, key.0
+                ),
+            )),
+            (None, Some(_)) => Err(self.invalid(
+                cert.0,
+                "configuration",
+                format!(
+                    "{} is set, so {} (the PEM certificate chain) is required too",
+                    key.0, cert.0
+                ),
+            )),
+        }
+    }
+
     fn invalid(&self, key: &str, source: &str, message: String) -> ConfigError {
         let source_name = match (source, &self.file_name) {
             ("config file", Some(f)) => format!("config file {f}"),

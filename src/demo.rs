@@ -52,6 +52,7 @@ pub async fn start(mut config: Config) -> Result<Running, StartError> {
             strip_prefix: true,
             provider: Some("anthropic".to_string()),
             ca_file: None,
+            insecure_skip_verify: false,
         });
         // The route table relies on longest-prefix-first order.
         config

@@ -107,6 +107,8 @@ pub enum ApiError {
     BadBody(String),
     #[error("request body larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("query string longer than {limit} bytes")]
+    UriTooLong { limit: usize },
     #[error("{what} {id:?} not found")]
     NotFound { what: &'static str, id: String },
     #[error("no such route: {method} {path}")]
@@ -138,6 +140,7 @@ impl ApiError {
             Self::BadParam { .. } => "bad_param",
             Self::BadBody(_) => "bad_body",
             Self::TooLarge { .. } => "too_large",
+            Self::UriTooLong { .. } => "uri_too_long",
             Self::NotFound { .. } => "not_found",
             Self::NoSuchRoute { .. } => "no_such_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -153,6 +156,7 @@ impl ApiError {
         match self {
             Self::BadParam { .. } | Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::NotFound { .. } | Self::NoSuchRoute { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::ForbiddenHost(_) => StatusCode::FORBIDDEN,

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     config::{Config, RouteConfig},
     error::{ProxyError, StartError},
+    idle::{BoxError, IdleGuard},
     metrics::{CaptureBudget, Metrics},
     propagate::TraceContext,
     queue::SpanQueue,
@@ -58,6 +59,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     max_capture: usize,
     header_timeout: Duration,
+    /// `None`: an upstream may stay silent mid-body forever.
+    idle_timeout: Option<Duration>,
 }
 
 /// The response body the app receives: the upstream's, tapped, or one the proxy made.
@@ -65,18 +68,18 @@ pub struct Proxy {
 // to save bytes only on the rare error path.
 #[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
-    Upstream(TapBody<Incoming>),
+    Upstream(IdleGuard<Incoming>),
     Local(Full<Bytes>),
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
@@ -134,6 +137,7 @@ impl Proxy {
             metrics,
             max_capture: config.max_capture_bytes,
             header_timeout: config.response_header_timeout,
+            idle_timeout: config.idle_stream_timeout,
         })
     }
 
@@ -243,6 +247,12 @@ impl Proxy {
                 TapBody::passthrough(rsp_body)
             }
         };
+        let sse = rsp_parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.as_bytes().get(..17))
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"));
+        let body = IdleGuard::new(body, self.idle_timeout, sse);
         let rsp = Response::from_parts(rsp_parts, ProxyBody::Upstream(body));
         // The proxy's own share of the call: before the upstream send, and after its head.
         self.metrics
@@ -655,16 +665,34 @@ fn build_client(
             })?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| StartError::Tls {
-        key: key.clone(),
-        message: e.to_string(),
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+    let tls = if route.insecure_skip_verify {
+        let key = if route.prefix == "/" {
+            "insecure_skip_verify".to_string()
+        } else {
+            format!("route[{index}].insecure_skip_verify")
+        };
+        // Loud on purpose, once per route: anyone on the path can read and change this traffic.
+        tracing::warn!(
+            route = %route.prefix,
+            upstream = %route.upstream,
+            key = %key,
+            "TLS certificate verification is OFF for this route's upstream: any certificate is \
+             accepted, so the connection can be intercepted (prompts, answers and API keys)"
+        );
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -683,6 +711,57 @@ fn build_client(
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .build(https))
+}
+
+/// `insecure_skip_verify`: accepts any certificate chain and name, but still checks that the
+/// handshake is signed by the presented certificate's key (so the session is at least bound to
+/// it).
+#[derive(Debug)]
+struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The path of a `path?query`.

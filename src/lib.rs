@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod idle;
 pub mod listener;
 pub mod metrics;
 pub mod mock;

@@ -1,8 +1,9 @@
 //! Listener: binds TCP, prints the bound address, serves hyper connections (HTTP/1.1 keep-alive
-//! and HTTP/2, auto-detected) and shuts down gracefully. Generic over the service, so both the
-//! proxy and the admin port use it.
+//! and HTTP/2, auto-detected), optionally over TLS (rustls, ALPN h2 + http/1.1), at most
+//! `max_connections` at once, and shuts down gracefully. Generic over the service, so both the
+//! proxy and the admin port use it. The only module that holds server TLS.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
@@ -10,16 +11,86 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use tokio::{net::TcpListener, sync::watch};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::{watch, Semaphore},
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::StartError;
+use crate::{config::TlsFiles, error::StartError};
 
-/// A slow client gets this long to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line + headers) a client may send over HTTP/1.1.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Binds `addr` for the listener named by config `key` and prints the bound address.
-pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+/// A client gets this long to finish its TLS handshake (each on its own task, so a stalled or
+/// failing handshake never holds up other connections).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a listener serves its connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// In-flight connections get this long to finish at shutdown.
+    pub grace: Duration,
+    /// `Some`: every connection is TLS.
+    pub tls: Option<TlsAcceptor>,
+    /// Connections served at once; further ones wait in the kernel's accept queue (the backlog),
+    /// so memory stays bounded however many clients connect.
+    pub max_connections: usize,
+    /// A slow client gets this long to send its request head (HTTP/1.1), then it is closed.
+    pub header_read_timeout: Duration,
+}
+
+/// Loads a listener's certificate chain and private key (PEM) into a TLS acceptor that offers
+/// ALPN `h2` and `http/1.1`. Errors name the config key.
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| StartError::Tls {
+            key: files.cert_key.to_string(),
+            message: format!("{}: {e}", files.cert.display()),
+        })?;
+    if certs.is_empty() {
+        return Err(StartError::Tls {
+            key: files.cert_key.to_string(),
+            message: format!("{}: no PEM certificate found", files.cert.display()),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| StartError::Tls {
+        key: files.key_key.to_string(),
+        message: format!("{}: no usable PEM private key: {e}", files.key.display()),
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Tls {
+        key: files.cert_key.to_string(),
+        message: e.to_string(),
+    })?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| StartError::Tls {
+        key: files.key_key.to_string(),
+        message: format!(
+            "{} does not fit {}: {e}",
+            files.key.display(),
+            files.cert.display()
+        ),
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Binds `addr` for the listener named by config `key` and prints the bound address
+/// (`https://` when the listener serves TLS).
+pub async fn bind(
+    key: &'static str,
+    addr: SocketAddr,
+    tls: bool,
+) -> Result<TcpListener, StartError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { key, addr, source })?;
@@ -27,9 +98,10 @@ pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, St
         .local_addr()
         .map_err(|source| StartError::Bind { key, addr, source })?;
     let label = if key == "listen" { "proxy" } else { "admin" };
+    let scheme = if tls { "https" } else { "http" };
     #[allow(clippy::print_stdout)] // stdout carries exactly the two "listening on" lines
     {
-        println!("{label} listening on http://{local}");
+        println!("{label} listening on {scheme}://{local}");
     }
     tracing::info!(%local, "{label} listening");
     Ok(listener)
@@ -42,7 +114,7 @@ pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    opts: ServeOptions,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -58,10 +130,39 @@ pub async fn serve<S, B>(
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(opts.header_read_timeout)
+        // Bounds each connection's head buffer (hyper's default is ~400 KiB): a head larger than
+        // this is refused (431, or 414 for the URI) instead of buffered.
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     http.http2().timer(TokioTimer::new());
+    let grace = opts.grace;
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let mut full_logged = false;
     loop {
+        // A free connection slot first: at the limit, new clients wait in the backlog.
+        let permit = if slots.available_permits() > 0 {
+            full_logged = false;
+            slots.clone().acquire_owned().await
+        } else {
+            if !full_logged {
+                full_logged = true;
+                tracing::warn!(
+                    max_connections = opts.max_connections,
+                    "max_connections reached; new connections wait until one closes"
+                );
+            }
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => permit,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        };
+        let Ok(permit) = permit else { break }; // the semaphore is never closed
         tokio::select! {
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
@@ -74,18 +175,32 @@ pub async fn serve<S, B>(
                     }
                 };
                 let _ = tcp.set_nodelay(true); // Nagle + delayed ACK would stall multi-write responses
-                let conn = http.serve_connection(TokioIo::new(tcp), service.clone()).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
                 let abort = abort.clone();
+                let http = http.clone();
+                let service = service.clone();
+                let tls = opts.tls.clone();
                 tokio::spawn(async move {
-                    tokio::select! {
-                        ended = conn => {
-                            if let Err(e) = ended {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        }
-                        _ = abort.cancelled() => {
-                            tracing::debug!(%peer, "connection dropped at the end of the shutdown grace period");
+                    let _permit = permit;
+                    match tls {
+                        None => run_connection(&http, TokioIo::new(tcp), service, watcher, &abort, peer).await,
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                            let tls_stream = tokio::select! {
+                                done = handshake => match done {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                },
+                                _ = abort.cancelled() => return,
+                            };
+                            run_connection(&http, TokioIo::new(tls_stream), service, watcher, &abort, peer).await;
                         }
                     }
                 });
@@ -107,5 +222,37 @@ pub async fn serve<S, B>(
             "dropping connections still open after the shutdown grace period"
         );
         abort.cancel();
+    }
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends, shutdown asks it to, or the
+/// grace period runs out.
+async fn run_connection<I, S, B>(
+    http: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+    abort: &CancellationToken,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = watcher.watch(http.serve_connection(io, service).into_owned());
+    tokio::select! {
+        ended = conn => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = abort.cancelled() => {
+            tracing::debug!(%peer, "connection dropped at the end of the shutdown grace period");
+        }
     }
 }

@@ -86,6 +86,31 @@ struct ServeArgs {
     /// Upstream response-head timeout (default 600000).
     #[arg(long, value_name = "MS")]
     response_header_timeout_ms: Option<String>,
+    /// End a response whose upstream sends nothing for this long mid-body; 0 = never
+    /// (default 300000).
+    #[arg(long, value_name = "MS")]
+    idle_stream_timeout_ms: Option<String>,
+    /// PEM certificate chain: the proxy listener serves TLS (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
+    /// PEM certificate chain: the admin listener serves TLS (with --admin-tls-key).
+    #[arg(long, value_name = "FILE")]
+    admin_tls_cert: Option<String>,
+    /// PEM private key for --admin-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    admin_tls_key: Option<String>,
+    /// Connections each listener serves at once; more wait to be accepted (default 4096).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// A client gets this long to send its request head (default 30000).
+    #[arg(long, value_name = "MS")]
+    header_read_timeout_ms: Option<String>,
+    /// DANGEROUS: accept any certificate from the "/" route's https upstream.
+    #[arg(long)]
+    insecure_skip_verify: bool,
     /// Grace period for in-flight calls at shutdown (default 30000).
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<String>,
@@ -138,6 +163,14 @@ impl ServeArgs {
             batch_interval_ms: self.batch_interval_ms.clone(),
             connect_timeout_ms: self.connect_timeout_ms.clone(),
             response_header_timeout_ms: self.response_header_timeout_ms.clone(),
+            idle_stream_timeout_ms: self.idle_stream_timeout_ms.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            admin_tls_cert: self.admin_tls_cert.clone(),
+            admin_tls_key: self.admin_tls_key.clone(),
+            max_connections: self.max_connections.clone(),
+            header_read_timeout_ms: self.header_read_timeout_ms.clone(),
+            insecure_skip_verify: self.insecure_skip_verify.then(|| "true".to_string()),
             shutdown_timeout_ms: self.shutdown_timeout_ms.clone(),
             flush_every_ms: self.flush_every_ms.clone(),
             cache_capacity_bytes: self.cache_capacity_bytes.clone(),
@@ -180,7 +213,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let (args, is_demo) = match &cli.command {
             Command::Serve(a) => (a, false),
             Command::Demo(a) => (a, true),
@@ -214,7 +247,11 @@ fn main() -> ExitCode {
         tracing::info!("signal received");
         running.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Bounded: a store call stuck in the blocking pool (sled can block for good on a full
+    // disk) must not keep the process from exiting; shutdown has already logged what was lost.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// `llm-tracer check`: opens the store (exclusively, so a running server makes it exit 2) and

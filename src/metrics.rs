@@ -39,6 +39,10 @@ pub struct Metrics {
     /// Spans lost because a batch could not be written.
     pub captures_dropped_store_error: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Batch writes retried after a store error.
+    pub store_write_retries: AtomicU64,
+    /// Batch writes that had not finished after the stall limit (e.g. sled blocked on a full disk).
+    pub store_stalls: AtomicU64,
     /// Proxy-made errors seen (drives rate-limited logging).
     pub proxy_errors_logged: AtomicU64,
     /// False while the last store write failed: `/healthz` says degraded.
@@ -65,6 +69,8 @@ impl Default for Metrics {
             captures_dropped_shutdown: AtomicU64::new(0),
             captures_dropped_store_error: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            store_write_retries: AtomicU64::new(0),
+            store_stalls: AtomicU64::new(0),
             proxy_errors_logged: AtomicU64::new(0),
             store_ok: AtomicBool::new(true),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -150,6 +156,16 @@ impl Metrics {
             "llm_tracer_store_errors_total",
             "Failed store writes.",
             self.store_errors.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_store_write_retries_total",
+            "Span batch writes retried after a store error.",
+            self.store_write_retries.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_store_stalls_total",
+            "Span batch writes still unfinished after 5 s (store unhealthy meanwhile).",
+            self.store_stalls.load(Relaxed),
         );
         let _ = writeln!(
             out,
@@ -325,6 +341,17 @@ impl CaptureBudget {
     pub fn release(&self, n: usize) {
         self.used.fetch_sub(n, Relaxed);
     }
+}
+
+/// The retention counter's lines (its value lives in the store), appended to [`Metrics::render`]'s
+/// text.
+pub fn render_retention(out: &mut String, deleted_traces: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP llm_tracer_retention_deleted_traces_total Traces deleted by retention since start-up.\n\
+         # TYPE llm_tracer_retention_deleted_traces_total counter\n\
+         llm_tracer_retention_deleted_traces_total {deleted_traces}"
+    );
 }
 
 #[cfg(test)]

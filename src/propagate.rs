@@ -338,6 +338,43 @@ mod tests {
         );
     }
 
+    /// Found by the `trace_headers` fuzz target (an empty `traceparent`): pins the rule that an
+    /// unreadable traceparent is the app's, forwarded untouched, while a valid one is rewritten.
+    #[test]
+    fn an_unreadable_traceparent_is_forwarded_untouched_and_a_valid_one_rewritten() {
+        for bad in [
+            "",
+            "junk",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            let sent = headers(&[("traceparent", bad), ("x-tracer-tags", "a")]);
+            let ctx = TraceContext::extract(&sent);
+            assert!(ctx.w3c.is_none(), "{bad:?} is not a W3C context");
+            let mut upstream = sent.clone();
+            ctx.apply_to_upstream(&mut upstream);
+            assert_eq!(
+                upstream.get("traceparent").unwrap(),
+                bad,
+                "{bad:?} goes up as sent"
+            );
+            assert!(upstream.get("x-tracer-tags").is_none());
+        }
+        let ctx = TraceContext::extract(&headers(&[("traceparent", TP), ("traceparent", TP)]));
+        let mut upstream = headers(&[("traceparent", TP), ("traceparent", TP)]);
+        ctx.apply_to_upstream(&mut upstream);
+        let sent: Vec<_> = upstream.get_all("traceparent").iter().collect();
+        assert_eq!(
+            sent.len(),
+            1,
+            "a valid traceparent is rewritten to exactly one value"
+        );
+        let rewritten = parse_traceparent(sent[0].to_str().unwrap()).unwrap();
+        assert_eq!(
+            rewritten.parent_id, ctx.span_id,
+            "the proxy span is the parent"
+        );
+    }
+
     #[test]
     fn explicit_trace_id_beats_traceparent_and_fresh_ids_are_minted() {
         let ctx = TraceContext::extract(&headers(&[

@@ -19,7 +19,74 @@ use crate::{
     tap::RawCall,
 };
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// A batch write still running after this long marks the store unhealthy (`/healthz` degraded).
+const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// A failed batch write is retried this many more times, after these pauses, before its spans
+/// are counted as dropped (`captures_dropped_total{reason="store_error"}`).
+const WRITE_RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
+
+/// Fault injection for the store writes of the writer, for tests of the storage-failure path.
+///
+/// Reachable only through the library API ([`crate::app::Running::faults`]): no config key,
+/// flag, env var or HTTP route can set it, so a deployed binary never fails on purpose. A real
+/// full disk is not used in tests because sled, once a write to its log fails, keeps failing
+/// until the store is reopened; an injected failure exercises the same code path (a batch
+/// write returning an error) and lets a test prove the recovery.
+#[derive(Debug, Default)]
+pub struct StoreFaults {
+    /// Upcoming batch writes to fail (`u64::MAX`: until [`StoreFaults::heal`]).
+    fail: AtomicU64,
+    /// While set, the writer waits before each write (the queue fills up behind it).
+    stall: AtomicBool,
+}
+
+impl StoreFaults {
+    /// Fails the next `n` batch-write attempts (`u64::MAX`: every one until `heal`).
+    pub fn fail_writes(&self, n: u64) {
+        self.fail.store(n, Relaxed);
+    }
+
+    /// Holds the writer before each write until [`StoreFaults::heal`].
+    pub fn stall_writes(&self) {
+        self.stall.store(true, Relaxed);
+    }
+
+    /// Writes work again.
+    pub fn heal(&self) {
+        self.fail.store(0, Relaxed);
+        self.stall.store(false, Relaxed);
+    }
+
+    /// Called by the writer before each attempt: waits while stalled (bounded: at most 60 s,
+    /// a hang guard), then says whether this attempt must fail.
+    fn before_write(&self) -> bool {
+        for _ in 0..6000 {
+            if !self.stall.load(Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.fail
+            .fetch_update(Relaxed, Relaxed, |n| match n {
+                0 => None,
+                u64::MAX => Some(u64::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok()
+    }
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store write failed (injected fault)")]
+    Injected,
+}
 
 /// The sending side, held by the proxy. Cheap to clone.
 #[derive(Clone)]
@@ -78,10 +145,16 @@ pub async fn run_writer(
     metrics: Arc<Metrics>,
     opts: WriterOptions,
     mut stop: watch::Receiver<bool>,
+    faults: Arc<StoreFaults>,
 ) {
     let max = opts.batch_size.max(1);
     let mut batch: Vec<RawCall> = Vec::with_capacity(max);
-    let worker = Worker::start(store.clone(), opts.assemble.clone());
+    let worker = Worker::start(
+        store.clone(),
+        opts.assemble.clone(),
+        faults,
+        metrics.clone(),
+    );
     let mut closing = false;
     loop {
         // recv_many waits for at least one record, then takes whatever else is already queued.
@@ -111,7 +184,25 @@ pub async fn run_writer(
         }
         let records = std::mem::replace(&mut batch, Vec::with_capacity(max));
         let count = records.len() as u64;
-        let written = worker.run(records).await;
+        let run = worker.run(records);
+        tokio::pin!(run);
+        let written = tokio::select! {
+            written = &mut run => written,
+            _ = tokio::time::sleep(STALL_AFTER) => {
+                // A write that does not finish (sled blocks on a full disk instead of failing):
+                // say so, so /healthz is not "ok" while nothing is stored. Captures queue up
+                // behind it and are dropped (counted) once the queue is full.
+                metrics.store_ok.store(false, Relaxed);
+                metrics.store_stalls.fetch_add(1, Relaxed);
+                tracing::error!(
+                    spans = count,
+                    after = ?STALL_AFTER,
+                    "store write has not finished (disk full or stalled?); captures wait in the \
+                     queue and are dropped when it is full; traffic unaffected"
+                );
+                run.await
+            }
+        };
         match written {
             Ok(Ok(())) => {
                 metrics.spans_captured.fetch_add(count, Relaxed);
@@ -156,28 +247,48 @@ const WRITER_NICE: i32 = 10;
 struct Worker {
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
     /// Used when the thread could not be started: each batch on the blocking pool instead.
-    fallback: Option<(Store, AssembleOptions)>,
+    fallback: Option<Writer>,
+}
+
+/// What writes a batch: the store, how to assemble, the fault hook, the retry counter.
+#[derive(Clone)]
+struct Writer {
+    store: Store,
+    opts: AssembleOptions,
+    faults: Arc<StoreFaults>,
+    metrics: Arc<Metrics>,
 }
 
 type Job = (
     Vec<RawCall>,
-    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    tokio::sync::oneshot::Sender<Result<(), WriteError>>,
 );
 
 /// The batch's work panicked (a bug); its spans are lost, the writer goes on.
 struct WorkerGone;
 
 impl Worker {
-    fn start(store: Store, opts: AssembleOptions) -> Self {
+    fn start(
+        store: Store,
+        opts: AssembleOptions,
+        faults: Arc<StoreFaults>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
-        let (thread_store, thread_opts) = (store.clone(), opts.clone());
+        let writer = Writer {
+            store,
+            opts,
+            faults,
+            metrics,
+        };
+        let thread_writer = writer.clone();
         let spawned = std::thread::Builder::new()
             .name("llm-tracer-writer".into())
             .spawn(move || {
                 lower_priority();
                 while let Ok((records, done)) = rx.recv() {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        write_batch(&thread_store, &thread_opts, records)
+                        thread_writer.write_batch(records)
                     }));
                     if let Ok(result) = result {
                         let _ = done.send(result);
@@ -193,13 +304,13 @@ impl Worker {
                 tracing::warn!(error = %e, "no writer thread; using the blocking pool");
                 Self {
                     tx: None,
-                    fallback: Some((store, opts)),
+                    fallback: Some(writer),
                 }
             }
         }
     }
 
-    async fn run(&self, records: Vec<RawCall>) -> Result<Result<(), StoreError>, WorkerGone> {
+    async fn run(&self, records: Vec<RawCall>) -> Result<Result<(), WriteError>, WorkerGone> {
         if let Some(tx) = &self.tx {
             let (done, result) = tokio::sync::oneshot::channel();
             // Never blocks: one batch at a time, and the previous one has answered.
@@ -208,25 +319,42 @@ impl Worker {
             }
             return result.await.map_err(|_| WorkerGone);
         }
-        let Some((store, opts)) = self.fallback.clone() else {
+        let Some(writer) = self.fallback.clone() else {
             return Err(WorkerGone);
         };
-        tokio::task::spawn_blocking(move || write_batch(&store, &opts, records))
+        tokio::task::spawn_blocking(move || writer.write_batch(records))
             .await
             .map_err(|_| WorkerGone)
     }
 }
 
-fn write_batch(
-    store: &Store,
-    opts: &AssembleOptions,
-    records: Vec<RawCall>,
-) -> Result<(), StoreError> {
-    let spans: Vec<Span> = records
-        .into_iter()
-        .map(|r| span::assemble(r.into_record(), opts))
-        .collect();
-    store.put_spans(&spans)
+impl Writer {
+    /// Assembles and stores one batch. A failed write is retried (bounded, with backoff) before
+    /// the error is returned and the batch counted as dropped; a write is one atomic batch, so a
+    /// retry never doubles anything.
+    fn write_batch(&self, records: Vec<RawCall>) -> Result<(), WriteError> {
+        let spans: Vec<Span> = records
+            .into_iter()
+            .map(|r| span::assemble(r.into_record(), &self.opts))
+            .collect();
+        let attempt = || -> Result<(), WriteError> {
+            if self.faults.before_write() {
+                return Err(WriteError::Injected);
+            }
+            Ok(self.store.put_spans(&spans)?)
+        };
+        let mut result = attempt();
+        for pause in WRITE_RETRY_BACKOFF {
+            let Err(e) = &result else { break };
+            // Degraded from the first failure on; the next stored batch clears it.
+            self.metrics.store_ok.store(false, Relaxed);
+            self.metrics.store_write_retries.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, spans = spans.len(), ?pause, "span batch not stored; retrying");
+            std::thread::sleep(pause);
+            result = attempt();
+        }
+        result
+    }
 }
 
 /// Lowers the calling thread's priority (Linux nice values are per thread).

@@ -182,6 +182,7 @@ mod tests {
             strip_prefix: strip,
             provider: None,
             ca_file: None,
+            insecure_skip_verify: false,
         }
     }
 

@@ -65,6 +65,9 @@ pub struct Captured {
     pub end: Option<End>,
     /// The body error's text when `end == Some(End::Error)`.
     pub error: Option<String>,
+    /// The span's `error.type` for that error when the proxy itself ended the body (e.g.
+    /// `upstream_idle_timeout`); `None` = the body failed on its own (`upstream_body_error`).
+    pub error_kind: Option<&'static str>,
     /// What this copy holds of the global capture budget; given back when it is dropped.
     pub charge: Charge,
     /// The block being filled; moved into `chunks` when full or when the tap reports.
@@ -305,6 +308,15 @@ where
 }
 
 impl<B: 'static> TapBody<B> {
+    /// The proxy ends this body itself (e.g. the upstream went silent): reports it as an error
+    /// of `kind` and drops the inner body (closing its connection). Later polls give the end.
+    pub fn fail(&mut self, kind: &'static str, message: String) {
+        self.captured.error = Some(message);
+        self.captured.error_kind = Some(kind);
+        self.finish(End::Error);
+        self.inner = None;
+    }
+
     fn finish(&mut self, end: End) {
         if let Some((observer, side)) = self.observer.take() {
             let mut captured = std::mem::take(&mut self.captured);

@@ -8,10 +8,7 @@ mod common;
 use std::{process::Stdio, time::Duration};
 
 use common::{chat_body, client, MockUpstream};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-};
+use tokio::process::Command;
 
 const TOKEN: &str = "test-admin-token-6f1d2c9a8b7e";
 
@@ -55,43 +52,29 @@ async fn a_non_loopback_admin_listener_without_a_token_refuses_to_start() {
 async fn with_a_token_the_admin_api_needs_the_bearer_token_except_healthz() {
     let upstream = MockUpstream::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "0.0.0.0:0",
-            "--batch-interval-ms",
-            "5",
-            "--upstream",
-        ])
-        .arg(upstream.url())
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .env("LLM_TRACER_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut proxy, mut admin_port) = (None, None);
-    while proxy.is_none() || admin_port.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the binary prints its addresses")
-            .unwrap()
-            .expect("stdout stays open");
-        if let Some(a) = line.strip_prefix("proxy listening on ") {
-            proxy = Some(a.to_string());
-        } else if let Some(a) = line.strip_prefix("admin listening on ") {
-            admin_port = a.rsplit(':').next().map(str::to_string);
-        }
-    }
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--batch-interval-ms",
+        "5",
+        "--upstream",
+    ])
+    .arg(upstream.url())
+    .arg("--data-dir")
+    .arg(tmp.path().join("data"))
+    .env("LLM_TRACER_ADMIN_TOKEN", TOKEN)
+    .stderr(Stdio::piped());
+    let served = common::spawn_served(cmd).await;
+    let admin_port = served.admin.rsplit(':').next().unwrap().to_string();
     let (proxy, admin) = (
-        proxy.unwrap(),
-        format!("http://127.0.0.1:{}", admin_port.unwrap()),
+        served.proxy.clone(),
+        format!("http://127.0.0.1:{admin_port}"),
     );
+    let child = served.child;
 
     let rsp = client()
         .post(format!("{proxy}/v1/chat/completions"))

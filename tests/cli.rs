@@ -6,17 +6,7 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{chat_body, client, MockUpstream};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_llm-tracer"));
-    c.env_remove("RUST_LOG").kill_on_drop(true);
-    c
-}
+use common::{bin, chat_body, client, spawn_served, MockUpstream};
 
 #[tokio::test]
 async fn a_typo_in_the_config_stops_start_up_naming_the_key() {
@@ -64,40 +54,26 @@ async fn a_typo_in_the_config_stops_start_up_naming_the_key() {
 async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
     let upstream = MockUpstream::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-        ])
-        .arg(upstream.url())
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut proxy = None;
-    let mut admin = None;
-    while proxy.is_none() || admin.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the binary prints its addresses")
-            .unwrap()
-            .expect("stdout stays open");
-        if let Some(a) = line.strip_prefix("proxy listening on ") {
-            proxy = Some(a.to_string());
-        } else if let Some(a) = line.strip_prefix("admin listening on ") {
-            admin = Some(a.to_string());
-        }
-    }
-    let (proxy, admin) = (proxy.unwrap(), admin.unwrap());
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--upstream",
+    ])
+    .arg(upstream.url())
+    .arg("--data-dir")
+    .arg(tmp.path().join("data"))
+    .stderr(Stdio::null());
+    let mut served = spawn_served(cmd).await;
+    assert!(
+        served.proxy.starts_with("http://") && served.admin.starts_with("http://"),
+        "plain listeners print http:// URLs"
+    );
     let rsp = client()
-        .post(format!("{proxy}/v1/chat/completions"))
+        .post(format!("{}/v1/chat/completions", served.proxy))
         .header("x-tracer-trace-id", "cli-1")
         .json(&chat_body("gpt-4o-mini", "hi", false))
         .send()
@@ -106,47 +82,24 @@ async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
     assert_eq!(rsp.status(), 200);
     rsp.bytes().await.unwrap();
 
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the binary exits after SIGTERM")
-        .unwrap();
+    let status = served.terminate().await;
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
-    let _ = admin;
 
     // Reopen the store with a second process: the call made before SIGTERM was stored.
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(tmp.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    while admin.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        admin = line.strip_prefix("admin listening on ").map(str::to_string);
-    }
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(tmp.path().join("data"))
+    .stderr(Stdio::null());
+    let mut reopened = spawn_served(cmd).await;
     let rsp = client()
-        .get(format!("{}/api/traces/cli-1", admin.unwrap()))
+        .get(format!("{}/api/traces/cli-1", reopened.admin))
         .send()
         .await
         .unwrap();
@@ -155,62 +108,65 @@ async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
         200,
         "the span captured before SIGTERM was flushed to the store"
     );
-    child.kill().await.unwrap();
+    reopened.child.kill().await.unwrap();
 }
 
 #[tokio::test]
 async fn demo_serves_a_full_sample_trace_with_no_network() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(tmp.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut admin = None;
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let mut cmd = bin();
+    cmd.args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(tmp.path().join("data"))
+    .stderr(Stdio::null());
+    let mut served = spawn_served(cmd).await;
+    for _ in 0..1000 {
+        let line = tokio::time::timeout(Duration::from_secs(30), served.lines.next_line())
             .await
             .expect("the demo reports its traffic")
             .unwrap()
             .expect("stdout stays open");
-        if let Some(a) = line.strip_prefix("admin listening on ") {
-            admin = Some(a.to_string());
-        }
         if line.starts_with("demo: sent") {
             break;
         }
     }
-    let admin = admin.expect("the admin address was printed first");
-    let page: serde_json::Value = client()
-        .get(format!("{admin}/api/traces?tag=agent"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let trace_id = page["traces"][0]["trace_id"]
-        .as_str()
-        .expect("the agent trace is listed")
-        .to_string();
-    let trace: serde_json::Value = client()
-        .get(format!("{admin}/api/traces/{trace_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = served.admin.clone();
+    // "demo: sent" means sent, not stored: wait (bounded) until the agent trace is complete.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let trace: serde_json::Value = loop {
+        let page: serde_json::Value = client()
+            .get(format!("{admin}/api/traces?tag=agent"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(trace_id) = page["traces"][0]["trace_id"].as_str() {
+            let trace: serde_json::Value = client()
+                .get(format!("{admin}/api/traces/{trace_id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if trace["spans"].as_array().map_or(0, Vec::len) >= 4 {
+                break trace;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent trace is listed with its four spans"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let kinds: Vec<&str> = trace["spans"]
         .as_array()
         .unwrap()
@@ -234,20 +190,23 @@ async fn demo_serves_a_full_sample_trace_with_no_network() {
         "one LLM call is streamed"
     );
     assert!(trace["spans"][3]["llm"]["ttft_ms"].as_f64().is_some());
-    let errors: serde_json::Value = client()
-        .get(format!("{admin}/api/traces?status=error"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        errors["traces"].as_array().unwrap().len(),
-        1,
-        "the demo includes one failing call"
-    );
-    child.kill().await.unwrap();
+    let errors = loop {
+        let errors: serde_json::Value = client()
+            .get(format!("{admin}/api/traces?status=error"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = errors["traces"].as_array().map_or(0, Vec::len);
+        if n >= 1 || std::time::Instant::now() >= deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(errors, 1, "the demo includes one failing call");
+    served.child.kill().await.unwrap();
 }
 
 #[tokio::test]

@@ -20,10 +20,7 @@ use std::{
 };
 
 use common::{chat_body, MockUpstream};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 
 const ROUNDS: usize = 20;
 const CLIENTS: usize = 4;
@@ -43,43 +40,26 @@ fn client() -> reqwest::Client {
 
 /// Starts `serve` on port 0 and returns (child, proxy URL, admin URL).
 async fn serve(dir: &Path, upstream: &str) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-tracer"))
-        .env_remove("RUST_LOG")
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--flush-every-ms",
-            "5",
-            "--batch-interval-ms",
-            "2",
-            "--upstream",
-            upstream,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut proxy, mut admin) = (None, None);
-    while proxy.is_none() || admin.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the server prints its addresses after reopening the store")
-            .unwrap()
-            .expect("the server starts on the store left by kill -9");
-        if let Some(a) = line.strip_prefix("proxy listening on ") {
-            proxy = Some(a.to_string());
-        } else if let Some(a) = line.strip_prefix("admin listening on ") {
-            admin = Some(a.to_string());
-        }
-    }
-    (child, proxy.unwrap(), admin.unwrap())
+    let mut cmd = common::bin();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--flush-every-ms",
+        "5",
+        "--batch-interval-ms",
+        "2",
+        "--upstream",
+        upstream,
+        "--data-dir",
+    ])
+    .arg(dir)
+    .stderr(Stdio::null());
+    // The server must start on the store left by kill -9 (the helper fails the test if not).
+    let served = common::spawn_served(cmd).await;
+    (served.child, served.proxy, served.admin)
 }
 
 async fn trace_status(admin: &str, id: &str) -> u16 {

@@ -12,10 +12,6 @@ use bytes::Bytes;
 use common::{client, test_config, MockUpstream, TestProxy};
 use llm_tracer::config::RouteConfig;
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
 
 /// POSTs `body` to the proxy with a trace ID and extra headers; returns the status and the exact
 /// body bytes received.
@@ -59,6 +55,7 @@ async fn with_anthropic_route(
         strip_prefix: true,
         provider: Some("anthropic".into()),
         ca_file: None,
+        insecure_skip_verify: false,
     });
     config
         .routes
@@ -440,46 +437,7 @@ async fn streamed_anthropic_messages_and_tool_use_are_reassembled() {
 
 /// An upstream that answers every request with `body` as an event stream, then closes.
 async fn raw_upstream(body: &'static [u8]) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                // Read the head and the (small, content-length) body, then answer.
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(head_end) = text.find("\r\n\r\n") {
-                        let length = text[..head_end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= head_end + 4 + length {
-                            break;
-                        }
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    format!("http://{addr}")
+    common::raw_upstream("text/event-stream", body).await
 }
 
 #[tokio::test]

@@ -69,6 +69,16 @@ async fn the_retention_task_deletes_traces_older_than_retention_days() {
         health["retention"]["deleted_traces"], 1,
         "/healthz counts the traces retention deleted"
     );
+    let metrics = proxy.metrics_text().await;
+    assert_eq!(
+        common::metric_value(&metrics, "llm_tracer_retention_deleted_traces_total"),
+        Some(1.0),
+        "/metrics counts them too:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE llm_tracer_retention_deleted_traces_total counter"),
+        "it is a counter"
+    );
     proxy.stop().await;
     let report = llm_tracer::store::Store::open(tmp.path(), &Default::default())
         .unwrap()

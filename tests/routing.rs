@@ -121,6 +121,7 @@ async fn with_anthropic_route(
         strip_prefix: true,
         provider: Some("anthropic".into()),
         ca_file: None,
+        insecure_skip_verify: false,
     });
     // The route table relies on longest-prefix-first order, as config::load leaves it.
     config

@@ -441,6 +441,21 @@ fn view(
         notes.push(format!("{side} body: {note}"));
     }
     let (value, json) = decode::to_value(&decoded.bytes, decoded.undecoded.as_deref());
+    if !json && !truncated && decoded.undecoded.is_none() {
+        // A body that opens like JSON but does not parse: say where, so the span explains why
+        // `input`/`output` is a string. (Streams start with `data:`/`event:`; the SSE parser
+        // notes their events.)
+        let opens_like_json = decoded
+            .bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'[');
+        if opens_like_json {
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&decoded.bytes) {
+                notes.push(format!("{side} body is not valid JSON: {e}"));
+            }
+        }
+    }
     BodyView {
         bytes: decoded.bytes,
         value,
@@ -463,7 +478,14 @@ fn ending(
             let message = response
                 .and_then(|c| c.error.clone())
                 .unwrap_or_else(|| "the upstream response body failed".to_string());
-            return (Status::Error, Some(err("upstream_body_error", message)));
+            let kind = response
+                .and_then(|c| c.error_kind)
+                .unwrap_or("upstream_body_error");
+            // An upstream that sent the logical end (`[DONE]`, a terminal event) and then kept
+            // the body open until the idle limit cut it off lost nothing.
+            if !(finished && kind == crate::idle::IDLE_TIMEOUT_KIND) {
+                return (Status::Error, Some(err(kind, message)));
+            }
         }
         Some(End::Cancelled) if !finished => return (Status::Cancelled, Some(cancelled())),
         _ => {}

@@ -212,4 +212,4 @@ mod openai;
 pub mod pricing;
 pub mod redact;
 mod responses;
-mod sse;
+pub mod sse;

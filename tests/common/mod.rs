@@ -83,7 +83,9 @@ impl TestProxy {
     /// hangs; it is not a timing assertion.
     pub async fn wait_for_trace(&self, trace_id: &str, spans: usize) -> Value {
         let url = self.api(&format!("/api/traces/{trace_id}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: on a loaded 2-core machine the low-priority writer can take many seconds to
+        // tokenize a large capture in a debug build.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let rsp = client().get(&url).send().await.unwrap();
             if rsp.status() == 200 {
@@ -191,4 +193,154 @@ impl TestProxy {
         let running = self.running.take().expect("the proxy is running");
         tokio::spawn(running.shutdown())
     }
+}
+
+// === The real binary ===
+
+/// The `llm-tracer` binary, with `RUST_LOG` cleared and killed when dropped.
+pub fn bin() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-tracer"));
+    c.env_remove("RUST_LOG").kill_on_drop(true);
+    c
+}
+
+/// A spawned `serve`/`demo` whose two `… listening on URL` lines were read.
+pub struct Served {
+    pub child: tokio::process::Child,
+    /// As printed: `http://ADDR` or `https://ADDR`.
+    pub proxy: String,
+    pub admin: String,
+    /// The rest of stdout, for callers that wait for more lines (e.g. the demo's report).
+    pub lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+/// Spawns `cmd` (stdout piped; stderr as the caller set it, else discarded) and reads stdout
+/// until both `proxy listening on` and `admin listening on` lines have come. The deadline guards
+/// against a hang; it is not a timing assertion.
+pub async fn spawn_served(mut cmd: tokio::process::Command) -> Served {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut proxy, mut admin) = (None, None);
+    while proxy.is_none() || admin.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the binary prints its addresses")
+            .unwrap()
+            .expect("the binary starts and prints both `listening on` lines");
+        if let Some(a) = line.strip_prefix("proxy listening on ") {
+            proxy = Some(a.to_string());
+        } else if let Some(a) = line.strip_prefix("admin listening on ") {
+            admin = Some(a.to_string());
+        }
+    }
+    Served {
+        child,
+        proxy: proxy.unwrap(),
+        admin: admin.unwrap(),
+        lines,
+    }
+}
+
+impl Served {
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm().await;
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM.
+    pub async fn sigterm(&self) {
+        let pid = self.child.id().expect("still running").to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success(), "kill -TERM {pid} worked");
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the binary exits after SIGTERM")
+            .unwrap()
+    }
+}
+
+// === TLS material ===
+
+/// A fresh CA and a leaf for localhost / 127.0.0.1: (ca_pem, leaf_pem, leaf_key_pem).
+pub fn make_certs() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "llm-tracer test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+// === A raw upstream ===
+
+/// An upstream that answers every request with `body` (as `content_type`, with a
+/// content-length), then closes the connection. Returns its base URL.
+pub async fn raw_upstream(content_type: &'static str, body: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the head and the (small, content-length) body, then answer.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for _ in 0..10_000 {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= head_end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
 }

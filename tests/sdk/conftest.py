@@ -15,7 +15,9 @@ def tracer():
     assert os.path.exists(BIN), f"build the binary first (cargo build): {BIN}"
     data = tempfile.mkdtemp(prefix="llm-tracer-sdk-")
     proc = subprocess.Popen(
-        [BIN, "demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data],
+        [BIN, "demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data,
+         # Short, so the idle-timeout tests are quick; far above any gap the mock leaves.
+         "--idle-stream-timeout-ms", "3000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -109,3 +109,25 @@ def test_a_mid_stream_error_raises_and_is_an_error_span(tracer):
     assert span["status"] == "error"
     assert span["error"]["type"] == "overloaded_error"
     assert span["output"]["content"][0]["text"] == "Mock reply to: boom", "partial text kept"
+
+
+def test_an_upstream_silent_mid_stream_raises_in_the_sdk(tracer):
+    client = anthropic.Anthropic(
+        base_url=tracer["proxy"] + "/anthropic",
+        api_key="sk-ant-test",
+        max_retries=0,
+        default_headers={"x-tracer-trace-id": "sdk-anthropic-idle", "x-mock-hold": "1"},
+    )
+    try:
+        with client.messages.stream(
+            model="claude-sonnet-5", max_tokens=16, messages=[{"role": "user", "content": "hush"}]
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+        raise AssertionError("the SDK raises on the proxy's error event")
+    except anthropic.APIStatusError as e:
+        assert "idle_stream_timeout_ms" in str(e), str(e)
+    trace = get_trace(tracer["admin"], "sdk-anthropic-idle", 1)
+    span = trace["spans"][0]
+    assert span["status"] == "error"
+    assert span["error"]["type"] == "upstream_idle_timeout"

@@ -241,3 +241,26 @@ def test_responses_api_function_calls(tracer):
     [item] = span["output"]["output"]
     assert item["type"] == "function_call" and item["name"] == "lookup"
     assert item["arguments"] == arguments == '{"input":"call tool: find it"}'
+
+
+def test_an_upstream_silent_mid_stream_raises_an_api_error_in_the_sdk(tracer):
+    """The proxy ends a stream whose upstream went silent (idle_stream_timeout_ms) with an error
+    event the SDK raises, instead of a stream that just stops or hangs."""
+    client = client_for(tracer, "sdk-openai-idle", **{"x-mock-hold": "1"})
+    stream = client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "then silence"}],
+        stream=True,
+    )
+    seen = []
+    try:
+        for chunk in stream:
+            if chunk.choices:
+                seen.append(chunk.choices[0].delta.content or "")
+        raise AssertionError("the SDK raises on the proxy's error event")
+    except openai.APIError as e:
+        assert "idle_stream_timeout_ms" in e.message, e.message
+    assert "".join(seen).startswith("Mock reply to"), "the content before the silence arrived"
+    span = only_span(tracer["admin"], "sdk-openai-idle")
+    assert span["status"] == "error"
+    assert span["error"]["type"] == "upstream_idle_timeout"

@@ -786,6 +786,39 @@ fn a_failed_response_body_is_an_error_with_partial_output() {
 }
 
 #[test]
+fn an_idle_cut_is_an_error_unless_the_stream_had_already_ended() {
+    let idle = |c: &mut Captured| {
+        c.end = Some(End::Error);
+        c.error = Some("upstream sent nothing for 300000 ms mid-stream".into());
+        c.error_kind = Some(crate::idle::IDLE_TIMEOUT_KIND);
+    };
+    let cut = Call::chat(&chat_request(true))
+        .response("text/event-stream", &[(partial_stream().as_bytes(), 100)])
+        .response_capture(idle)
+        .span();
+    assert_eq!(
+        cut.status,
+        Status::Error,
+        "a stream cut off mid-way is an error"
+    );
+    assert_eq!(
+        cut.error.as_ref().map(|e| e.kind.as_str()),
+        Some("upstream_idle_timeout"),
+        "named after the idle limit"
+    );
+    assert_eq!(content(&cut, 0), "Hello, ", "the partial answer is kept");
+    let after_done = Call::chat(&chat_request(true))
+        .response("text/event-stream", &[(CHAT_STREAM.as_bytes(), 100)])
+        .response_capture(idle)
+        .span();
+    assert_eq!(
+        after_done.status,
+        Status::Ok,
+        "an upstream that sent [DONE] and then idled lost nothing"
+    );
+}
+
+#[test]
 fn a_mid_stream_error_makes_an_error_span() {
     let body = concat!(
         "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
