@@ -61,6 +61,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
 
     let metrics = Arc::new(Metrics::default());
+    let (export, exporter) = match config.otlp.clone() {
+        Some(cfg) => {
+            let (sink, exporter) = crate::otlp::export::Exporter::start(cfg, metrics.clone())
+                .map_err(|m| StartError::Tls {
+                    key: "otlp.endpoint".into(),
+                    message: m,
+                })?;
+            (sink, Some(exporter))
+        }
+        None => (crate::otlp::ExportSink::default(), None),
+    };
     let recorders = TaskTracker::new();
     let (queue, queue_rx) = if config.capture {
         let (q, rx) = SpanQueue::new(config.queue_capacity, metrics.clone());
@@ -75,15 +86,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         recorders.clone(),
         metrics.clone(),
     )?);
-    let admin = Arc::new(Admin::new(
-        store.clone(),
-        metrics.clone(),
-        queue,
-        config.queue_capacity,
-        config.admin_listen.ip().is_loopback(),
-        config.admin_token.clone(),
-        config.redactor.clone(),
-    ));
+    let admin = Arc::new(
+        Admin::new(
+            store.clone(),
+            metrics.clone(),
+            queue,
+            config.queue_capacity,
+            config.admin_listen.ip().is_loopback(),
+            config.admin_token.clone(),
+            config.redactor.clone(),
+        )
+        .with_export(export.clone()),
+    );
 
     let proxy_listener = listener::bind("listen", config.listen).await?;
     let admin_listener = listener::bind("admin_listen", config.admin_listen).await?;
@@ -116,6 +130,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 redactor: config.redactor.clone(),
                 ..AssembleOptions::default()
             },
+            export: export.clone(),
         };
         tokio::spawn(queue::run_writer(
             rx,
@@ -189,6 +204,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let _ = admin_stop_tx.send(true);
         if let Err(e) = admin_task.await {
             tracing::error!(error = %e, "admin listener task failed");
+        }
+        // Last: everything stored (captures and ingested spans) has been offered.
+        if let Some(exporter) = exporter {
+            exporter.shutdown().await;
         }
         tracing::info!("shutdown complete");
     });

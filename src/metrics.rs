@@ -50,6 +50,8 @@ pub struct Metrics {
     overhead: Histogram<{ OVERHEAD_BUCKETS.len() }>,
     /// The global bound on captured bytes held in memory.
     pub capture_budget: Arc<CaptureBudget>,
+    /// `llm_tracer_otlp_*`: export and ingest.
+    pub otlp: crate::otlp::OtlpMetrics,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,7 @@ impl Default for Metrics {
             latency_sum_us: AtomicU64::new(0),
             overhead: Histogram::new(&OVERHEAD_BUCKETS),
             capture_budget: Arc::new(CaptureBudget::new(DEFAULT_CAPTURE_BUDGET_BYTES)),
+            otlp: crate::otlp::OtlpMetrics::default(),
         }
     }
 }
@@ -210,6 +213,7 @@ impl Metrics {
             budget.limit(),
             budget.refused(),
         );
+        self.otlp.render(&mut out);
         out
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::{
 
 use crate::{
     metrics::Metrics,
+    otlp::ExportSink,
     span::{self, AssembleOptions, Span},
     store::{Store, StoreError},
     tap::RawCall,
@@ -34,6 +35,8 @@ pub struct WriterOptions {
     pub batch_size: usize,
     pub batch_interval: Duration,
     pub assemble: AssembleOptions,
+    /// Stored spans go on to the OTLP exporter (a disabled sink when `[otlp]` is off).
+    pub export: ExportSink,
 }
 
 impl SpanQueue {
@@ -81,7 +84,7 @@ pub async fn run_writer(
 ) {
     let max = opts.batch_size.max(1);
     let mut batch: Vec<RawCall> = Vec::with_capacity(max);
-    let worker = Worker::start(store.clone(), opts.assemble.clone());
+    let worker = Worker::start(store.clone(), opts.assemble.clone(), opts.export.clone());
     let mut closing = false;
     loop {
         // recv_many waits for at least one record, then takes whatever else is already queued.
@@ -156,7 +159,7 @@ const WRITER_NICE: i32 = 10;
 struct Worker {
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
     /// Used when the thread could not be started: each batch on the blocking pool instead.
-    fallback: Option<(Store, AssembleOptions)>,
+    fallback: Option<(Store, AssembleOptions, ExportSink)>,
 }
 
 type Job = (
@@ -168,16 +171,17 @@ type Job = (
 struct WorkerGone;
 
 impl Worker {
-    fn start(store: Store, opts: AssembleOptions) -> Self {
+    fn start(store: Store, opts: AssembleOptions, export: ExportSink) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
-        let (thread_store, thread_opts) = (store.clone(), opts.clone());
+        let (thread_store, thread_opts, thread_export) =
+            (store.clone(), opts.clone(), export.clone());
         let spawned = std::thread::Builder::new()
             .name("llm-tracer-writer".into())
             .spawn(move || {
                 lower_priority();
                 while let Ok((records, done)) = rx.recv() {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        write_batch(&thread_store, &thread_opts, records)
+                        write_batch(&thread_store, &thread_opts, records, &thread_export)
                     }));
                     if let Ok(result) = result {
                         let _ = done.send(result);
@@ -193,7 +197,7 @@ impl Worker {
                 tracing::warn!(error = %e, "no writer thread; using the blocking pool");
                 Self {
                     tx: None,
-                    fallback: Some((store, opts)),
+                    fallback: Some((store, opts, export)),
                 }
             }
         }
@@ -208,10 +212,10 @@ impl Worker {
             }
             return result.await.map_err(|_| WorkerGone);
         }
-        let Some((store, opts)) = self.fallback.clone() else {
+        let Some((store, opts, export)) = self.fallback.clone() else {
             return Err(WorkerGone);
         };
-        tokio::task::spawn_blocking(move || write_batch(&store, &opts, records))
+        tokio::task::spawn_blocking(move || write_batch(&store, &opts, records, &export))
             .await
             .map_err(|_| WorkerGone)
     }
@@ -221,12 +225,16 @@ fn write_batch(
     store: &Store,
     opts: &AssembleOptions,
     records: Vec<RawCall>,
+    export: &ExportSink,
 ) -> Result<(), StoreError> {
     let spans: Vec<Span> = records
         .into_iter()
         .map(|r| span::assemble(r.into_record(), opts))
         .collect();
-    store.put_spans(&spans)
+    store.put_spans(&spans)?;
+    // The one export hook: only what the store accepted; never waits on the network.
+    export.offer(&spans);
+    Ok(())
 }
 
 /// Lowers the calling thread's priority (Linux nice values are per thread).
