@@ -350,12 +350,20 @@ fn rejected_spans(body: &[u8], protocol: Protocol) -> u64 {
     if body.is_empty() {
         return 0;
     }
-    let rsp = match protocol {
-        Protocol::Protobuf => ExportTraceServiceResponse::decode(body).ok(),
-        Protocol::Json => serde_json::from_slice::<ExportTraceServiceResponse>(body).ok(),
-    };
-    rsp.and_then(|r| r.partial_success)
-        .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
+    match protocol {
+        Protocol::Protobuf => ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0)),
+        // proto3 JSON: int64 as a string (some collectors send a number).
+        Protocol::Json => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                let n = v.get("partialSuccess")?.get("rejectedSpans")?.clone();
+                n.as_u64().or_else(|| n.as_str()?.parse().ok())
+            })
+            .unwrap_or(0),
+    }
 }
 
 /// An HTTP(S) client (webpki roots, ring), also used by the export/import CLI.

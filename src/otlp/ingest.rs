@@ -210,8 +210,16 @@ pub async fn handle(req: Request<Incoming>, ctx: IngestContext<'_>) -> Rsp {
     };
     let (bytes, ct) = match format {
         Format::Protobuf => (rsp.encode_to_vec(), "application/x-protobuf"),
+        // By hand: proto3 JSON writes int64 as a string, which the generated serde does not.
         Format::Json => (
-            serde_json::to_vec(&rsp).unwrap_or_else(|_| b"{}".to_vec()),
+            serde_json::to_vec(&match &rsp.partial_success {
+                Some(p) => serde_json::json!({ "partialSuccess": {
+                    "rejectedSpans": p.rejected_spans.to_string(),
+                    "errorMessage": p.error_message,
+                }}),
+                None => serde_json::json!({}),
+            })
+            .unwrap_or_else(|_| b"{}".to_vec()),
             "application/json",
         ),
     };
