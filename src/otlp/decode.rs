@@ -95,6 +95,7 @@ pub fn span(s: OtlpSpan, service: Option<&str>, scope: Option<&str>) -> Result<S
     let parent_span_id = parent_hex.map(|p| ids::restore_span_id(p, parent_original.as_deref()));
 
     let start = Timestamp(s.start_time_unix_nano / 1000);
+    let duration_ms_attr = a.f64(sc::LT_DURATION_MS).filter(|d| *d >= 0.0);
     let end = Timestamp((s.end_time_unix_nano / 1000).max(start.micros()));
 
     // --- kind ---
@@ -367,6 +368,7 @@ pub fn span(s: OtlpSpan, service: Option<&str>, scope: Option<&str>) -> Result<S
         }
     }
 
+    let duration_ms = duration_ms_attr.unwrap_or_else(|| start.ms_until(end));
     let name = truncate(
         if s.name.trim().is_empty() {
             "unnamed".to_string()
@@ -383,7 +385,7 @@ pub fn span(s: OtlpSpan, service: Option<&str>, scope: Option<&str>) -> Result<S
         kind,
         start_time: start,
         end_time: end,
-        duration_ms: start.ms_until(end),
+        duration_ms,
         status,
         error,
         session_id,

@@ -142,6 +142,7 @@ pub fn span_to_otlp(span: &Span) -> OtlpSpan {
         opt_f64(&mut a, sc::LT_COST_USD, l.cost_usd);
     }
     a.push(kv(sc::LT_STATUS, string(span.status.as_str())));
+    opt_f64(&mut a, sc::LT_DURATION_MS, Some(span.duration_ms));
     if let Some(e) = &span.error {
         a.push(kv(sc::ERROR_TYPE, string(&e.kind)));
         a.push(kv(sc::LT_ERROR_TYPE, string(&e.kind)));

@@ -87,6 +87,9 @@ pub const LT_SPAN_ID: &str = "llm_tracer.span_id";
 pub const LT_PARENT_SPAN_ID: &str = "llm_tracer.parent_span_id";
 pub const LT_KIND: &str = "llm_tracer.kind";
 pub const LT_STATUS: &str = "llm_tracer.status";
+/// The span's own duration (the proxy measures it with a monotonic clock, so it can differ from
+/// end − start by a few microseconds).
+pub const LT_DURATION_MS: &str = "llm_tracer.duration_ms";
 pub const LT_ERROR_TYPE: &str = "llm_tracer.error.type";
 pub const LT_ERROR_MESSAGE: &str = "llm_tracer.error.message";
 pub const LT_SESSION_ID: &str = "llm_tracer.session_id";
