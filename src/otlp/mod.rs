@@ -223,6 +223,97 @@ mod tests {
         }
     }
 
+    fn load(
+        toml: &str,
+        env: &[(&str, &str)],
+        flags: crate::config::Flags,
+    ) -> Result<crate::config::Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::config::load(Some(&path), &flags, &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_otlp_table_is_validated_naming_each_key() {
+        let c = load("", &[], Default::default()).unwrap();
+        assert!(c.otlp.is_none(), "export is off by default");
+        let c = load(
+            "[otlp]\nendpoint = \"http://127.0.0.1:4318\"\nprotocol = \"http/json\"\nbatch_size = 10\n[otlp.headers]\nx-api-key = \"s3cret\"\n",
+            &[],
+            Default::default(),
+        )
+        .unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(o.traces_url.to_string(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(o.protocol, Protocol::Json);
+        assert_eq!(o.batch_size, 10);
+        assert_eq!(o.max_buffer_spans, DEFAULT_MAX_BUFFER_SPANS);
+        assert_eq!(o.headers[0].0, "x-api-key");
+
+        let c = load(
+            "",
+            &[
+                ("LLM_TRACER_OTLP_ENDPOINT", "https://collector.example:4318"),
+                ("LLM_TRACER_OTLP_HEADERS", "a=1,b=2"),
+            ],
+            crate::config::Flags {
+                otlp_protocol: Some("http/protobuf".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(
+            o.traces_url.to_string(),
+            "https://collector.example:4318/v1/traces"
+        );
+        assert_eq!(o.headers.len(), 2, "env headers are key=value pairs");
+
+        for (toml, key) in [
+            (
+                "[otlp]\nprotocol = \"grpc\"\nendpoint = \"http://c\"\n",
+                "otlp.protocol",
+            ),
+            ("[otlp]\nbatch_size = 5\n", "otlp.endpoint"),
+            ("[otlp]\nendpoint = \"c:4318\"\n", "otlp.endpoint"),
+            (
+                "[otlp]\nendpoint = \"http://c\"\nbatch_size = 0\n",
+                "otlp.batch_size",
+            ),
+            (
+                "[otlp]\nendpoint = \"http://c\"\nbatch_size = 100\nmax_buffer_spans = 10\n",
+                "otlp.max_buffer_spans",
+            ),
+            (
+                "[otlp]\nendpoint = \"http://c\"\nendpiont = 1\n",
+                "endpiont",
+            ),
+            (
+                "[otlp]\nendpoint = \"http://c\"\n[otlp.headers]\n\"bad header\" = \"s3cret\"\n",
+                "otlp.headers.bad header",
+            ),
+        ] {
+            let e = load(toml, &[], Default::default()).unwrap_err();
+            assert!(e.contains(key), "{toml:?}: the error names {key}: {e}");
+            assert!(!e.contains("s3cret"), "a header value is never echoed: {e}");
+        }
+        let e =
+            crate::config::check_env_names(["LLM_TRACER_OTLP_ENDPIONT".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("LLM_TRACER_OTLP_ENDPIONT"));
+        assert!(
+            crate::config::check_env_names(["LLM_TRACER_OTLP_MAX_BUFFER_SPANS".to_string()])
+                .is_ok()
+        );
+    }
+
     #[test]
     fn headers_parse_as_key_value_pairs_and_hide_values_in_errors() {
         let h = parse_headers("x-api-key=s3cret, authorization=Bearer abc").unwrap();
