@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{any_value::Value as Av, AnyValue, KeyValue},
-    trace::v1::{status::StatusCode, Span as OtlpSpan},
+    trace::v1::{span::SpanKind, status::StatusCode, Span as OtlpSpan},
 };
 use serde_json::{Map, Value};
 
@@ -245,7 +245,8 @@ pub fn span(s: OtlpSpan, service: Option<&str>, scope: Option<&str>) -> Result<S
             } else {
                 Kind::Llm
             }
-        } else if http.is_some() {
+        } else if http.is_some() && s.kind == SpanKind::Client as i32 {
+            // An outgoing HTTP call is a call; an app's HTTP server span is a step of its work.
             Kind::Http
         } else {
             Kind::Chain
