@@ -113,6 +113,11 @@ async fn exports_every_span_with_ids_and_gen_ai_attributes(protocol: Protocol) {
     };
     assert!(got.iter().all(|r| r.content_type == ct));
     assert!(got.iter().all(|r| r.service == "llm-tracer"));
+    assert!(
+        got.iter()
+            .all(|r| r.collector_key.as_deref() == Some("k-123")),
+        "the configured [otlp.headers] are sent with every request"
+    );
 
     let stored = proxy.wait_for_trace(trace, 3).await;
     let stored_spans = stored["spans"].as_array().unwrap();

@@ -249,6 +249,16 @@ async fn bad_bodies_get_clear_4xx_answers_and_the_admin_token_applies() {
     let rsp = client().get(proxy.api("/v1/traces")).send().await.unwrap();
     assert_eq!(rsp.status(), 405);
 
+    let rsp = post(
+        "application/x-protobuf",
+        vec![0u8; llm_tracer::otlp::ingest::MAX_BODY_BYTES + 1],
+    )
+    .await
+    .unwrap();
+    assert_eq!(rsp.status(), 413, "the body size is bounded");
+    let bytes = rsp.bytes().await.unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("larger than"));
+
     // With an admin token, ingest needs it like every data route.
     let tmp = tempfile::tempdir().unwrap();
     let mut config = test_config(tmp.path(), &upstream.url());

@@ -130,9 +130,7 @@ pub async fn handle(req: Request<Incoming>, ctx: IngestContext<'_>) -> Rsp {
     let body = if gzip {
         match gunzip(&body) {
             Ok(b) => Bytes::from(b),
-            Err(message) => {
-                return status_response(format, StatusCode::BAD_REQUEST, INVALID_ARGUMENT, message)
-            }
+            Err((status, code, message)) => return status_response(format, status, code, message),
         }
     } else {
         body
@@ -241,16 +239,24 @@ pub fn parse_json(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
     parse(body, Format::Json)
 }
 
-fn gunzip(body: &[u8]) -> Result<Vec<u8>, String> {
+fn gunzip(body: &[u8]) -> Result<Vec<u8>, (StatusCode, i32, String)> {
     let mut out = Vec::new();
     let limit = u64::try_from(MAX_DECODED_BYTES).unwrap_or(u64::MAX) + 1;
     flate2::read::GzDecoder::new(body)
         .take(limit)
         .read_to_end(&mut out)
-        .map_err(|e| format!("body: content-encoding gzip, but it does not decompress: {e}"))?;
+        .map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("body: content-encoding gzip, but it does not decompress: {e}"),
+            )
+        })?;
     if out.len() > MAX_DECODED_BYTES {
-        return Err(format!(
-            "body: more than {MAX_DECODED_BYTES} bytes once decompressed"
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            RESOURCE_EXHAUSTED,
+            format!("body: more than {MAX_DECODED_BYTES} bytes once decompressed"),
         ));
     }
     Ok(out)

@@ -27,6 +27,8 @@ fn llm_span() -> Span {
     let mut metadata = Map::new();
     metadata.insert("team".into(), json!("search"));
     metadata.insert("attempt".into(), json!(2));
+    metadata.insert("nothing".into(), Value::Null);
+    metadata.insert("nested".into(), json!({"a": [1, "b", true, 2.5]}));
     Span {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         span_id: "00f067aa0ba902b7".into(),

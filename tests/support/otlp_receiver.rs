@@ -28,6 +28,8 @@ pub struct Received {
     pub service: String,
     pub span: Span,
     pub content_type: String,
+    /// The `x-collector-key` request header, if any (the exporter's configured headers).
+    pub collector_key: Option<String>,
 }
 
 pub struct OtlpReceiver {
@@ -132,6 +134,11 @@ async fn handle(
         .unwrap_or("")
         .to_string();
     let path = req.uri().path().to_string();
+    let collector_key = req
+        .headers()
+        .get("x-collector-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = req.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(
         path, "/v1/traces",
@@ -163,6 +170,7 @@ async fn handle(
                     service: service.clone(),
                     span,
                     content_type: ct.clone(),
+                    collector_key: collector_key.clone(),
                 });
             }
         }
