@@ -138,7 +138,7 @@ impl Metrics {
         );
         counter(
             "llm_tracer_spans_ingested_total",
-            "App spans accepted by POST /api/spans.",
+            "App spans accepted by POST /api/spans and POST /v1/traces.",
             self.spans_ingested.load(Relaxed),
         );
         counter(
