@@ -327,3 +327,70 @@ async fn a_collector_restart_loses_nothing_within_the_buffer_and_counts_drops_be
     );
     assert_eq!(metric(&proxy, "llm_tracer_otlp_buffered_spans").await, 0.0);
 }
+
+#[tokio::test]
+async fn retryable_answers_are_retried_and_refusals_are_dropped_and_counted() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let receiver = OtlpReceiver::start().await;
+    let (proxy, _tmp) = start_proxy(
+        &upstream,
+        otlp(&receiver.endpoint(), Protocol::Protobuf, 100),
+    )
+    .await;
+    let call = |trace: &'static str| {
+        let url = proxy.url("/v1/chat/completions");
+        async move {
+            let rsp = client()
+                .post(url)
+                .header("x-tracer-trace-id", trace)
+                .json(&chat_body("gpt-4o-mini", "hi", false))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(rsp.status(), 200);
+            rsp.bytes().await.unwrap();
+        }
+    };
+
+    // 503 is retryable (OTLP/HTTP): the batch stays buffered and arrives once the collector is back.
+    receiver.answer_with(503);
+    call("busy").await;
+    wait_metric(&proxy, "llm_tracer_otlp_failed_attempts_total", 2.0).await;
+    assert!(receiver.spans().is_empty());
+    receiver.answer_with(200);
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        attr_str(&got[0].span, "llm_tracer.trace_id").as_deref(),
+        Some("busy")
+    );
+    wait_metric(&proxy, "llm_tracer_otlp_exported_spans_total", 1.0).await;
+
+    // 400 means the collector refuses the data: dropped and counted, not retried forever.
+    receiver.answer_with(400);
+    let before = receiver.requests();
+    call("refused").await;
+    let text_has =
+        |t: &str| t.contains("llm_tracer_otlp_dropped_spans_total{reason=\"rejected\"} 1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text_has(&proxy.metrics_text().await) {
+        assert!(
+            Instant::now() < deadline,
+            "a refused batch is counted as rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Another batch goes through normally, so the refused one was not retried ahead of it.
+    receiver.answer_with(200);
+    call("after").await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(
+        attr_str(&got[1].span, "llm_tracer.trace_id").as_deref(),
+        Some("after")
+    );
+    assert_eq!(
+        receiver.requests() - before,
+        2,
+        "one refused request, one accepted: a refusal is not retried"
+    );
+    assert_eq!(metric(&proxy, "llm_tracer_otlp_buffered_spans").await, 0.0);
+}

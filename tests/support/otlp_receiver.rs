@@ -7,7 +7,10 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU16, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -35,6 +38,9 @@ pub struct Received {
 pub struct OtlpReceiver {
     pub addr: SocketAddr,
     spans: Arc<Mutex<Vec<Received>>>,
+    /// The status every request is answered with (200 keeps the spans; others drop them).
+    answer: Arc<AtomicU16>,
+    requests: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -58,6 +64,9 @@ impl OtlpReceiver {
         let addr = listener.local_addr().unwrap();
         let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
         let kept = spans.clone();
+        let answer = Arc::new(AtomicU16::new(200));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (task_answer, task_requests) = (answer.clone(), requests.clone());
         let task = tokio::spawn(async move {
             // Dropping the JoinSet (when this task is aborted) aborts every connection.
             let mut conns = JoinSet::new();
@@ -66,8 +75,12 @@ impl OtlpReceiver {
                     continue;
                 };
                 let kept = kept.clone();
+                let (answer, requests) = (task_answer.clone(), task_requests.clone());
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| handle(req, kept.clone()));
+                    let svc = service_fn(move |req| {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        handle(req, kept.clone(), answer.load(Ordering::SeqCst))
+                    });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
@@ -77,8 +90,20 @@ impl OtlpReceiver {
         Self {
             addr,
             spans,
+            answer,
+            requests,
             task: Some(task),
         }
+    }
+
+    /// Answers every request with `status` from now on.
+    pub fn answer_with(&self, status: u16) {
+        self.answer.store(status, Ordering::SeqCst);
+    }
+
+    /// Requests received so far (any answer).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 
     pub fn endpoint(&self) -> String {
@@ -126,7 +151,16 @@ impl Drop for OtlpReceiver {
 async fn handle(
     req: Request<Incoming>,
     kept: Arc<Mutex<Vec<Received>>>,
+    answer: u16,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if answer != 200 {
+        let _ = req.into_body().collect().await;
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            b"{\"code\":14,\"message\":\"scripted\"}",
+        )));
+        *r.status_mut() = hyper::StatusCode::from_u16(answer).unwrap();
+        return Ok(r);
+    }
     let ct = req
         .headers()
         .get("content-type")
