@@ -14,6 +14,7 @@ use crate::{
     config::AdminToken,
     error::ApiError,
     metrics::Metrics,
+    otlp::{self, ExportSink},
     queue::SpanQueue,
     span::{self, redact::Redactor, Kind, Span, Status, Timestamp},
     store::{
@@ -112,6 +113,8 @@ pub struct Admin {
     admin_token: Option<AdminToken>,
     /// `[[redact]]` rules, applied to ingested spans.
     redactor: Arc<Redactor>,
+    /// Ingested spans go on to the OTLP exporter too.
+    export: ExportSink,
 }
 
 type Rsp = Response<Full<Bytes>>;
@@ -134,7 +137,14 @@ impl Admin {
             loopback_only,
             admin_token,
             redactor,
+            export: ExportSink::default(),
         }
+    }
+
+    /// Sends spans ingested here (`POST /api/spans`, `POST /v1/traces`) to the OTLP exporter.
+    pub fn with_export(mut self, export: ExportSink) -> Self {
+        self.export = export;
+        self
     }
 
     /// Handles one admin request; never fails (errors become JSON responses).
@@ -229,6 +239,19 @@ impl Admin {
                     _ => Err(not_allowed()),
                 }
             }
+            ["v1", "traces"] => match method {
+                Method::POST => Ok(otlp::ingest::handle(
+                    req,
+                    otlp::ingest::IngestContext {
+                        store: &self.store,
+                        redactor: &self.redactor,
+                        metrics: &self.metrics,
+                        export: &self.export,
+                    },
+                )
+                .await),
+                _ => Err(not_allowed()),
+            },
             ["api", "flush"] => match method {
                 Method::POST => self.flush().await,
                 _ => Err(not_allowed()),
@@ -448,14 +471,15 @@ impl Admin {
         let count = spans.len();
         let store = self.store.clone();
         let redactor = self.redactor.clone();
-        blocking(move || {
+        let spans = blocking(move || {
             // App spans carry prompts too: the same `[[redact]]` rules as captured calls.
             for span in &mut spans {
                 redactor.apply(span);
             }
-            store.put_spans(&spans)
+            store.put_spans(&spans).map(|()| spans)
         })
         .await?;
+        self.export.offer(&spans);
         self.metrics.spans_ingested.fetch_add(count as u64, Relaxed);
         Ok(json_response(StatusCode::OK, &json!({ "stored": count })))
     }

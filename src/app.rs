@@ -66,6 +66,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let metrics = Arc::new(Metrics::with_capture_budget(config.capture_budget_bytes));
     let faults = Arc::new(StoreFaults::default());
+    let (export, exporter) = match config.otlp.clone() {
+        Some(cfg) => {
+            let (sink, exporter) = crate::otlp::export::Exporter::start(cfg, metrics.clone())
+                .map_err(|m| StartError::Tls {
+                    key: "otlp.endpoint".into(),
+                    message: m,
+                })?;
+            (sink, Some(exporter))
+        }
+        None => (crate::otlp::ExportSink::default(), None),
+    };
     let recorders = TaskTracker::new();
     let (queue, queue_rx) = if config.capture {
         let (q, rx) = SpanQueue::new(config.queue_capacity, metrics.clone());
@@ -80,15 +91,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         recorders.clone(),
         metrics.clone(),
     )?);
-    let admin = Arc::new(Admin::new(
-        store.clone(),
-        metrics.clone(),
-        queue,
-        config.queue_capacity,
-        config.admin_listen.ip().is_loopback(),
-        config.admin_token.clone(),
-        config.redactor.clone(),
-    ));
+    let admin = Arc::new(
+        Admin::new(
+            store.clone(),
+            metrics.clone(),
+            queue,
+            config.queue_capacity,
+            config.admin_listen.ip().is_loopback(),
+            config.admin_token.clone(),
+            config.redactor.clone(),
+        )
+        .with_export(export.clone()),
+    );
 
     // TLS material is loaded before binding, so a bad file stops start-up naming its key.
     let proxy_tls = config
@@ -133,6 +147,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 redactor: config.redactor.clone(),
                 ..AssembleOptions::default()
             },
+            export: export.clone(),
         };
         tokio::spawn(queue::run_writer(
             rx,
@@ -223,6 +238,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let _ = admin_stop_tx.send(true);
         if let Err(e) = admin_task.await {
             tracing::error!(error = %e, "admin listener task failed");
+        }
+        // Last: everything stored (captures and ingested spans) has been offered.
+        if let Some(exporter) = exporter {
+            exporter.shutdown().await;
         }
         tracing::info!("shutdown complete");
     });

@@ -101,6 +101,8 @@ pub struct Config {
     pub redact_headers: Vec<String>,
     /// The `[[redact]]` body rules, applied before anything is stored.
     pub redactor: Arc<Redactor>,
+    /// `[otlp]`: export every stored span to an OpenTelemetry collector; `None` = off.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// The admin bearer token. `Debug` never shows it, so a logged `Config` cannot leak it.
@@ -161,6 +163,13 @@ pub struct Flags {
     pub retention_interval_ms: Option<String>,
     /// Comma-separated header names.
     pub redact_headers: Option<String>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    /// `key=value,key2=value2`.
+    pub otlp_headers: Option<String>,
+    pub otlp_batch_size: Option<String>,
+    pub otlp_interval_ms: Option<String>,
+    pub otlp_max_buffer_spans: Option<String>,
 }
 
 /// Exactly what may appear in the TOML file. Unknown keys are errors, not silence.
@@ -206,6 +215,22 @@ struct FileConfig {
     store: Option<StoreFile>,
     #[serde(default, rename = "route")]
     routes: Vec<RouteFile>,
+    otlp: Option<OtlpFile>,
+}
+
+/// `[otlp]`: the OpenTelemetry exporter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OtlpFile {
+    endpoint: Option<String>,
+    protocol: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    batch_size: Option<u64>,
+    interval_ms: Option<u64>,
+    max_buffer_spans: Option<u64>,
+    timeout_ms: Option<u64>,
+    service_name: Option<String>,
 }
 
 /// A price list (the built-in `config/pricing.toml`, or the user's `pricing_file`): only
@@ -633,6 +658,7 @@ pub fn load(
         });
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    let otlp = otlp_config(&l, flags, raw.otlp)?;
 
     Ok(Config {
         listen,
@@ -665,7 +691,118 @@ pub fn load(
         retention_interval: Duration::from_millis(retention_interval_ms),
         redact_headers,
         redactor: Arc::new(Redactor::new(rules)),
+        otlp,
     })
+}
+
+/// `[otlp]` (and its `LLM_TRACER_OTLP_*` / `--otlp-*` overrides). Export is on when an endpoint
+/// is set; other `otlp.*` keys without one are an error naming `otlp.endpoint`.
+fn otlp_config(
+    l: &Layers<'_>,
+    flags: &Flags,
+    raw: Option<OtlpFile>,
+) -> Result<Option<crate::otlp::OtlpConfig>, ConfigError> {
+    use crate::otlp;
+    let present = raw.is_some();
+    let raw = raw.unwrap_or_default();
+    let Some(traces_url) = l.pick(
+        "otlp.endpoint",
+        &flags.otlp_endpoint,
+        raw.endpoint,
+        otlp::traces_url,
+    )?
+    else {
+        if present {
+            return Err(l.invalid(
+                "otlp.endpoint",
+                "config file",
+                "required when [otlp] is present (e.g. \"http://127.0.0.1:4318\")".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let protocol = l
+        .pick(
+            "otlp.protocol",
+            &flags.otlp_protocol,
+            raw.protocol,
+            otlp::Protocol::parse,
+        )?
+        .unwrap_or(otlp::Protocol::Protobuf);
+    let headers = match l.pick(
+        "otlp.headers",
+        &flags.otlp_headers,
+        None,
+        otlp::parse_headers,
+    )? {
+        Some(h) => h,
+        None => {
+            let mut out = Vec::new();
+            for (k, v) in &raw.headers {
+                out.push(
+                    otlp::header_pair(k, v)
+                        .map_err(|m| l.invalid(&format!("otlp.headers.{k}"), "config file", m))?,
+                );
+            }
+            out
+        }
+    };
+    let batch_size = l
+        .pick_num(
+            "otlp.batch_size",
+            &flags.otlp_batch_size,
+            raw.batch_size,
+            1,
+            100_000,
+        )?
+        .unwrap_or(otlp::DEFAULT_BATCH_SIZE as u64);
+    let interval_ms = l
+        .pick_num(
+            "otlp.interval_ms",
+            &flags.otlp_interval_ms,
+            raw.interval_ms,
+            1,
+            3_600_000,
+        )?
+        .unwrap_or(otlp::DEFAULT_INTERVAL_MS);
+    let max_buffer_spans = l
+        .pick_num(
+            "otlp.max_buffer_spans",
+            &flags.otlp_max_buffer_spans,
+            raw.max_buffer_spans,
+            1,
+            10_000_000,
+        )?
+        .unwrap_or(otlp::DEFAULT_MAX_BUFFER_SPANS as u64);
+    let timeout_ms = l
+        .pick_num("otlp.timeout_ms", &None, raw.timeout_ms, 1, 600_000)?
+        .unwrap_or(otlp::DEFAULT_TIMEOUT_MS);
+    let service_name = l
+        .pick("otlp.service_name", &None, raw.service_name, |s| {
+            if s.trim().is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(s.trim().to_string())
+            }
+        })?
+        .unwrap_or_else(|| otlp::DEFAULT_SERVICE_NAME.to_string());
+    if max_buffer_spans < batch_size {
+        return Err(l.invalid(
+            "otlp.max_buffer_spans",
+            "config",
+            format!("{max_buffer_spans} is smaller than otlp.batch_size {batch_size}"),
+        ));
+    }
+    Ok(Some(otlp::OtlpConfig {
+        traces_url,
+        protocol,
+        headers,
+        batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
+        interval: Duration::from_millis(interval_ms),
+        max_buffer_spans: usize::try_from(max_buffer_spans).unwrap_or(usize::MAX),
+        timeout: Duration::from_millis(timeout_ms),
+        service_name,
+    }))
 }
 
 /// The compiled-in price list.
@@ -743,6 +880,14 @@ pub const KEYS: &[&str] = &[
     "max_store_bytes",
     "retention_interval_ms",
     "redact_headers",
+    "otlp.endpoint",
+    "otlp.protocol",
+    "otlp.headers",
+    "otlp.batch_size",
+    "otlp.interval_ms",
+    "otlp.max_buffer_spans",
+    "otlp.timeout_ms",
+    "otlp.service_name",
 ];
 
 /// A misspelt `LLM_TRACER_*` variable would be silently ignored: refuse to start instead.

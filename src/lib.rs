@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod idle;
 pub mod listener;
 pub mod metrics;
 pub mod mock;
+pub mod otlp;
 pub mod propagate;
 pub mod queue;
 pub mod route;

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use llm_tracer::{app, config, demo, store};
+use llm_tracer::{app, cli, config, demo, store};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,12 @@ enum Command {
     /// Verify the store's integrity (indexes, spans, summaries); exit 0 clean, 1 problems, 2 error.
     /// The server must be stopped: the store is opened exclusively.
     Check(CheckArgs),
+    /// Write stored spans to a file (jsonl of our spans, or OTLP/JSON lines). Reads the store
+    /// directly (stop the server first), or a running server's admin API with --admin URL.
+    Export(cli::ExportArgs),
+    /// Load spans from a file written by `export` (jsonl or OTLP/JSON lines, detected per line).
+    /// Writes the store directly (stop the server first), or through --admin URL.
+    Import(cli::ImportArgs),
 }
 
 #[derive(Args, Clone)]
@@ -145,6 +151,26 @@ struct ServeArgs {
     /// Extra credential header names, comma-separated (never stored or logged).
     #[arg(long, value_name = "NAMES")]
     redact_headers: Option<String>,
+    /// Export every stored span to this OpenTelemetry collector (OTLP/HTTP base URL, e.g.
+    /// http://127.0.0.1:4318; spans go to {URL}/v1/traces).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// OTLP wire format: http/protobuf (default) or http/json.
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// Extra OTLP request headers, `key=value,key2=value2` (prefer LLM_TRACER_OTLP_HEADERS).
+    #[arg(long, value_name = "HEADERS")]
+    otlp_headers: Option<String>,
+    /// Most spans per OTLP request (default 512).
+    #[arg(long, value_name = "N")]
+    otlp_batch_size: Option<String>,
+    /// Longest wait before a partial OTLP batch is sent (default 1000).
+    #[arg(long, value_name = "MS")]
+    otlp_interval_ms: Option<String>,
+    /// Spans buffered while the collector is down; beyond it new spans are dropped and
+    /// counted (default 10000).
+    #[arg(long, value_name = "N")]
+    otlp_max_buffer_spans: Option<String>,
 }
 
 impl ServeArgs {
@@ -182,6 +208,12 @@ impl ServeArgs {
             max_store_bytes: self.max_store_bytes.clone(),
             retention_interval_ms: self.retention_interval_ms.clone(),
             redact_headers: self.redact_headers.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_protocol: self.otlp_protocol.clone(),
+            otlp_headers: self.otlp_headers.clone(),
+            otlp_batch_size: self.otlp_batch_size.clone(),
+            otlp_interval_ms: self.otlp_interval_ms.clone(),
+            otlp_max_buffer_spans: self.otlp_max_buffer_spans.clone(),
         }
     }
 
@@ -218,6 +250,8 @@ fn main() -> ExitCode {
             Command::Serve(a) => (a, false),
             Command::Demo(a) => (a, true),
             Command::Check(a) => return check(a),
+            Command::Export(a) => return cli::export(a).await,
+            Command::Import(a) => return cli::import(a).await,
         };
         let env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
         if let Err(e) = config::check_env_names(env_names) {

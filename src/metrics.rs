@@ -54,6 +54,8 @@ pub struct Metrics {
     overhead: Histogram<{ OVERHEAD_BUCKETS.len() }>,
     /// The global bound on captured bytes held in memory.
     pub capture_budget: Arc<CaptureBudget>,
+    /// `llm_tracer_otlp_*`: export and ingest.
+    pub otlp: crate::otlp::OtlpMetrics,
 }
 
 impl Default for Metrics {
@@ -78,6 +80,7 @@ impl Default for Metrics {
             latency_sum_us: AtomicU64::new(0),
             overhead: Histogram::new(&OVERHEAD_BUCKETS),
             capture_budget: Arc::new(CaptureBudget::new(DEFAULT_CAPTURE_BUDGET_BYTES)),
+            otlp: crate::otlp::OtlpMetrics::default(),
         }
     }
 }
@@ -149,7 +152,7 @@ impl Metrics {
         );
         counter(
             "llm_tracer_spans_ingested_total",
-            "App spans accepted by POST /api/spans.",
+            "App spans accepted by POST /api/spans and POST /v1/traces.",
             self.spans_ingested.load(Relaxed),
         );
         counter(
@@ -234,6 +237,7 @@ impl Metrics {
             budget.limit(),
             budget.refused(),
         );
+        self.otlp.render(&mut out);
         out
     }
 }

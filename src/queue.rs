@@ -14,6 +14,7 @@ use tokio::sync::{
 
 use crate::{
     metrics::Metrics,
+    otlp::ExportSink,
     span::{self, AssembleOptions, Span},
     store::{Store, StoreError},
     tap::RawCall,
@@ -101,6 +102,8 @@ pub struct WriterOptions {
     pub batch_size: usize,
     pub batch_interval: Duration,
     pub assemble: AssembleOptions,
+    /// Stored spans go on to the OTLP exporter (a disabled sink when `[otlp]` is off).
+    pub export: ExportSink,
 }
 
 impl SpanQueue {
@@ -154,6 +157,7 @@ pub async fn run_writer(
         opts.assemble.clone(),
         faults,
         metrics.clone(),
+        opts.export.clone(),
     );
     let mut closing = false;
     loop {
@@ -257,6 +261,7 @@ struct Writer {
     opts: AssembleOptions,
     faults: Arc<StoreFaults>,
     metrics: Arc<Metrics>,
+    export: ExportSink,
 }
 
 type Job = (
@@ -273,6 +278,7 @@ impl Worker {
         opts: AssembleOptions,
         faults: Arc<StoreFaults>,
         metrics: Arc<Metrics>,
+        export: ExportSink,
     ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let writer = Writer {
@@ -280,6 +286,7 @@ impl Worker {
             opts,
             faults,
             metrics,
+            export,
         };
         let thread_writer = writer.clone();
         let spawned = std::thread::Builder::new()
@@ -352,6 +359,10 @@ impl Writer {
             tracing::warn!(error = %e, spans = spans.len(), ?pause, "span batch not stored; retrying");
             std::thread::sleep(pause);
             result = attempt();
+        }
+        // The one export hook: only what the store accepted; never waits on the network.
+        if result.is_ok() {
+            self.export.offer(&spans);
         }
         result
     }
