@@ -46,8 +46,10 @@ pub const DEFAULT_CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
 /// Default `[store] clickhouse_database`.
 pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "llm_tracer";
 /// Env vars with the ClickHouse credentials (never in the config file, never in a URL).
-pub const CLICKHOUSE_CREDENTIAL_VARS: &[&str] =
-    &["LLM_TRACER_CLICKHOUSE_USER", "LLM_TRACER_CLICKHOUSE_PASSWORD"];
+pub const CLICKHOUSE_CREDENTIAL_VARS: &[&str] = &[
+    "LLM_TRACER_CLICKHOUSE_USER",
+    "LLM_TRACER_CLICKHOUSE_PASSWORD",
+];
 
 /// Everything the process needs, validated.
 #[derive(Debug, Clone)]
@@ -978,7 +980,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("store.clickhouse_database"), "a bad database names its key: {e}");
+        assert!(
+            e.contains("store.clickhouse_database"),
+            "a bad database names its key: {e}"
+        );
         let e = load_str(
             "",
             &Flags::default(),

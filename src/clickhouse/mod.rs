@@ -42,7 +42,9 @@ pub enum ClickHouseError {
     Server { status: u16, message: String },
     #[error("clickhouse: cannot decode the answer: {0}")]
     Decode(String),
-    #[error("clickhouse: schema version {found} is newer than this binary understands ({supported})")]
+    #[error(
+        "clickhouse: schema version {found} is newer than this binary understands ({supported})"
+    )]
     Schema { found: u32, supported: u32 },
 }
 

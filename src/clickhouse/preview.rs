@@ -189,4 +189,3 @@ fn clip(text: &str) -> Option<String> {
     }
     (!out.is_empty()).then_some(out)
 }
-

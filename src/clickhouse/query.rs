@@ -166,17 +166,23 @@ impl ClickHouseStore {
         if let Some(u) = &q.user_id {
             having.push(format!("ifNull(t_user = {}, 0)", sql::string(u)));
         }
-        if let Some(text) = &q.q {
-            let n = sql::string(text);
+        // The needle is written once (`WITH … AS needle`): a long `q` must not be parsed ten
+        // times.
+        let with_clause = match &q.q {
+            Some(text) => format!("WITH {} AS needle", sql::string(text)),
+            None => String::new(),
+        };
+        if q.q.is_some() {
+            let n = "needle";
             let fields = [
-                contains("trace_id", &n),
-                contains("t_name", &n),
-                contains("t_input_preview", &n),
-                contains("t_root_output", &n),
-                contains("t_llm_output", &n),
-                contains("t_error", &n),
-                contains("t_session", &n),
-                contains("t_user", &n),
+                contains("trace_id", n),
+                contains("t_name", n),
+                contains("t_input_preview", n),
+                contains("t_root_output", n),
+                contains("t_llm_output", n),
+                contains("t_error", n),
+                contains("t_session", n),
+                contains("t_user", n),
                 format!("arrayExists(x -> positionCaseInsensitiveUTF8(x, {n}) > 0, t_models)"),
                 format!("arrayExists(x -> positionCaseInsensitiveUTF8(x, {n}) > 0, t_tags)"),
             ];
@@ -189,7 +195,7 @@ impl ClickHouseStore {
         };
 
         let statement = format!(
-            "SELECT {cols} FROM {db}.spans FINAL {where_clause}
+            "{with_clause} SELECT {cols} FROM {db}.spans FINAL {where_clause}
              GROUP BY trace_id {having_clause}
              ORDER BY t_start DESC, trace_id ASC
              LIMIT {fetch}
@@ -355,10 +361,10 @@ impl ClickHouseStore {
                 "SELECT {cols} FROM {db}.spans FINAL WHERE {filter} FORMAT JSONEachRow"
             ))
             .await?;
-        let total = total.into_iter().next().map_or_else(
-            || StatsRow::default(),
-            |r| r.row(None),
-        );
+        let total = total
+            .into_iter()
+            .next()
+            .map_or_else(StatsRow::default, |r| r.row(None));
 
         let groups = if q.group_by_model {
             let rows: Vec<ModelStatRow> = self
@@ -368,7 +374,8 @@ impl ClickHouseStore {
                     unknown = sql::string(UNKNOWN_MODEL)
                 ))
                 .await?;
-            let mut rows: Vec<StatsRow> = rows.into_iter().map(|r| r.stats.row(Some(r.m))).collect();
+            let mut rows: Vec<StatsRow> =
+                rows.into_iter().map(|r| r.stats.row(Some(r.m))).collect();
             rows.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.model.cmp(&b.model)));
             Some(rows)
         } else {

@@ -80,7 +80,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Creates the database and brings its schema to [`SCHEMA_VERSION`]; returns the versions it
 /// applied (empty when already current).
-pub async fn migrate(client: &ClickHouseClient, database: &str) -> Result<Vec<u32>, ClickHouseError> {
+pub async fn migrate(
+    client: &ClickHouseClient,
+    database: &str,
+) -> Result<Vec<u32>, ClickHouseError> {
     let db = sql::ident(database);
     client
         .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
@@ -117,7 +120,11 @@ pub async fn migrate(client: &ClickHouseClient, database: &str) -> Result<Vec<u3
                 bytes::Bytes::from(record.to_string()),
             )
             .await?;
-        tracing::info!(version = m.version, name = m.name, "clickhouse: migration applied");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "clickhouse: migration applied"
+        );
         applied.push(m.version);
     }
     Ok(applied)

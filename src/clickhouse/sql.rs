@@ -85,7 +85,10 @@ mod tests {
                     _ => i += 1,
                 }
             }
-            assert_eq!(unescaped, 2, "{input:?} became {lit}, which must open and close once");
+            assert_eq!(
+                unescaped, 2,
+                "{input:?} became {lit}, which must open and close once"
+            );
         }
     }
 

@@ -102,7 +102,11 @@ impl ClickHouseWriter {
         let total = rows.len();
         let mut accepted = 0;
         {
-            let mut queue = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for row in rows {
                 if queue.len() + self.shared.in_flight.load(Relaxed) >= self.shared.capacity {
                     break;
