@@ -580,3 +580,67 @@ async fn clickhouse_outage_buffers_within_the_bound_and_recovers() {
     );
     assert_eq!(writer.shutdown(Duration::from_secs(5)).await, 0);
 }
+
+/// Insert rate into ClickHouse, by hand (no thresholds; the number goes in docs/scale-out.md):
+/// `cargo test --release --test clickhouse -- --ignored --nocapture insert_rate`.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn insert_rate() {
+    let server = ClickHouseServer::start().await;
+    let store = ClickHouseStore::open(&options(&server, "rate"))
+        .await
+        .unwrap();
+    // A realistic chat span: ~1 KB of input and output each.
+    let text = "lorem ipsum dolor sit amet ".repeat(40);
+    let make = |i: usize| {
+        span(json!({
+            "trace_id": format!("rate-{}", i / 4), "span_id": format!("{i:016x}"),
+            "parent_span_id": if i % 4 == 0 { Value::Null } else { json!(format!("{:016x}", i - i % 4)) },
+            "name": "chat gpt-4o-mini", "kind": "llm",
+            "start_time": at(i as u64), "end_time": at(i as u64 + 300),
+            "session_id": format!("s-{}", i % 100), "user_id": format!("u-{}", i % 10),
+            "tags": ["prod"],
+            "llm": {"request_model": "gpt-4o-mini", "input_tokens": 200, "output_tokens": 50,
+                    "cost_usd": 0.00006, "stream": true, "ttft_ms": 120.0},
+            "input": {"messages": [{"role": "user", "content": text}]},
+            "output": {"choices": [{"message": {"content": text}}]},
+        }))
+    };
+    let mut next = 0usize;
+    let mut store = store;
+    for batch in [200usize, 1_000, 5_000] {
+        let rounds = 5;
+        let (mut encode, mut insert, mut bytes) = (0.0f64, 0.0f64, 0usize);
+        for _ in 0..rounds {
+            let spans: Vec<Span> = (next..next + batch).map(make).collect();
+            next += batch;
+            let started = Instant::now();
+            let body = ClickHouseStore::encode(&spans);
+            encode += started.elapsed().as_secs_f64();
+            bytes += body.len();
+            let started = Instant::now();
+            store.insert_encoded(body).await.unwrap();
+            insert += started.elapsed().as_secs_f64();
+        }
+        let n = (batch * rounds) as f64;
+        eprintln!(
+            "batch {batch:>6}: {n} spans, {:.1} MB; encode {:.0} spans/s, insert {:.0} spans/s ({:.1} MB/s)",
+            bytes as f64 / 1e6,
+            n / encode,
+            n / insert,
+            bytes as f64 / 1e6 / insert
+        );
+        // Bigger batches need more than the default 10 s per request on a busy machine.
+        let mut opts = options(&server, "rate");
+        opts.timeout = Duration::from_secs(120);
+        store = ClickHouseStore::open(&opts).await.unwrap();
+    }
+    let page = store
+        .list_traces(&TraceQuery {
+            limit: 1,
+            ..TraceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.traces.len(), 1, "the spans were stored");
+}

@@ -133,8 +133,14 @@ impl ClickHouseStore {
         self.insert_encoded(Bytes::from(rows.concat())).await
     }
 
-    /// Inserts rows made by [`encode_rows`].
-    async fn insert_encoded(&self, rows: Bytes) -> Result<(), ClickHouseError> {
+    /// The JSONEachRow body [`ClickHouseStore::put_spans`] sends (for measuring the encoding
+    /// apart from the insert).
+    pub fn encode(spans: &[Span]) -> Bytes {
+        Bytes::from(encode_rows(spans, Timestamp::now().micros()).concat())
+    }
+
+    /// Inserts rows made by [`ClickHouseStore::encode`] / [`encode_rows`].
+    pub async fn insert_encoded(&self, rows: Bytes) -> Result<(), ClickHouseError> {
         self.client
             .insert_json_rows(&format!("{}.spans", self.db), rows)
             .await

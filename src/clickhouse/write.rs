@@ -21,6 +21,10 @@ use tokio::task::JoinHandle;
 use super::{encode_rows, ClickHouseStore};
 use crate::span::{Span, Timestamp};
 
+/// An insert body stops growing past this (a span row is a few KB, its captured bodies up to
+/// `max_capture_bytes`): measured here, an 80 MB body made ClickHouse 18.16 drop the connection.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Most spans held (buffered + in flight); more are dropped and counted.
@@ -36,7 +40,7 @@ impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             capacity: 100_000,
-            batch_size: 5_000,
+            batch_size: 2_000,
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
         }
@@ -210,8 +214,14 @@ async fn run(store: ClickHouseStore, opts: WriterOptions, shared: Arc<Shared>) {
     loop {
         if batch.is_empty() {
             let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let n = queue.len().min(opts.batch_size.max(1));
-            batch.extend(queue.drain(..n));
+            let mut bytes = 0usize;
+            while batch.len() < opts.batch_size.max(1)
+                && (batch.is_empty() || bytes < MAX_BATCH_BYTES)
+            {
+                let Some(row) = queue.pop_front() else { break };
+                bytes += row.len();
+                batch.push(row);
+            }
             shared.in_flight.store(batch.len(), Relaxed);
         }
         if shared.closed.load(Relaxed) {
