@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use clickhouse_server::ClickHouseServer;
 use llm_tracer::clickhouse::{ClickHouseOptions, ClickHouseStore, ClickHouseWriter, WriterOptions};
 use llm_tracer::span::{Span, Status, Timestamp};
-use llm_tracer::store::{Cursor, Series, StatsQuery, Store, StoreOptions, TracePage, TraceQuery};
+use llm_tracer::store::{
+    Cursor, Series, SessionQuery, StatsQuery, Store, StoreOptions, TracePage, TraceQuery,
+};
 use serde_json::{json, Value};
 
 /// 2023-11-14T22:13:20Z, in µs.
@@ -276,6 +278,72 @@ async fn clickhouse_answers_equal_the_sled_store() {
             json_of(&want),
             "get_span({span_id}) must be equal"
         );
+    }
+
+    let session_queries = [
+        SessionQuery {
+            limit: 50,
+            ..SessionQuery::default()
+        },
+        SessionQuery {
+            limit: 50,
+            since: Some(Timestamp(BASE + 2_000_000)),
+            until: Some(Timestamp(BASE + 5_200_000)),
+            ..SessionQuery::default()
+        },
+        SessionQuery {
+            limit: 50,
+            q: Some("DAVE".into()),
+            ..SessionQuery::default()
+        },
+        SessionQuery {
+            limit: 50,
+            q: Some("sess-".into()),
+            until: Some(Timestamp(BASE + 5_000_001)),
+            ..SessionQuery::default()
+        },
+    ];
+    for (i, q) in session_queries.iter().enumerate() {
+        let want = json_of(&sled.list_sessions(q).unwrap());
+        let got = json_of(&ch.list_sessions(q).await.unwrap());
+        assert_eq!(
+            got, want,
+            "list_sessions query {i} must answer as the sled store does"
+        );
+    }
+    let mut q = SessionQuery {
+        limit: 2,
+        ..SessionQuery::default()
+    };
+    let mut pages = 0;
+    loop {
+        let want = sled.list_sessions(&q).unwrap();
+        let got = ch.list_sessions(&q).await.unwrap();
+        assert_eq!(
+            json_of(&got),
+            json_of(&want),
+            "session page {pages} must be equal"
+        );
+        pages += 1;
+        assert!(pages < 20, "session pagination must end");
+        match want.next_cursor {
+            Some(c) => q.cursor = Some(Cursor::decode(&c).unwrap()),
+            None => break,
+        }
+    }
+    assert!(
+        pages >= 3,
+        "6 sessions in pages of 2 need 3 pages, got {pages}"
+    );
+    for (session, limit) in [
+        ("sess-A", 10),
+        ("sess-1", 10),
+        ("sess-2", 1),
+        ("missing", 5),
+    ] {
+        let want = json_of(&sled.get_session(session, limit).unwrap());
+        let got = json_of(&ch.get_session(session, limit).await.unwrap());
+        assert_eq!(got, want, "get_session({session}) must be equal");
     }
 
     let (lo, hi) = sled.call_bounds(None, None).unwrap().unwrap();

@@ -13,13 +13,14 @@
 //!   retrying, fail-open writer; `preview`: the summary's per-span values.
 //!
 //! Not here yet (next step, once `store` is split behind a trait): wiring into `app`, `queue`
-//! and `api`; sessions; retention.
+//! and `api`; retention; `llm-tracer migrate`.
 
 mod client;
 mod preview;
 mod query;
 mod row;
 mod schema;
+mod sessions;
 pub mod sql;
 mod write;
 

@@ -4,9 +4,12 @@
 //! Copied from `store.rs` (which another change is splitting into `store/` right now); once that
 //! lands, both should share one module instead of two copies.
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 
 use crate::span::Span;
+use crate::store::MAX_SUMMARY_VALUES;
 
 /// Length of `input_preview` / `output_preview`, in chars.
 const PREVIEW_CHARS: usize = 200;
@@ -188,4 +191,15 @@ fn clip(text: &str) -> Option<String> {
         }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// Adds `value`, keeping only the [`MAX_SUMMARY_VALUES`] smallest (order-independent).
+pub fn insert_capped(set: &mut BTreeSet<String>, value: &str) {
+    if set.len() >= MAX_SUMMARY_VALUES && set.last().is_some_and(|last| value >= last.as_str()) {
+        return;
+    }
+    set.insert(value.to_string());
+    while set.len() > MAX_SUMMARY_VALUES {
+        set.pop_last();
+    }
 }

@@ -32,7 +32,7 @@ const ROOT: &str = "argMin(tuple(name, session_id, user_id, input_preview, outpu
                     tuple(has_parent, start_us, span_id))";
 
 /// The aggregate columns of a trace summary over `spans FINAL` grouped by trace_id.
-fn summary_columns() -> String {
+pub(super) fn summary_columns() -> String {
     let cap = MAX_SUMMARY_VALUES;
     format!(
         "trace_id,
