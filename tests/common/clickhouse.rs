@@ -66,9 +66,21 @@ impl ClickHouseServer {
             binary,
             child: None,
         };
-        server.write_config();
-        server.restart().await;
-        server
+        // A free port can be taken by someone else between our probe and the server's bind:
+        // then the server exits at once, and we try again on other ports.
+        for attempt in 1..=3 {
+            server.write_config();
+            match server.run().await {
+                Ok(()) => return server,
+                Err(e) if attempt < 3 => {
+                    eprintln!("clickhouse-server did not start ({e}); retrying on other ports");
+                    server.http_port = free_port();
+                    server.tcp_port = free_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     pub fn url(&self) -> String {
@@ -114,6 +126,13 @@ impl ClickHouseServer {
     /// Starts the server process again (same ports, same data) and waits until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "restart() needs a stopped server");
+        if let Err(e) = self.run().await {
+            panic!("{e}");
+        }
+    }
+
+    /// Spawns the server and waits until it answers; `Err` when it exits first.
+    async fn run(&mut self) -> Result<(), String> {
         let config = self.dir.path().join("config.xml");
         let child = Command::new(&self.binary)
             .arg(format!("--config-file={}", config.display()))
@@ -134,13 +153,16 @@ impl ClickHouseServer {
                 .await;
             if let Ok(resp) = answer {
                 if resp.status().is_success() {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let log = std::fs::read_to_string(self.dir.path().join("server.err.log"))
                     .unwrap_or_default();
-                panic!("clickhouse-server exited with {status} before answering; its log:\n{log}");
+                self.child = None;
+                return Err(format!(
+                    "clickhouse-server exited with {status} before answering; its log:\n{log}"
+                ));
             }
             assert!(
                 Instant::now() < deadline,
