@@ -14,7 +14,9 @@ mod clickhouse_server;
 use std::time::{Duration, Instant};
 
 use clickhouse_server::ClickHouseServer;
-use llm_tracer::clickhouse::{ClickHouseOptions, ClickHouseStore, ClickHouseWriter, WriterOptions};
+use llm_tracer::clickhouse::{
+    copy_from_sled, ClickHouseOptions, ClickHouseStore, ClickHouseWriter, WriterOptions,
+};
 use llm_tracer::span::{Span, Status, Timestamp};
 use llm_tracer::store::{
     Cursor, Series, SessionQuery, StatsQuery, Store, StoreOptions, TracePage, TraceQuery,
@@ -394,6 +396,47 @@ async fn clickhouse_answers_equal_the_sled_store() {
         json_of(&ch.list_traces(&all).await.unwrap()),
         json_of(&sled.list_traces(&all).unwrap()),
         "after a delete both stores list the same traces"
+    );
+}
+
+#[tokio::test]
+async fn a_sled_store_copies_into_clickhouse_with_the_same_answers() {
+    let server = ClickHouseServer::start().await;
+    let ch = ClickHouseStore::open(&options(&server, "copied"))
+        .await
+        .unwrap();
+    let spans = sample_spans();
+    let dir = tempfile::tempdir().unwrap();
+    let sled = sled_store(dir.path(), &spans);
+    let mut reports = Vec::new();
+    let report = copy_from_sled(&sled, &ch, 7, |r| reports.push(r))
+        .await
+        .unwrap();
+    assert_eq!(report.traces, 16);
+    assert_eq!(report.spans, spans.len() as u64);
+    assert!(
+        reports.len() >= 3,
+        "progress is reported per batch: {reports:?}"
+    );
+    assert_eq!(
+        reports.last(),
+        Some(&report),
+        "the last progress report is the total"
+    );
+    // Running it again changes nothing (spans replace themselves).
+    copy_from_sled(&sled, &ch, 1000, |_| {}).await.unwrap();
+    let all = TraceQuery {
+        limit: 100,
+        ..TraceQuery::default()
+    };
+    assert_eq!(
+        json_of(&ch.list_traces(&all).await.unwrap()),
+        json_of(&sled.list_traces(&all).unwrap()),
+        "the copy lists the same traces with the same summaries"
+    );
+    assert_eq!(
+        json_of(&ch.get_trace("t-chain").await.unwrap()),
+        json_of(&sled.get_trace("t-chain").unwrap())
     );
 }
 

@@ -13,9 +13,10 @@
 //!   retrying, fail-open writer; `preview`: the summary's per-span values.
 //!
 //! Not here yet (next step, once `store` is split behind a trait): wiring into `app`, `queue`
-//! and `api`; retention; `llm-tracer migrate`.
+//! and `api`; retention; the `llm-tracer migrate` command (its library half is `copy`).
 
 mod client;
+mod copy;
 mod preview;
 mod query;
 mod row;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::client::{ClickHouseClient, PASSWORD_ENV, USER_ENV};
+pub use self::copy::{copy_from_sled, CopyError, CopyReport};
 pub use self::schema::SCHEMA_VERSION;
 pub use self::write::{ClickHouseWriter, WriterOptions, WriterStats};
 use crate::span::{is_valid_id, Span, Timestamp};
