@@ -692,6 +692,62 @@ async fn clickhouse_outage_buffers_within_the_bound_and_recovers() {
     assert_eq!(writer.shutdown(Duration::from_secs(5)).await, 0);
 }
 
+#[tokio::test]
+async fn clickhouse_killed_mid_write_loses_and_doubles_nothing_acknowledged() {
+    let mut server = ClickHouseServer::start().await;
+    let mut opts = options(&server, "midwrite");
+    opts.timeout = Duration::from_secs(3);
+    let store = ClickHouseStore::open(&opts).await.unwrap();
+    let writer = ClickHouseWriter::start(
+        store.clone(),
+        WriterOptions {
+            capacity: 400,
+            batch_size: 20,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_millis(500),
+        },
+    );
+    // Offered, then ClickHouse is killed at once: some batches are written, one may be cut off
+    // mid-insert (written or not: the writer cannot know, so it sends it again), the rest wait.
+    let during: Vec<Span> = (0..300).map(one_span).collect();
+    assert_eq!(writer.offer(&during), 300);
+    server.stop();
+    // After the kill: at least this batch must fail, so the flag must go down.
+    let after: Vec<Span> = (300..310).map(one_span).collect();
+    assert_eq!(writer.offer(&after), 10);
+    wait_until(
+        "the writer notices the outage",
+        Duration::from_secs(60),
+        || !writer.is_healthy(),
+    )
+    .await;
+    server.restart().await;
+    assert!(
+        writer.flush(Duration::from_secs(120)).await,
+        "everything buffered is written after ClickHouse is back"
+    );
+    assert_eq!(writer.stats().dropped, 0);
+
+    let page = store
+        .list_traces(&TraceQuery {
+            limit: 1000,
+            ..TraceQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.traces.len(), 310, "every offered span is stored");
+    for t in &page.traces {
+        assert_eq!(
+            t.span_count, 1,
+            "trace {} counts its span once, even if its batch was sent twice",
+            t.trace_id
+        );
+    }
+    let stats = store.stats(&StatsQuery::default()).await.unwrap();
+    assert_eq!(stats.total.calls, 310, "stats count each retried call once");
+    assert_eq!(writer.shutdown(Duration::from_secs(5)).await, 0);
+}
+
 /// Insert rate into ClickHouse, by hand (no thresholds; the number goes in docs/scale-out.md):
 /// `cargo test --release --test clickhouse -- --ignored --nocapture insert_rate`.
 #[tokio::test]
