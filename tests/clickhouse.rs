@@ -566,6 +566,21 @@ async fn hostile_query_values_change_nothing_but_the_result_set() {
                 "filter {i} with {shown:?} must match exactly what the sled store matches"
             );
         }
+        let sessions = SessionQuery {
+            limit: 100,
+            q: Some(h.clone()),
+            ..SessionQuery::default()
+        };
+        assert_eq!(
+            json_of(&ch.list_sessions(&sessions).await.unwrap()),
+            json_of(&sled.list_sessions(&sessions).unwrap()),
+            "sessions matching {shown:?} must be those the sled store finds"
+        );
+        assert_eq!(
+            json_of(&ch.get_session(h, 10).await.unwrap()),
+            json_of(&sled.get_session(h, 10).unwrap()),
+            "session {shown:?}"
+        );
         assert!(
             ch.get_trace(h).await.unwrap().is_none(),
             "{shown:?} is no trace id"
@@ -597,6 +612,79 @@ async fn hostile_query_values_change_nothing_but_the_result_set() {
         json_of(&sled.list_traces(&all).unwrap()),
         "after every hostile query the store holds exactly what it held"
     );
+}
+
+/// The escaping function against the real server: every literal reads back as exactly the
+/// string it was made from (hostile strings, and 300 pseudo-random ones drawn from quotes,
+/// backslashes, control chars, SQL words and non-ASCII).
+#[tokio::test]
+async fn every_literal_reads_back_as_its_string() {
+    let server = ClickHouseServer::start().await;
+    let pieces = [
+        "'",
+        "\\",
+        "\\'",
+        "\0",
+        "\n",
+        "\r",
+        "\t",
+        "\u{1}",
+        "\u{1b}",
+        "\u{7f}",
+        "\u{0}",
+        "--",
+        "/*",
+        "*/",
+        ";",
+        "FORMAT JSON",
+        " OR 1=1",
+        "`",
+        "\"",
+        "{x:UInt8}",
+        "%",
+        "é",
+        "✓",
+        "\u{2028}",
+        "\u{feff}",
+        "x",
+    ];
+    let mut strings: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    for _ in 0..300 {
+        let mut s = String::new();
+        for _ in 0..12 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            s.push_str(pieces[(rng % pieces.len() as u64) as usize]);
+        }
+        strings.push(s);
+    }
+    let client = reqwest::Client::new();
+    for s in &strings {
+        let body = client
+            .post(format!(
+                "{}/?output_format_json_quote_64bit_integers=0",
+                server.url()
+            ))
+            .body(format!(
+                "SELECT {} AS v FORMAT JSONEachRow",
+                llm_tracer::clickhouse::sql::string(s)
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let row: Value = serde_json::from_str(body.trim())
+            .unwrap_or_else(|e| panic!("{s:?} made a query ClickHouse refused: {e}: {body}"));
+        assert_eq!(
+            row["v"].as_str(),
+            Some(s.as_str()),
+            "the literal of {s:?} reads back unchanged"
+        );
+    }
 }
 
 fn one_span(i: usize) -> Span {
