@@ -441,6 +441,38 @@ async fn a_sled_store_copies_into_clickhouse_with_the_same_answers() {
 }
 
 #[tokio::test]
+async fn retention_by_age_deletes_the_same_traces_as_sled() {
+    let server = ClickHouseServer::start().await;
+    let ch = ClickHouseStore::open(&options(&server, "retention"))
+        .await
+        .unwrap();
+    let spans = sample_spans();
+    let dir = tempfile::tempdir().unwrap();
+    let sled = sled_store(dir.path(), &spans);
+    ch.put_spans(&spans).await.unwrap();
+    // t-orphan starts at 2000 ms; its child at 2100 ms must go with it.
+    let cutoff = Timestamp(BASE + 2_050_000);
+    let want = sled.enforce_retention(Some(cutoff), None).unwrap();
+    assert_eq!(want, 2, "t-chain and t-orphan started before the cutoff");
+    assert_eq!(ch.enforce_retention(cutoff).await.unwrap(), want);
+    assert_eq!(
+        ch.enforce_retention(cutoff).await.unwrap(),
+        0,
+        "nothing is left to delete"
+    );
+    let all = TraceQuery {
+        limit: 100,
+        ..TraceQuery::default()
+    };
+    assert_eq!(
+        json_of(&ch.list_traces(&all).await.unwrap()),
+        json_of(&sled.list_traces(&all).unwrap()),
+        "both keep the same traces"
+    );
+    assert!(ch.get_span("b000000000000002").await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn two_writers_out_of_order_give_one_correct_trace() {
     let server = ClickHouseServer::start().await;
     let first = ClickHouseStore::open(&options(&server, "shared"))

@@ -13,12 +13,13 @@
 //!   retrying, fail-open writer; `preview`: the summary's per-span values.
 //!
 //! Not here yet (next step, once `store` is split behind a trait): wiring into `app`, `queue`
-//! and `api`; retention; the `llm-tracer migrate` command (its library half is `copy`).
+//! and `api`; the retention task; the `llm-tracer migrate` command (its library half is `copy`).
 
 mod client;
 mod copy;
 mod preview;
 mod query;
+mod retention;
 mod row;
 mod schema;
 mod sessions;

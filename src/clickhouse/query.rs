@@ -305,7 +305,7 @@ impl ClickHouseStore {
     }
 
     /// Polls `system.mutations` until this database has none pending (at most `DELETE_WAIT`).
-    async fn wait_for_mutations(&self) -> Result<(), ClickHouseError> {
+    pub(super) async fn wait_for_mutations(&self) -> Result<(), ClickHouseError> {
         let name = sql::string(self.db.trim_matches('`'));
         let deadline = Instant::now() + DELETE_WAIT;
         #[derive(Deserialize)]
