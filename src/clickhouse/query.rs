@@ -128,7 +128,7 @@ impl ClickHouseStore {
         if let Some(c) = &q.cursor {
             time.push(format!("start_us <= {}", c.start_us));
         }
-        let where_clause = if time.is_empty() {
+        let mut where_clause = if time.is_empty() {
             String::new()
         } else {
             format!(
@@ -150,6 +150,42 @@ impl ClickHouseStore {
                 start = c.start_us,
                 id = sql::string(&c.trace_id)
             ));
+        }
+        // Without filters on summary fields, the page is decided by trace start alone: pick it
+        // from the narrow `trace_times` table first, then summarise just those traces. Its rows
+        // may be filtered by `until` and the cursor (the earliest row survives exactly when the
+        // trace qualifies) but not by `since` (that would raise a trace's start).
+        let by_time_only = q.status.is_none()
+            && q.model.is_none()
+            && q.tag.is_none()
+            && q.session_id.is_none()
+            && q.user_id.is_none()
+            && q.q.is_none();
+        if by_time_only {
+            let mut rows = Vec::new();
+            if let Some(u) = q.until {
+                rows.push(format!("start_us < {}", u.micros()));
+            }
+            if let Some(c) = &q.cursor {
+                rows.push(format!("start_us <= {}", c.start_us));
+            }
+            let rows = if rows.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", rows.join(" AND "))
+            };
+            let page_having = if having.is_empty() {
+                String::new()
+            } else {
+                format!("HAVING {}", having.join(" AND "))
+            };
+            where_clause = format!(
+                "WHERE trace_id IN (SELECT trace_id FROM (
+                    SELECT trace_id, min(start_us) AS t_start FROM {db}.trace_times {rows}
+                    GROUP BY trace_id {page_having}
+                    ORDER BY t_start DESC, trace_id ASC LIMIT {fetch}))",
+                fetch = limit + 1
+            );
         }
         if let Some(s) = q.status {
             having.push(format!("t_status = {}", status_rank(s)));
