@@ -54,6 +54,15 @@ impl Running {
 /// Starts the proxy and admin listeners. Returns once both are bound.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if config.store_backend == crate::config::StoreBackend::Clickhouse {
+        // The backend exists (`crate::clickhouse`) but the API and writer do not use it yet:
+        // refuse rather than silently storing in sled.
+        return Err(StartError::Config(crate::error::ConfigError::Invalid {
+            key: "store.backend".to_string(),
+            source_name: "configuration".to_string(),
+            message: "\"clickhouse\" is not wired into the server yet; use \"sled\"".to_string(),
+        }));
+    }
 
     let store_opts = StoreOptions {
         cache_capacity: config.cache_capacity_bytes,

@@ -50,7 +50,19 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Sled,
+    /// The shared, scale-out store (`crate::clickhouse`); not wired into `app` yet.
+    Clickhouse,
 }
+
+/// Default `[store] clickhouse_url`.
+pub const DEFAULT_CLICKHOUSE_URL: &str = "http://127.0.0.1:8123";
+/// Default `[store] clickhouse_database`.
+pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "llm_tracer";
+/// Env vars with the ClickHouse credentials (never in the config file, never in a URL).
+pub const CLICKHOUSE_CREDENTIAL_VARS: &[&str] = &[
+    "LLM_TRACER_CLICKHOUSE_USER",
+    "LLM_TRACER_CLICKHOUSE_PASSWORD",
+];
 
 /// Everything the process needs, validated.
 #[derive(Debug, Clone)]
@@ -83,6 +95,10 @@ pub struct Config {
     pub flush_every_ms: Option<u64>,
     pub cache_capacity_bytes: u64,
     pub store_backend: StoreBackend,
+    /// `[store] clickhouse_url`, used when `store_backend` is ClickHouse.
+    pub clickhouse_url: String,
+    /// `[store] clickhouse_database` (checked: `[A-Za-z0-9_]`, 1-64 chars).
+    pub clickhouse_database: String,
     /// Keep embedding vectors in spans (off: only their count and dimensions).
     pub capture_embeddings: bool,
     /// Model prices: built-in, then `pricing_file`, then the config file's `[pricing."…"]`.
@@ -593,20 +609,35 @@ pub fn load(
             store.backend,
             |s| match s {
                 "sled" => Ok(StoreBackend::Sled),
-                "clickhouse" => Err(
-                    "the clickhouse backend is not available in this build yet; use \"sled\""
-                        .to_string(),
-                ),
+                "clickhouse" => Ok(StoreBackend::Clickhouse),
                 other => Err(format!(
                     "unknown backend {other:?}; expected \"sled\" or \"clickhouse\""
                 )),
             },
         )?
         .unwrap_or(StoreBackend::Sled);
-    if let Some(url) = &store.clickhouse_url {
-        parse_upstream(url).map_err(|m| l.invalid("store.clickhouse_url", "config file", m))?;
-    }
-    let _ = store.clickhouse_database;
+    let clickhouse_url = l
+        .pick("store.clickhouse_url", &None, store.clickhouse_url, |s| {
+            parse_upstream(s)?;
+            Ok(s.trim().trim_end_matches('/').to_string())
+        })?
+        .unwrap_or_else(|| DEFAULT_CLICKHOUSE_URL.to_string());
+    let clickhouse_database = l
+        .pick(
+            "store.clickhouse_database",
+            &None,
+            store.clickhouse_database,
+            |s| {
+                if crate::clickhouse::sql::is_identifier(s) {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!(
+                        "{s:?} is not a database name: use 1-64 chars of [A-Za-z0-9_], not starting with a digit"
+                    ))
+                }
+            },
+        )?
+        .unwrap_or_else(|| DEFAULT_CLICKHOUSE_DATABASE.to_string());
 
     let mut routes = vec![RouteConfig {
         prefix: "/".to_string(),
@@ -683,6 +714,8 @@ pub fn load(
         flush_every_ms: (flush_every_ms > 0).then_some(flush_every_ms),
         cache_capacity_bytes,
         store_backend: backend,
+        clickhouse_url,
+        clickhouse_database,
         capture_embeddings,
         pricing: Arc::new(pricing),
         admin_token,
@@ -873,6 +906,8 @@ pub const KEYS: &[&str] = &[
     "flush_every_ms",
     "cache_capacity_bytes",
     "store.backend",
+    "store.clickhouse_url",
+    "store.clickhouse_database",
     "capture_embeddings",
     "pricing_file",
     "admin_token",
@@ -896,7 +931,10 @@ pub fn check_env_names<I: IntoIterator<Item = String>>(names: I) -> Result<(), C
         let Some(_) = name.strip_prefix("LLM_TRACER_") else {
             continue;
         };
-        if name == "LLM_TRACER_CONFIG" || KEYS.iter().any(|k| env_name(k) == name) {
+        if name == "LLM_TRACER_CONFIG"
+            || CLICKHOUSE_CREDENTIAL_VARS.contains(&name.as_str())
+            || KEYS.iter().any(|k| env_name(k) == name)
+        {
             continue;
         }
         return Err(ConfigError::Invalid {
@@ -1250,6 +1288,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("store.backend"), "{e}");
+    }
+
+    #[test]
+    fn clickhouse_keys_are_read_and_checked() {
+        let c = load_str(
+            "[store]\nbackend = \"clickhouse\"\nclickhouse_url = \"http://127.0.0.1:9/\"\nclickhouse_database = \"traces_1\"\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.store_backend, StoreBackend::Clickhouse);
+        assert_eq!(c.clickhouse_url, "http://127.0.0.1:9");
+        assert_eq!(c.clickhouse_database, "traces_1");
+        let c = load_str("", &Flags::default(), &[]).unwrap();
+        assert_eq!(c.clickhouse_url, DEFAULT_CLICKHOUSE_URL);
+        assert_eq!(c.clickhouse_database, DEFAULT_CLICKHOUSE_DATABASE);
+
+        let e = load_str(
+            "[store]\nclickhouse_database = \"x; DROP\"\n",
+            &Flags::default(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("store.clickhouse_database"),
+            "a bad database names its key: {e}"
+        );
+        let e = load_str(
+            "",
+            &Flags::default(),
+            &[("LLM_TRACER_STORE_CLICKHOUSE_URL", "ftp://x")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("store.clickhouse_url") && e.contains("LLM_TRACER_STORE_CLICKHOUSE_URL"),
+            "a bad URL names its key and source: {e}"
+        );
+        check_env_names([
+            "LLM_TRACER_CLICKHOUSE_USER".to_string(),
+            "LLM_TRACER_CLICKHOUSE_PASSWORD".to_string(),
+            "LLM_TRACER_STORE_CLICKHOUSE_DATABASE".to_string(),
+        ])
+        .expect("the ClickHouse credential and key variables are known");
     }
 
     #[test]
