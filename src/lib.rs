@@ -4,8 +4,8 @@
 
 pub mod api;
 pub mod app;
-pub mod clickhouse;
 pub mod cli;
+pub mod clickhouse;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -104,11 +104,6 @@ impl SummaryRow {
     }
 }
 
-/// `ifNull(positionCaseInsensitiveUTF8(col, needle), 0) > 0`.
-fn contains(col: &str, needle: &str) -> String {
-    format!("ifNull(positionCaseInsensitiveUTF8({col}, {needle}), 0) > 0")
-}
-
 impl ClickHouseStore {
     /// Newest first by trace start (ties: trace id ascending, as sled's index orders them),
     /// every filter in SQL. `limit` is validated 1..=1000 by the caller (0 is treated as 1).
@@ -202,25 +197,33 @@ impl ClickHouseStore {
         if let Some(u) = &q.user_id {
             having.push(format!("ifNull(t_user = {}, 0)", sql::string(u)));
         }
-        // The needle is written once (`WITH … AS needle`): a long `q` must not be parsed ten
-        // times.
-        let with_clause = match &q.q {
-            Some(text) => format!("WITH {} AS needle", sql::string(text)),
-            None => String::new(),
-        };
-        if q.q.is_some() {
-            let n = "needle";
+        // `q` has the sled store's semantics (`store::query_terms`): whole words, case-insensitive,
+        // stop words ignored, every term required; a query with no terms filters nothing. A term
+        // is letters and digits only, so it is safe inside a regular expression.
+        let terms =
+            q.q.as_deref()
+                .map(crate::store::query_terms)
+                .unwrap_or_default();
+        let with_clause = String::new();
+        for term in &terms {
+            let tail = if term.chars().count() >= crate::store::MAX_TERM_CHARS {
+                ""
+            } else {
+                "([^\\pL\\pN]|$)"
+            };
+            let re = sql::string(&format!("(^|[^\\pL\\pN]){term}{tail}"));
+            let w = |col: &str| format!("match(lowerUTF8(ifNull({col}, '')), {re})");
             let fields = [
-                contains("trace_id", n),
-                contains("t_name", n),
-                contains("t_input_preview", n),
-                contains("t_root_output", n),
-                contains("t_llm_output", n),
-                contains("t_error", n),
-                contains("t_session", n),
-                contains("t_user", n),
-                format!("arrayExists(x -> positionCaseInsensitiveUTF8(x, {n}) > 0, t_models)"),
-                format!("arrayExists(x -> positionCaseInsensitiveUTF8(x, {n}) > 0, t_tags)"),
+                w("trace_id"),
+                w("t_name"),
+                w("t_input_preview"),
+                w("t_root_output"),
+                w("t_llm_output"),
+                w("t_error"),
+                w("t_session"),
+                w("t_user"),
+                format!("arrayExists(x -> match(lowerUTF8(x), {re}), t_models)"),
+                format!("arrayExists(x -> match(lowerUTF8(x), {re}), t_tags)"),
             ];
             having.push(format!("({})", fields.join(" OR ")));
         }

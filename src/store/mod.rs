@@ -76,8 +76,8 @@ pub use types::*;
 use codec::*;
 use keys::*;
 use preview::*;
-pub use search::MAX_QUERY_TERMS;
 use search::*;
+pub use search::{query_terms, MAX_QUERY_TERMS, MAX_TERM_CHARS};
 use summary::*;
 #[allow(unused_imports)] // names the sibling modules share through `use super::*`
 use {query::*, retention::*, sessions::*, stats::*, write::*};

@@ -16,7 +16,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use super::*;
 
 /// Longer runs of letters and digits are indexed (and searched) by their first 32 chars.
-pub(super) const MAX_TERM_CHARS: usize = 32;
+pub const MAX_TERM_CHARS: usize = 32;
 /// Bytes of string values read from each of a span's input and output.
 pub(super) const MAX_TEXT_BYTES: usize = 2048;
 /// Terms kept per trace.
@@ -88,7 +88,7 @@ pub(super) fn each_term(text: &str, mut f: impl FnMut(&str)) {
 }
 
 /// The distinct terms of a query, in the order they first appear, at most [`MAX_QUERY_TERMS`].
-pub(super) fn query_terms(q: &str) -> Vec<String> {
+pub fn query_terms(q: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     each_term(q, |t| {
         if out.len() < MAX_QUERY_TERMS && !out.iter().any(|o| o == t) {
