@@ -17,7 +17,6 @@
 
 mod client;
 mod copy;
-mod preview;
 mod query;
 mod retention;
 mod row;

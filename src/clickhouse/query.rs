@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::preview::from_pico;
 use super::row::{status_of_rank, status_rank};
 use super::{sql, ClickHouseError, ClickHouseStore};
 use crate::span::{is_valid_id, Span, Timestamp};
+use crate::store::from_pico;
 use crate::store::{
     Cursor, ModelCounts, Quantiles, Series, SeriesRow, Stats, StatsQuery, StatsRow, TracePage,
     TraceQuery, TraceSummary, MAX_SERIES_MODELS, MAX_SUMMARY_VALUES, OTHER_MODELS, UNKNOWN_MODEL,

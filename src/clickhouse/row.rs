@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::preview::{error_message, input_preview, output_preview, to_pico};
 use crate::span::{Kind, Span, Status};
+use crate::store::{error_message, input_preview, output_preview, to_pico};
 
 /// Status as a number whose maximum is the trace's worst status (`Status::worst`).
 pub fn status_rank(s: Status) -> u8 {

@@ -6,16 +6,13 @@
 //! One query finds the page of sessions; each listed session's totals are one more query (a
 //! page of `limit` sessions costs `limit + 1` queries; fine for the UI's pages of 50).
 
-use std::collections::BTreeSet;
-
 use serde::Deserialize;
 
-use super::preview::{from_pico, insert_capped, to_pico};
 use super::query::summary_columns;
 use super::{sql, ClickHouseError, ClickHouseStore};
-use crate::span::Status;
 use crate::store::{
-    Cursor, SessionPage, SessionQuery, SessionSummary, TraceQuery, TraceSummary, MAX_SESSION_TRACES,
+    session_summary, Cursor, SessionPage, SessionQuery, SessionSummary, TraceQuery, TraceSummary,
+    MAX_SESSION_TRACES,
 };
 
 impl ClickHouseStore {
@@ -129,62 +126,4 @@ impl ClickHouseStore {
             page.traces,
         ))
     }
-}
-
-/// Totals over a session's traces (given newest first); `None` for no traces. The sled store's
-/// rules, copied from `store.rs` (to be shared once `store` is split).
-fn session_summary(
-    session: &str,
-    newest_first: &[TraceSummary],
-    complete: bool,
-) -> Option<SessionSummary> {
-    let newest = newest_first.first()?;
-    let oldest = newest_first.last()?;
-    let mut s = SessionSummary {
-        session_id: session.to_string(),
-        trace_count: newest_first.len() as u64,
-        complete,
-        start_time: oldest.start_time,
-        end_time: newest.end_time,
-        duration_ms: 0.0,
-        status: Status::Ok,
-        errors: 0,
-        span_count: 0,
-        llm_calls: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: None,
-        models: Vec::new(),
-        user_ids: Vec::new(),
-        first_input_preview: oldest.input_preview.clone(),
-        last_output_preview: newest.output_preview.clone(),
-        last_trace_id: newest.trace_id.clone(),
-    };
-    let mut cost_pico: Option<u64> = None;
-    let mut models = BTreeSet::new();
-    let mut users = BTreeSet::new();
-    for t in newest_first {
-        s.start_time = s.start_time.min(t.start_time);
-        s.end_time = s.end_time.max(t.end_time);
-        s.status = s.status.worst(t.status);
-        s.errors += u64::from(t.status == Status::Error);
-        s.span_count += t.span_count;
-        s.llm_calls += t.llm_calls;
-        s.input_tokens = s.input_tokens.saturating_add(t.input_tokens);
-        s.output_tokens = s.output_tokens.saturating_add(t.output_tokens);
-        if let Some(pico) = t.cost_usd.and_then(to_pico) {
-            cost_pico = Some(cost_pico.unwrap_or(0).saturating_add(pico));
-        }
-        for m in &t.models {
-            insert_capped(&mut models, m);
-        }
-        if let Some(u) = &t.user_id {
-            insert_capped(&mut users, u);
-        }
-    }
-    s.duration_ms = s.start_time.ms_until(s.end_time);
-    s.cost_usd = cost_pico.map(from_pico);
-    s.models = models.into_iter().collect();
-    s.user_ids = users.into_iter().collect();
-    Some(s)
 }

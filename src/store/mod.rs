@@ -75,10 +75,15 @@ pub use types::*;
 
 use codec::*;
 use keys::*;
+#[cfg(test)]
 use preview::*;
 use search::*;
 pub use search::{query_terms, MAX_QUERY_TERMS, MAX_TERM_CHARS};
+// The summary rules, shared with the ClickHouse backend so both give the same answers.
+pub use preview::{input_preview, output_preview};
+pub use sessions::session_summary;
 use summary::*;
+pub use summary::{error_message, from_pico, insert_capped, to_pico};
 #[allow(unused_imports)] // names the sibling modules share through `use super::*`
 use {query::*, retention::*, sessions::*, stats::*, write::*};
 

@@ -4,7 +4,7 @@ use super::*;
 
 /// The text a user would call "the input": a chat request's last user message, a prompt or input
 /// string, else compact JSON.
-pub(super) fn input_preview(v: &Value) -> Option<String> {
+pub fn input_preview(v: &Value) -> Option<String> {
     let text = match v {
         Value::Null => return None,
         Value::String(s) => s.clone(),
@@ -50,7 +50,7 @@ pub(super) fn input_preview(v: &Value) -> Option<String> {
 
 /// The text a user would call "the answer": a chat completion's first choice, a completion's
 /// text, an Anthropic message's or a Responses output's text blocks, a string, else compact JSON.
-pub(super) fn output_preview(v: &Value) -> Option<String> {
+pub fn output_preview(v: &Value) -> Option<String> {
     let text = match v {
         Value::Null => return None,
         Value::String(s) => s.clone(),

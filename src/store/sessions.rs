@@ -141,7 +141,7 @@ impl Store {
 }
 
 /// Totals over a session's traces (given newest first); `None` for no traces.
-pub(super) fn session_summary(
+pub fn session_summary(
     session: &str,
     newest_first: &[TraceSummary],
     complete: bool,

@@ -259,7 +259,7 @@ impl Agg {
 
 /// Adds `value`, keeping only the [`MAX_SUMMARY_VALUES`] smallest: the result is the same
 /// whatever order the values arrive in.
-pub(super) fn insert_capped(set: &mut BTreeSet<String>, value: &str) {
+pub fn insert_capped(set: &mut BTreeSet<String>, value: &str) {
     if set.len() >= MAX_SUMMARY_VALUES && set.last().is_some_and(|last| value >= last.as_str()) {
         return;
     }
@@ -269,7 +269,7 @@ pub(super) fn insert_capped(set: &mut BTreeSet<String>, value: &str) {
     }
 }
 
-pub(super) fn error_message(span: &Span) -> String {
+pub fn error_message(span: &Span) -> String {
     match &span.error {
         Some(e) if !e.message.is_empty() => e.message.clone(),
         Some(e) if !e.kind.is_empty() => e.kind.clone(),
@@ -279,11 +279,11 @@ pub(super) fn error_message(span: &Span) -> String {
 
 /// Costs are summed as integer picodollars so the sum does not depend on the order of addition.
 /// Negative or non-finite costs count as unknown.
-pub(super) fn to_pico(usd: f64) -> Option<u64> {
+pub fn to_pico(usd: f64) -> Option<u64> {
     (usd.is_finite() && usd >= 0.0).then(|| (usd * 1e12).round() as u64)
 }
 
-pub(super) fn from_pico(pico: u64) -> f64 {
+pub fn from_pico(pico: u64) -> f64 {
     pico as f64 / 1e12
 }
 
