@@ -204,7 +204,6 @@ impl ClickHouseStore {
             q.q.as_deref()
                 .map(crate::store::query_terms)
                 .unwrap_or_default();
-        let with_clause = String::new();
         for term in &terms {
             let tail = if term.chars().count() >= crate::store::MAX_TERM_CHARS {
                 ""
@@ -234,7 +233,7 @@ impl ClickHouseStore {
         };
 
         let statement = format!(
-            "{with_clause} SELECT {cols} FROM {db}.spans FINAL {where_clause}
+            "SELECT {cols} FROM {db}.spans FINAL {where_clause}
              GROUP BY trace_id {having_clause}
              ORDER BY t_start DESC, trace_id ASC
              LIMIT {fetch}
