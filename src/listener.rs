@@ -135,7 +135,12 @@ pub async fn serve<S, B>(
         // this is refused (431, or 414 for the URI) instead of buffered.
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
-    http.http2().timer(TokioTimer::new());
+    // HTTP/2 gets the same head bound as HTTP/1 (hyper's h2 default is 16 KiB): a header list
+    // over it is answered 431 by h2 and the stream reset; CONTINUATION floods and rapid resets
+    // are bounded by h2 itself (it sends GOAWAY). `tests/hostile.rs` covers all three.
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
     let grace = opts.grace;
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let mut full_logged = false;
