@@ -1,4 +1,4 @@
-//! `llm-tracer export` and `llm-tracer import`: spans to and from files (jsonl of our spans, or
+//! `llm-tracer export`, `llm-tracer import` and `llm-tracer migrate` (in `migrate`): spans to and from files (jsonl of our spans, or
 //! OTLP/JSON lines), either on the store directly or through a running server's admin API.
 //!
 //! sled holds an exclusive lock on the data dir while `serve` runs. Without `--admin`, both
@@ -7,6 +7,7 @@
 //! touch the data dir: export pages through `GET /api/traces`, import posts `POST /api/spans`.
 
 mod admin;
+mod migrate;
 mod progress;
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
+pub use self::migrate::{migrate, MigrateArgs};
 use self::{admin::AdminClient, progress::Progress};
 use crate::{
     config,
