@@ -138,6 +138,16 @@ impl ClickHouseBackend {
         self.writer.stats()
     }
 
+    /// The store, with its schema: until the probe has seen ClickHouse up and migrated, each
+    /// call runs the (idempotent) migrations itself, so a request right after start-up, or
+    /// right after ClickHouse came back, does not race the probe.
+    async fn ready(&self) -> Result<&ClickHouseStore, ClickHouseError> {
+        if !self.reachable.load(Relaxed) {
+            self.store.migrate().await?;
+        }
+        Ok(&self.store)
+    }
+
     pub fn store(&self) -> &ClickHouseStore {
         &self.store
     }
@@ -218,7 +228,7 @@ impl Backend {
                     .await
             }
             Backend::ClickHouse(c) => {
-                c.store.put_spans(&spans).await?;
+                c.ready().await?.put_spans(&spans).await?;
                 Ok(spans)
             }
         }
@@ -240,7 +250,7 @@ impl Backend {
     pub async fn list_traces(&self, q: TraceQuery) -> Result<TracePage, BackendError> {
         match self {
             Backend::Sled(s) => s.blocking(move |st| st.list_traces(&q)).await,
-            Backend::ClickHouse(c) => Ok(c.store.list_traces(&q).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.list_traces(&q).await?),
         }
     }
 
@@ -250,28 +260,28 @@ impl Backend {
     ) -> Result<Option<(TraceSummary, Vec<Span>)>, BackendError> {
         match self {
             Backend::Sled(s) => s.blocking(move |st| st.get_trace(&trace_id)).await,
-            Backend::ClickHouse(c) => Ok(c.store.get_trace(&trace_id).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.get_trace(&trace_id).await?),
         }
     }
 
     pub async fn get_span(&self, span_id: String) -> Result<Option<Span>, BackendError> {
         match self {
             Backend::Sled(s) => s.blocking(move |st| st.get_span(&span_id)).await,
-            Backend::ClickHouse(c) => Ok(c.store.get_span(&span_id).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.get_span(&span_id).await?),
         }
     }
 
     pub async fn delete_trace(&self, trace_id: String) -> Result<bool, BackendError> {
         match self {
             Backend::Sled(s) => s.blocking(move |st| st.delete_trace(&trace_id)).await,
-            Backend::ClickHouse(c) => Ok(c.store.delete_trace(&trace_id).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.delete_trace(&trace_id).await?),
         }
     }
 
     pub async fn stats(&self, q: StatsQuery) -> Result<Stats, BackendError> {
         match self {
             Backend::Sled(s) => s.blocking(move |st| st.stats(&q)).await,
-            Backend::ClickHouse(c) => Ok(c.store.stats(&q).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.stats(&q).await?),
         }
     }
 
@@ -282,14 +292,14 @@ impl Backend {
     ) -> Result<Option<(u64, u64)>, BackendError> {
         match self {
             Backend::Sled(s) => s.blocking(move |st| st.call_bounds(since, until)).await,
-            Backend::ClickHouse(c) => Ok(c.store.call_bounds(since, until).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.call_bounds(since, until).await?),
         }
     }
 
     pub async fn list_sessions(&self, q: SessionQuery) -> Result<SessionPage, BackendError> {
         match self {
             Backend::Sled(s) => s.blocking(move |st| st.list_sessions(&q)).await,
-            Backend::ClickHouse(c) => Ok(c.store.list_sessions(&q).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.list_sessions(&q).await?),
         }
     }
 
@@ -303,7 +313,7 @@ impl Backend {
                 s.blocking(move |st| st.get_session(&session_id, limit))
                     .await
             }
-            Backend::ClickHouse(c) => Ok(c.store.get_session(&session_id, limit).await?),
+            Backend::ClickHouse(c) => Ok(c.ready().await?.get_session(&session_id, limit).await?),
         }
     }
 
@@ -365,7 +375,7 @@ impl Backend {
                 let Some(cutoff) = older_than else {
                     return Ok(0);
                 };
-                let deleted = c.store.enforce_retention(cutoff).await?;
+                let deleted = c.ready().await?.enforce_retention(cutoff).await?;
                 c.retention_deleted.fetch_add(deleted, Relaxed);
                 Ok(deleted)
             }
