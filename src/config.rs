@@ -1336,6 +1336,68 @@ mod tests {
     }
 
     #[test]
+    fn clickhouse_flags_env_and_max_store_bytes() {
+        let flags = Flags {
+            store_backend: Some("clickhouse".into()),
+            clickhouse_url: Some("http://127.0.0.1:18123/".into()),
+            clickhouse_database: Some("from_flag".into()),
+            clickhouse_buffer_spans: Some("50".into()),
+            ..Flags::default()
+        };
+        let c = load(None, &flags, &|_| None).unwrap();
+        assert_eq!(c.store_backend, StoreBackend::Clickhouse);
+        assert_eq!(c.clickhouse_url, "http://127.0.0.1:18123");
+        assert_eq!(c.clickhouse_database, "from_flag");
+        assert_eq!(c.clickhouse_buffer_spans, 50);
+
+        let env = |k: &str| match k {
+            "LLM_TRACER_STORE_BACKEND" => Some("clickhouse".to_string()),
+            "LLM_TRACER_STORE_CLICKHOUSE_DATABASE" => Some("from_env".to_string()),
+            _ => None,
+        };
+        let c = load(None, &Flags::default(), &env).unwrap();
+        assert_eq!(c.clickhouse_database, "from_env");
+        assert_eq!(c.clickhouse_buffer_spans, 100_000, "the default bound");
+
+        let bad = Flags {
+            clickhouse_database: Some("no-dashes".into()),
+            ..Flags::default()
+        };
+        let e = load(None, &bad, &|_| None).unwrap_err().to_string();
+        assert!(
+            e.contains("store.clickhouse_database") && e.contains("--clickhouse-database"),
+            "the error names the key and the flag: {e}"
+        );
+        let bad = Flags {
+            clickhouse_buffer_spans: Some("0".into()),
+            ..Flags::default()
+        };
+        let e = load(None, &bad, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("store.clickhouse_buffer_spans"), "{e}");
+
+        let sized = Flags {
+            store_backend: Some("clickhouse".into()),
+            max_store_bytes: Some("1000000".into()),
+            ..Flags::default()
+        };
+        let e = load(None, &sized, &|_| None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("max_store_bytes") && e.contains("retention_days"),
+            "max_store_bytes with clickhouse is refused, naming the key and the way out: {e}"
+        );
+        for name in [
+            "LLM_TRACER_STORE_CLICKHOUSE_BUFFER_SPANS",
+            "LLM_TRACER_CLICKHOUSE_USER",
+            "LLM_TRACER_CLICKHOUSE_PASSWORD",
+        ] {
+            assert!(
+                check_env_names([name.to_string()]).is_ok(),
+                "{name} is a known variable"
+            );
+        }
+    }
+
+    #[test]
     fn clickhouse_keys_are_read_and_checked() {
         let c = load_str(
             "[store]\nbackend = \"clickhouse\"\nclickhouse_url = \"http://127.0.0.1:9/\"\nclickhouse_database = \"traces_1\"\n",

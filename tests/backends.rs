@@ -738,3 +738,71 @@ async fn migrate_copies_a_real_proxy_store_into_clickhouse() {
         "check says what to do instead: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn otlp_ingest_and_retention_by_age_work_on_clickhouse() {
+    let server = ClickHouseServer::start().await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = clickhouse_config(
+        tmp.path(),
+        &upstream.url(),
+        &server.url(),
+        "retention",
+        1000,
+    );
+    config.retention = Some(Duration::from_secs(86_400));
+    config.retention_interval = Duration::from_millis(100);
+    let proxy = TestProxy::start_with(config).await;
+
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let old_ns: u64 = 1_600_000_000_000_000_000; // 2020-09-13
+    let span = |trace: &str, id: &str, ns: u64| {
+        json!({"traceId": trace, "spanId": id, "name": "ChatOpenAI", "kind": 3,
+               "startTimeUnixNano": ns.to_string(), "endTimeUnixNano": (ns + 1_000_000).to_string(),
+               "attributes": [{"key": "openinference.span.kind", "value": {"stringValue": "LLM"}},
+                              {"key": "llm.model_name", "value": {"stringValue": "gpt-4o"}},
+                              {"key": "llm.token_count.prompt", "value": {"intValue": "11"}}]})
+    };
+    let recent = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let old = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let body = json!({"resourceSpans": [{"scopeSpans": [{"spans": [
+        span(recent, "10f067aa0ba902b7", now_ns),
+        span(old, "11f067aa0ba902b7", old_ns),
+    ]}]}]});
+    let rsp = client()
+        .post(proxy.api("/v1/traces"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200, "OTLP ingest writes into ClickHouse");
+    let trace = proxy.wait_for_trace(recent, 1).await;
+    assert_eq!(trace["trace"]["input_tokens"], 11, "{trace}");
+
+    // The retention task deletes the old trace (and only it), by itself, and counts it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        let (_, health) = get(&proxy, "/healthz").await;
+        if health["retention"]["deleted_traces"] != 0 {
+            break health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never deleted the 2020 trace: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health["retention"]["deleted_traces"], 1, "{health}");
+    let (status, _) = get(&proxy, &format!("/api/traces/{old}")).await;
+    assert_eq!(status, 404, "the 2020 trace is gone");
+    let (status, _) = get(&proxy, &format!("/api/traces/{recent}")).await;
+    assert_eq!(status, 200, "a trace younger than retention_days stays");
+    assert!(
+        health["store"]["size_bytes"].as_u64().is_some(),
+        "ClickHouse reports its size on disk: {health}"
+    );
+}
