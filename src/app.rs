@@ -27,6 +27,8 @@ use crate::{
 const RECORDER_GRACE: Duration = Duration::from_secs(2);
 /// At shutdown, the writer gets this long to store every queued capture and flush.
 const WRITER_GRACE: Duration = Duration::from_secs(30);
+/// At shutdown, after the writer's own bounded flush, the ClickHouse writer's last try.
+const BACKEND_CLOSE: Duration = Duration::from_secs(2);
 /// Admin connections get this long to finish once the writer has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -234,8 +236,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         if let Err(e) = admin_task.await {
             tracing::error!(error = %e, "admin listener task failed");
         }
-        // ClickHouse: what its writer still buffers (ingested or captured) is inserted now.
-        closing_backend.close(WRITER_GRACE).await;
+        // ClickHouse: the capture writer has already waited for the buffer to drain (bounded);
+        // this stops its task, with a last short try.
+        closing_backend.close(BACKEND_CLOSE).await;
         // Last: everything stored (captures and ingested spans) has been offered.
         if let Some(exporter) = exporter {
             exporter.shutdown().await;

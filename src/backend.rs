@@ -43,6 +43,8 @@ const PROBE_HEALTHY: Duration = Duration::from_secs(2);
 const PROBE_UNHEALTHY: Duration = Duration::from_millis(250);
 /// Per probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Asking ClickHouse for its size (for `/healthz`, `/metrics`).
+const SIZE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a store call failed. Mapped to HTTP once, in `error.rs` (503: the store, not the caller).
 #[derive(Debug, thiserror::Error)]
@@ -347,7 +349,11 @@ impl Backend {
     pub async fn size(&self) -> Option<u64> {
         match self {
             Backend::Sled(s) => Some(s.sled().size_on_disk()),
-            Backend::ClickHouse(c) => c.store.size_on_disk().await.ok(),
+            // Bounded: /healthz and /metrics must answer while ClickHouse hangs.
+            Backend::ClickHouse(c) => tokio::time::timeout(SIZE_TIMEOUT, c.store.size_on_disk())
+                .await
+                .ok()
+                .and_then(Result::ok),
         }
     }
 
