@@ -737,6 +737,25 @@ async fn migrate_copies_a_real_proxy_store_into_clickhouse() {
         stderr.contains("clickhouse") && stderr.contains("CHECK TABLE"),
         "check says what to do instead: {stderr}"
     );
+    // So does `export` without --admin (it reads sled data dirs).
+    let out = common::bin()
+        .args(["export", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--admin"), "export names the way: {stderr}");
+    // Through --admin it reads the ClickHouse instance: every migrated span comes out.
+    let out = common::bin()
+        .args(["export", "--admin", &ch.admin])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(lines, 11, "export --admin on ClickHouse writes every span");
 }
 
 #[tokio::test]

@@ -357,6 +357,14 @@ fn open_store(
     };
     let config = config::load(file.as_deref(), &flags, &config::process_env)
         .map_err(|e| Fatal(e.to_string()))?;
+    if config.store_backend == config::StoreBackend::Clickhouse && data_dir.is_none() {
+        return Err(Fatal(
+            "store.backend: this config uses \"clickhouse\"; without --admin, export and import \
+             read and write a sled data dir. Go through a running server with --admin \
+             http://ADMIN_ADDR, or pass --data-dir for a sled store"
+                .to_string(),
+        ));
+    }
     let dir = config.data_dir;
     if !create && !dir.is_dir() {
         return Err(Fatal(format!(
