@@ -11,6 +11,8 @@
 #[path = "common/clickhouse.rs"]
 mod clickhouse_server;
 mod common;
+#[path = "support/otlp_receiver.rs"]
+mod otlp_receiver;
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,8 @@ use clickhouse_server::ClickHouseServer;
 use common::{
     chat_body, clickhouse_config, client, metric_value, test_config, MockUpstream, TestProxy,
 };
+use llm_tracer::otlp::{self, OtlpConfig, Protocol};
+use otlp_receiver::OtlpReceiver;
 use serde_json::{json, Value};
 
 /// One app request, sent to both instances in turn.
@@ -404,9 +408,22 @@ fn traceparent(t: &str, p: &str) -> String {
 async fn two_instances_sharing_one_clickhouse_show_the_whole_trace() {
     let server = ClickHouseServer::start().await;
     let upstream = MockUpstream::start().await.unwrap();
+    // Both instances also export to one collector: the OTLP hook fires on the ClickHouse path.
+    let collector = OtlpReceiver::start().await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = |dir: &std::path::Path| {
-        clickhouse_config(dir, &upstream.url(), &server.url(), "shared", 100_000)
+        let mut c = clickhouse_config(dir, &upstream.url(), &server.url(), "shared", 100_000);
+        c.otlp = Some(OtlpConfig {
+            traces_url: otlp::traces_url(&collector.endpoint()).unwrap(),
+            protocol: Protocol::Protobuf,
+            headers: Vec::new(),
+            batch_size: 5,
+            interval: Duration::from_millis(20),
+            max_buffer_spans: 100,
+            timeout: Duration::from_secs(2),
+            service_name: "llm-tracer".into(),
+        });
+        c
     };
     let a = TestProxy::start_with(config(dir_a.path())).await;
     let b = TestProxy::start_with(config(dir_b.path())).await;
@@ -497,6 +514,22 @@ async fn two_instances_sharing_one_clickhouse_show_the_whole_trace() {
         models.iter().any(|m| m.starts_with("gpt-4o-mini"))
             && models.iter().any(|m| !m.starts_with("gpt-4o-mini")),
         "both models are on the trace: {models:?}"
+    );
+
+    // Each instance exported what it stored: the ingested root (B) and each captured call.
+    let exported: std::collections::BTreeSet<String> = collector
+        .wait_for(3)
+        .await
+        .iter()
+        .map(|r| r.span.span_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let want: std::collections::BTreeSet<String> = [root, first.as_str(), second.as_str()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        exported, want,
+        "every span of the trace reached the collector"
     );
 }
 
