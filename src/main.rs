@@ -1,5 +1,6 @@
-//! `llm-tracer serve | demo | check`: CLI → config → app. Start-up errors print the key and exit
-//! 2. `check` verifies the store: exit 0 clean, 1 with problems, 2 when it cannot run.
+//! `llm-tracer serve | demo | check | export | import | migrate`: CLI → config → app. Start-up
+//! errors print the key and exit 2. `check` verifies the sled store: exit 0 clean, 1 with
+//! problems, 2 when it cannot run (or the config uses ClickHouse, which has nothing to check here).
 
 use std::{path::PathBuf, process::ExitCode};
 
