@@ -1,6 +1,6 @@
 //! API: the admin listener. `/api/*` (traces, spans, stats, ingest), `/healthz`, `/metrics` and
 //! the web UI at `/`. Parses and validates query params (400 naming the param), calls the store
-//! on blocking threads, and maps [`ApiError`] to `{"error":{"code","message"}}` in one place.
+//! through [`Backend`], and maps [`ApiError`] to `{"error":{"code","message"}}` in one place.
 
 use std::sync::{atomic::Ordering::Relaxed, Arc};
 
@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
+use crate::backend::Backend;
 use crate::{
     config::AdminToken,
     error::ApiError,
@@ -18,10 +19,12 @@ use crate::{
     queue::SpanQueue,
     span::{self, redact::Redactor, Kind, Span, Status, Timestamp},
     store::{
-        Cursor, Series, SessionQuery, StatsQuery, Store, TraceQuery, MAX_BUCKETS,
-        MAX_SESSION_TRACES,
+        Cursor, Series, SessionQuery, StatsQuery, TraceQuery, MAX_BUCKETS, MAX_SESSION_TRACES,
     },
 };
+
+/// `POST /api/flush` waits at most this long for the ClickHouse writer to drain.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Largest `POST /api/spans` body.
 const MAX_INGEST_BYTES: usize = 16 * 1024 * 1024;
@@ -103,7 +106,7 @@ frame-ancestors 'none'";
 
 /// Shared state of the admin listener.
 pub struct Admin {
-    store: Store,
+    backend: Backend,
     metrics: Arc<Metrics>,
     queue: Option<SpanQueue>,
     queue_capacity: usize,
@@ -121,7 +124,7 @@ type Rsp = Response<Full<Bytes>>;
 
 impl Admin {
     pub fn new(
-        store: Store,
+        backend: Backend,
         metrics: Arc<Metrics>,
         queue: Option<SpanQueue>,
         queue_capacity: usize,
@@ -130,7 +133,7 @@ impl Admin {
         redactor: Arc<Redactor>,
     ) -> Self {
         Self {
-            store,
+            backend,
             metrics,
             queue,
             queue_capacity,
@@ -191,11 +194,11 @@ impl Admin {
                 _ => Err(not_allowed()),
             },
             ["healthz"] => match method {
-                Method::GET | Method::HEAD => Ok(self.healthz()),
+                Method::GET | Method::HEAD => Ok(self.healthz().await),
                 _ => Err(not_allowed()),
             },
             ["metrics"] => match method {
-                Method::GET => Ok(self.metrics_text()),
+                Method::GET => Ok(self.metrics_text().await),
                 _ => Err(not_allowed()),
             },
             ["api", "traces"] => match method {
@@ -243,7 +246,7 @@ impl Admin {
                 Method::POST => Ok(otlp::ingest::handle(
                     req,
                     otlp::ingest::IngestContext {
-                        store: &self.store,
+                        backend: &self.backend,
                         redactor: &self.redactor,
                         metrics: &self.metrics,
                         export: &self.export,
@@ -267,28 +270,45 @@ impl Admin {
         }
     }
 
-    fn healthz(&self) -> Rsp {
-        let store_ok = self.metrics.store_ok.load(Relaxed);
+    async fn healthz(&self) -> Rsp {
+        let store_ok = self.metrics.store_ok.load(Relaxed) && self.backend.healthy();
+        let mut store = json!({
+            "backend": self.backend.name(),
+            "ok": store_ok,
+            "size_bytes": self.backend.size().await,
+        });
+        if let Some(w) = self.backend.writer_stats() {
+            store["writer"] = json!({
+                "healthy": w.healthy,
+                "buffered": w.buffered,
+                "written": w.written,
+                "dropped": w.dropped,
+                "failures": w.failures,
+            });
+        }
         let body = json!({
             "status": if store_ok { "ok" } else { "degraded" },
-            "store": { "backend": "sled", "ok": store_ok, "size_bytes": self.store.size_on_disk() },
+            "store": store,
             "capture": self.queue.is_some(),
             "queue": {
                 "length": self.queue.as_ref().map(SpanQueue::len).unwrap_or(0),
                 "capacity": self.queue_capacity,
             },
             "captures_dropped": self.metrics.captures_dropped(),
-            "retention": { "deleted_traces": self.store.retention_deleted() },
+            "retention": { "deleted_traces": self.backend.retention_deleted() },
         });
         json_response(StatusCode::OK, &body)
     }
 
-    fn metrics_text(&self) -> Rsp {
+    async fn metrics_text(&self) -> Rsp {
         let mut text = self.metrics.render(
-            self.store.size_on_disk(),
+            self.backend.size().await.unwrap_or(0),
             self.queue.as_ref().map(SpanQueue::len).unwrap_or(0),
         );
-        crate::metrics::render_retention(&mut text, self.store.retention_deleted());
+        crate::metrics::render_retention(&mut text, self.backend.retention_deleted());
+        if let Some(w) = self.backend.writer_stats() {
+            crate::metrics::render_clickhouse_writer(&mut text, &w);
+        }
         let mut rsp = Response::new(Full::new(Bytes::from(text)));
         rsp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -299,15 +319,12 @@ impl Admin {
 
     async fn list_traces(&self, query: &str) -> Result<Rsp, ApiError> {
         let q = parse_trace_query(query)?;
-        let store = self.store.clone();
-        let page = blocking(move || store.list_traces(&q)).await?;
+        let page = self.backend.list_traces(q).await?;
         Ok(json_response(StatusCode::OK, &page))
     }
 
     async fn get_trace(&self, id: String) -> Result<Rsp, ApiError> {
-        let store = self.store.clone();
-        let lookup = id.clone();
-        match blocking(move || store.get_trace(&lookup)).await? {
+        match self.backend.get_trace(id.clone()).await? {
             Some((trace, spans)) => Ok(json_response(
                 StatusCode::OK,
                 &json!({ "trace": trace, "spans": spans }),
@@ -319,16 +336,15 @@ impl Admin {
     /// `POST /api/flush`: fsyncs the store. Every trace readable through the API before the call
     /// survives a crash or power loss once it returns (for backups, and a deterministic
     /// "acknowledged" point in the kill -9 test instead of waiting out `flush_every_ms`).
+    /// ClickHouse: waits (bounded) until the writer has inserted everything it buffers; 503 if
+    /// it could not.
     async fn flush(&self) -> Result<Rsp, ApiError> {
-        let store = self.store.clone();
-        blocking(move || store.flush()).await?;
+        self.backend.flush(FLUSH_WAIT).await?;
         Ok(json_response(StatusCode::OK, &json!({ "flushed": true })))
     }
 
     async fn delete_trace(&self, id: String) -> Result<Rsp, ApiError> {
-        let store = self.store.clone();
-        let lookup = id.clone();
-        if blocking(move || store.delete_trace(&lookup)).await? {
+        if self.backend.delete_trace(id.clone()).await? {
             let mut rsp = Response::new(Full::new(Bytes::new()));
             *rsp.status_mut() = StatusCode::NO_CONTENT;
             Ok(rsp)
@@ -338,9 +354,7 @@ impl Admin {
     }
 
     async fn get_span(&self, id: String) -> Result<Rsp, ApiError> {
-        let store = self.store.clone();
-        let lookup = id.clone();
-        match blocking(move || store.get_span(&lookup)).await? {
+        match self.backend.get_span(id.clone()).await? {
             Some(span) => Ok(json_response(StatusCode::OK, &span)),
             None => Err(ApiError::NotFound { what: "span", id }),
         }
@@ -365,8 +379,7 @@ impl Admin {
             None | Some("") => None,
             Some(v) => {
                 let width_us = parse_bucket(v)? * 1_000_000;
-                let store = self.store.clone();
-                let bounds = blocking(move || store.call_bounds(since, until)).await?;
+                let bounds = self.backend.call_bounds(since, until).await?;
                 // The instants the series must cover: the window, or the calls in it.
                 let hi = until
                     .map(|u| u.micros().saturating_sub(1))
@@ -398,8 +411,7 @@ impl Admin {
             group_by_model,
             series,
         };
-        let store = self.store.clone();
-        let stats = blocking(move || store.stats(&q)).await?;
+        let stats = self.backend.stats(q).await?;
         Ok(json_response(StatusCode::OK, &stats))
     }
 
@@ -413,17 +425,14 @@ impl Admin {
             q: p.text("q")?,
         };
         check_window(q.since, q.until)?;
-        let store = self.store.clone();
-        let page = blocking(move || store.list_sessions(&q)).await?;
+        let page = self.backend.list_sessions(q).await?;
         Ok(json_response(StatusCode::OK, &page))
     }
 
     async fn get_session(&self, id: String, query: &str) -> Result<Rsp, ApiError> {
         let p = Params::parse(query)?;
         let limit = p.limit("limit", MAX_SESSION_TRACES, MAX_SESSION_TRACES)?;
-        let store = self.store.clone();
-        let lookup = id.clone();
-        match blocking(move || store.get_session(&lookup, limit)).await? {
+        match self.backend.get_session(id.clone(), limit).await? {
             Some((session, traces)) => Ok(json_response(
                 StatusCode::OK,
                 &json!({ "session": session, "traces": traces }),
@@ -469,16 +478,18 @@ impl Admin {
             .to_bytes();
         let mut spans = parse_ingest(&body)?;
         let count = spans.len();
-        let store = self.store.clone();
+        // App spans carry prompts too: the same `[[redact]]` rules as captured calls (CPU work
+        // on up to MAX_INGEST_BYTES: off the runtime's threads).
         let redactor = self.redactor.clone();
-        let spans = blocking(move || {
-            // App spans carry prompts too: the same `[[redact]]` rules as captured calls.
+        let spans = tokio::task::spawn_blocking(move || {
             for span in &mut spans {
                 redactor.apply(span);
             }
-            store.put_spans(&spans).map(|()| spans)
+            spans
         })
-        .await?;
+        .await
+        .map_err(|e| ApiError::Internal(format!("redaction task failed: {e}")))?;
+        let spans = self.backend.put_spans(spans).await?;
         self.export.offer(&spans);
         self.metrics.spans_ingested.fetch_add(count as u64, Relaxed);
         Ok(json_response(StatusCode::OK, &json!({ "stored": count })))
@@ -555,16 +566,6 @@ fn constant_time_eq(expected: &[u8], presented: &[u8]) -> bool {
         diff |= e ^ p;
     }
     std::hint::black_box(diff) == 0
-}
-
-/// Runs a store call on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-        .map_err(ApiError::from)
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Rsp {

@@ -11,7 +11,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     api::Admin,
-    config::Config,
+    backend::{Backend, ClickHouseBackend, SledBackend},
+    clickhouse::ClickHouseOptions,
+    config::{Config, StoreBackend},
     error::StartError,
     forward::Proxy,
     listener,
@@ -25,6 +27,8 @@ use crate::{
 const RECORDER_GRACE: Duration = Duration::from_secs(2);
 /// At shutdown, the writer gets this long to store every queued capture and flush.
 const WRITER_GRACE: Duration = Duration::from_secs(30);
+/// At shutdown, after the writer's own bounded flush, the ClickHouse writer's last try.
+const BACKEND_CLOSE: Duration = Duration::from_secs(2);
 /// Admin connections get this long to finish once the writer has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -33,7 +37,7 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    pub store: Store,
+    pub backend: Backend,
     /// Fault injection for the writer's store writes (tests only; see [`StoreFaults`]).
     pub faults: Arc<StoreFaults>,
     stop: watch::Sender<bool>,
@@ -54,24 +58,7 @@ impl Running {
 /// Starts the proxy and admin listeners. Returns once both are bound.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if config.store_backend == crate::config::StoreBackend::Clickhouse {
-        // The backend exists (`crate::clickhouse`) but the API and writer do not use it yet:
-        // refuse rather than silently storing in sled.
-        return Err(StartError::Config(crate::error::ConfigError::Invalid {
-            key: "store.backend".to_string(),
-            source_name: "configuration".to_string(),
-            message: "\"clickhouse\" is not wired into the server yet; use \"sled\"".to_string(),
-        }));
-    }
-
-    let store_opts = StoreOptions {
-        cache_capacity: config.cache_capacity_bytes,
-        flush_every_ms: config.flush_every_ms,
-    };
-    let dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, &store_opts))
-        .await
-        .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
+    let store = open_backend(&config).await?;
 
     let metrics = Arc::new(Metrics::with_capture_budget(config.capture_budget_bytes));
     let faults = Arc::new(StoreFaults::default());
@@ -210,6 +197,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             ))
         });
 
+    let closing_backend = store.clone();
     let mut stop_signal = stop_rx;
     let lifecycle = tokio::spawn(async move {
         let _ = stop_signal.wait_for(|s| *s).await;
@@ -248,6 +236,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         if let Err(e) = admin_task.await {
             tracing::error!(error = %e, "admin listener task failed");
         }
+        // ClickHouse: the capture writer has already waited for the buffer to drain (bounded);
+        // this stops its task, with a last short try.
+        closing_backend.close(BACKEND_CLOSE).await;
         // Last: everything stored (captures and ingested spans) has been offered.
         if let Some(exporter) = exporter {
             exporter.shutdown().await;
@@ -259,17 +250,49 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_addr,
         admin_addr,
         metrics,
-        store,
+        backend: store,
         faults,
         stop: stop_tx,
         lifecycle,
     })
 }
 
-/// Deletes old traces now and every `interval` until `stop` (see [`Store::enforce_retention`]).
+/// Opens the configured store: sled (on the blocking pool, errors name `data_dir`), or
+/// ClickHouse (never waits for the server: unreachable is a degraded start, see `backend`).
+async fn open_backend(config: &Config) -> Result<Backend, StartError> {
+    match config.store_backend {
+        StoreBackend::Sled => {
+            let store_opts = StoreOptions {
+                cache_capacity: config.cache_capacity_bytes,
+                flush_every_ms: config.flush_every_ms,
+            };
+            let dir = config.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || Store::open(&dir, &store_opts))
+                .await
+                .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
+            Ok(Backend::Sled(SledBackend::new(store)))
+        }
+        StoreBackend::Clickhouse => {
+            let opts = ClickHouseOptions::new(&config.clickhouse_url, &config.clickhouse_database);
+            let writer = crate::clickhouse::WriterOptions {
+                capacity: config.clickhouse_buffer_spans,
+                ..crate::clickhouse::WriterOptions::default()
+            };
+            let backend = ClickHouseBackend::start(&opts, writer)?;
+            tracing::info!(
+                url = config.clickhouse_url,
+                database = config.clickhouse_database,
+                "store: clickhouse"
+            );
+            Ok(Backend::ClickHouse(Box::new(backend)))
+        }
+    }
+}
+
+/// Deletes old traces now and every `interval` until `stop` (see [`Backend::enforce_retention`]).
 /// A failed pass is logged and retried at the next tick.
 async fn run_retention(
-    store: Store,
+    store: Backend,
     max_age: Option<Duration>,
     max_bytes: Option<u64>,
     interval: Duration,
@@ -282,20 +305,13 @@ async fn run_retention(
             _ = ticks.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let store = store.clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let cutoff = max_age.map(|age| {
-                let now = Timestamp::now().micros();
-                let age_us = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
-                Timestamp(now.saturating_sub(age_us))
-            });
-            store.enforce_retention(cutoff, max_bytes)
-        })
-        .await;
-        match pass {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed; retrying later"),
-            Err(e) => tracing::error!(error = %e, "retention task panicked"),
+        let cutoff = max_age.map(|age| {
+            let now = Timestamp::now().micros();
+            let age_us = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+            Timestamp(now.saturating_sub(age_us))
+        });
+        if let Err(e) = store.enforce_retention(cutoff, max_bytes).await {
+            tracing::warn!(error = %e, "retention pass failed; retrying later");
         }
     }
 }

@@ -50,7 +50,7 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Sled,
-    /// The shared, scale-out store (`crate::clickhouse`); not wired into `app` yet.
+    /// The shared, scale-out store (`crate::clickhouse`, through `crate::backend`).
     Clickhouse,
 }
 
@@ -99,6 +99,9 @@ pub struct Config {
     pub clickhouse_url: String,
     /// `[store] clickhouse_database` (checked: `[A-Za-z0-9_]`, 1-64 chars).
     pub clickhouse_database: String,
+    /// `[store] clickhouse_buffer_spans`: the ClickHouse writer's bound; beyond it spans are
+    /// dropped and counted while ClickHouse is down or slow.
+    pub clickhouse_buffer_spans: usize,
     /// Keep embedding vectors in spans (off: only their count and dimensions).
     pub capture_embeddings: bool,
     /// Model prices: built-in, then `pricing_file`, then the config file's `[pricing."…"]`.
@@ -170,6 +173,9 @@ pub struct Flags {
     pub flush_every_ms: Option<String>,
     pub cache_capacity_bytes: Option<String>,
     pub store_backend: Option<String>,
+    pub clickhouse_url: Option<String>,
+    pub clickhouse_database: Option<String>,
+    pub clickhouse_buffer_spans: Option<String>,
     /// `--capture-embeddings` sets `Some("true")`.
     pub capture_embeddings: Option<String>,
     pub pricing_file: Option<String>,
@@ -274,6 +280,7 @@ struct StoreFile {
     backend: Option<String>,
     clickhouse_url: Option<String>,
     clickhouse_database: Option<String>,
+    clickhouse_buffer_spans: Option<u64>,
 }
 
 /// One `[[redact]]` rule: exactly one of `json_path` and `regex`.
@@ -617,15 +624,20 @@ pub fn load(
         )?
         .unwrap_or(StoreBackend::Sled);
     let clickhouse_url = l
-        .pick("store.clickhouse_url", &None, store.clickhouse_url, |s| {
-            parse_upstream(s)?;
-            Ok(s.trim().trim_end_matches('/').to_string())
-        })?
+        .pick(
+            "store.clickhouse_url",
+            &flags.clickhouse_url,
+            store.clickhouse_url,
+            |s| {
+                parse_upstream(s)?;
+                Ok(s.trim().trim_end_matches('/').to_string())
+            },
+        )?
         .unwrap_or_else(|| DEFAULT_CLICKHOUSE_URL.to_string());
     let clickhouse_database = l
         .pick(
             "store.clickhouse_database",
-            &None,
+            &flags.clickhouse_database,
             store.clickhouse_database,
             |s| {
                 if crate::clickhouse::sql::is_identifier(s) {
@@ -638,6 +650,27 @@ pub fn load(
             },
         )?
         .unwrap_or_else(|| DEFAULT_CLICKHOUSE_DATABASE.to_string());
+    let clickhouse_buffer_spans = l
+        .pick_num(
+            "store.clickhouse_buffer_spans",
+            &flags.clickhouse_buffer_spans,
+            store.clickhouse_buffer_spans,
+            1,
+            10_000_000,
+        )?
+        .unwrap_or(100_000);
+    if backend == StoreBackend::Clickhouse && max_store_bytes > 0 {
+        // ClickHouse's disk is the ClickHouse operator's: a client deleting traces to meet a
+        // byte budget would fight its merges, TTLs and replicas. Refuse rather than ignore.
+        return Err(ConfigError::Invalid {
+            key: "max_store_bytes".to_string(),
+            source_name: "configuration".to_string(),
+            message: "does not apply to [store] backend = \"clickhouse\" (size ClickHouse \
+                      itself: TTL or dropping partitions); use retention_days, or leave \
+                      max_store_bytes at 0"
+                .to_string(),
+        });
+    }
 
     let mut routes = vec![RouteConfig {
         prefix: "/".to_string(),
@@ -716,6 +749,7 @@ pub fn load(
         store_backend: backend,
         clickhouse_url,
         clickhouse_database,
+        clickhouse_buffer_spans: usize::try_from(clickhouse_buffer_spans).unwrap_or(usize::MAX),
         capture_embeddings,
         pricing: Arc::new(pricing),
         admin_token,
@@ -908,6 +942,7 @@ pub const KEYS: &[&str] = &[
     "store.backend",
     "store.clickhouse_url",
     "store.clickhouse_database",
+    "store.clickhouse_buffer_spans",
     "capture_embeddings",
     "pricing_file",
     "admin_token",
@@ -1024,7 +1059,17 @@ impl Layers<'_> {
         file: Option<String>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Option<T>, ConfigError> {
-        let flag_name = format!("--{}", key.replace(['.', '_'], "-"));
+        // `[store] clickhouse_*` keys have the shorter flags `--clickhouse-*`.
+        let flag_name = format!(
+            "--{}",
+            key.trim_start_matches("store.clickhouse_")
+                .replace(['.', '_'], "-")
+        );
+        let flag_name = if key.starts_with("store.clickhouse_") {
+            format!("--clickhouse{}", &flag_name[1..])
+        } else {
+            flag_name
+        };
         if let Some(raw) = flag {
             return parse(raw)
                 .map(Some)
@@ -1288,6 +1333,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("store.backend"), "{e}");
+    }
+
+    #[test]
+    fn clickhouse_flags_env_and_max_store_bytes() {
+        let flags = Flags {
+            store_backend: Some("clickhouse".into()),
+            clickhouse_url: Some("http://127.0.0.1:18123/".into()),
+            clickhouse_database: Some("from_flag".into()),
+            clickhouse_buffer_spans: Some("50".into()),
+            ..Flags::default()
+        };
+        let c = load(None, &flags, &|_| None).unwrap();
+        assert_eq!(c.store_backend, StoreBackend::Clickhouse);
+        assert_eq!(c.clickhouse_url, "http://127.0.0.1:18123");
+        assert_eq!(c.clickhouse_database, "from_flag");
+        assert_eq!(c.clickhouse_buffer_spans, 50);
+
+        let env = |k: &str| match k {
+            "LLM_TRACER_STORE_BACKEND" => Some("clickhouse".to_string()),
+            "LLM_TRACER_STORE_CLICKHOUSE_DATABASE" => Some("from_env".to_string()),
+            _ => None,
+        };
+        let c = load(None, &Flags::default(), &env).unwrap();
+        assert_eq!(c.clickhouse_database, "from_env");
+        assert_eq!(c.clickhouse_buffer_spans, 100_000, "the default bound");
+
+        let bad = Flags {
+            clickhouse_database: Some("no-dashes".into()),
+            ..Flags::default()
+        };
+        let e = load(None, &bad, &|_| None).unwrap_err().to_string();
+        assert!(
+            e.contains("store.clickhouse_database") && e.contains("--clickhouse-database"),
+            "the error names the key and the flag: {e}"
+        );
+        let bad = Flags {
+            clickhouse_buffer_spans: Some("0".into()),
+            ..Flags::default()
+        };
+        let e = load(None, &bad, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("store.clickhouse_buffer_spans"), "{e}");
+
+        let sized = Flags {
+            store_backend: Some("clickhouse".into()),
+            max_store_bytes: Some("1000000".into()),
+            ..Flags::default()
+        };
+        let e = load(None, &sized, &|_| None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("max_store_bytes") && e.contains("retention_days"),
+            "max_store_bytes with clickhouse is refused, naming the key and the way out: {e}"
+        );
+        for name in [
+            "LLM_TRACER_STORE_CLICKHOUSE_BUFFER_SPANS",
+            "LLM_TRACER_CLICKHOUSE_USER",
+            "LLM_TRACER_CLICKHOUSE_PASSWORD",
+        ] {
+            assert!(
+                check_env_names([name.to_string()]).is_ok(),
+                "{name} is a known variable"
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("store.clickhouse_url: {0}")]
+    ClickHouse(#[from] crate::clickhouse::ClickHouseError),
     #[error("{key}: {message}")]
     Tls { key: String, message: String },
     #[error("start-up failed: {0}")]
@@ -122,7 +124,7 @@ pub enum ApiError {
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::backend::BackendError),
     #[error("internal error: {0}")]
     Internal(String),
 }

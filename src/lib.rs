@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backend;
 pub mod cli;
 pub mod clickhouse;
 pub mod config;

@@ -1,5 +1,6 @@
-//! `llm-tracer serve | demo | check`: CLI → config → app. Start-up errors print the key and exit
-//! 2. `check` verifies the store: exit 0 clean, 1 with problems, 2 when it cannot run.
+//! `llm-tracer serve | demo | check | export | import | migrate`: CLI → config → app. Start-up
+//! errors print the key and exit 2. `check` verifies the sled store: exit 0 clean, 1 with
+//! problems, 2 when it cannot run (or the config uses ClickHouse, which has nothing to check here).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -32,6 +33,9 @@ enum Command {
     /// Load spans from a file written by `export` (jsonl or OTLP/JSON lines, detected per line).
     /// Writes the store directly (stop the server first), or through --admin URL.
     Import(cli::ImportArgs),
+    /// Copy a sled store into ClickHouse: `migrate --from sled --to clickhouse`. Stop the server
+    /// that uses the sled store first (sled locks its directory). Safe to run again.
+    Migrate(cli::MigrateArgs),
 }
 
 #[derive(Args, Clone)]
@@ -126,9 +130,20 @@ struct ServeArgs {
     /// Store page cache (default 67108864).
     #[arg(long, value_name = "BYTES")]
     cache_capacity_bytes: Option<String>,
-    /// Store backend: sled (default).
+    /// Store backend: sled (default, embedded) or clickhouse (shared by many instances).
     #[arg(long, value_name = "NAME")]
     store_backend: Option<String>,
+    /// ClickHouse HTTP interface (default http://127.0.0.1:8123). Credentials only from env
+    /// LLM_TRACER_CLICKHOUSE_USER / LLM_TRACER_CLICKHOUSE_PASSWORD.
+    #[arg(long, value_name = "URL")]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database, created if missing (default llm_tracer).
+    #[arg(long, value_name = "NAME")]
+    clickhouse_database: Option<String>,
+    /// Spans the ClickHouse writer holds while ClickHouse is down or slow; beyond it new spans
+    /// are dropped and counted (default 100000).
+    #[arg(long, value_name = "N")]
+    clickhouse_buffer_spans: Option<String>,
     /// Keep embedding vectors in spans (default: only their count and dimensions).
     #[arg(long)]
     capture_embeddings: bool,
@@ -201,6 +216,9 @@ impl ServeArgs {
             flush_every_ms: self.flush_every_ms.clone(),
             cache_capacity_bytes: self.cache_capacity_bytes.clone(),
             store_backend: self.store_backend.clone(),
+            clickhouse_url: self.clickhouse_url.clone(),
+            clickhouse_database: self.clickhouse_database.clone(),
+            clickhouse_buffer_spans: self.clickhouse_buffer_spans.clone(),
             capture_embeddings: self.capture_embeddings.then(|| "true".to_string()),
             pricing_file: self.pricing_file.clone(),
             admin_token: self.admin_token.clone(),
@@ -252,6 +270,7 @@ fn main() -> ExitCode {
             Command::Check(a) => return check(a),
             Command::Export(a) => return cli::export(a).await,
             Command::Import(a) => return cli::import(a).await,
+            Command::Migrate(a) => return cli::migrate(a).await,
         };
         let env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
         if let Err(e) = config::check_env_names(env_names) {
@@ -312,6 +331,16 @@ fn check(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.store_backend == config::StoreBackend::Clickhouse && args.data_dir.is_none() {
+        eprintln!(
+            "error: store.backend: `check` verifies the embedded sled store's indexes; with \
+             \"clickhouse\" there are none to verify (trace summaries are computed by SQL at \
+             query time). Ask ClickHouse itself (`CHECK TABLE {}.spans`) and GET /healthz; \
+             pass --data-dir to check a sled store anyway.",
+            config.clickhouse_database
+        );
+        return ExitCode::from(2);
+    }
     if !config.data_dir.is_dir() {
         eprintln!(
             "error: data_dir: {} is not a directory (nothing to check)",

@@ -358,6 +358,46 @@ pub fn render_retention(out: &mut String, deleted_traces: u64) {
     );
 }
 
+/// The ClickHouse writer's counters (only with `[store] backend = "clickhouse"`).
+pub fn render_clickhouse_writer(out: &mut String, w: &crate::clickhouse::WriterStats) {
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "llm_tracer_clickhouse_healthy",
+        "gauge",
+        "1 while the ClickHouse writer's inserts succeed, 0 while it retries.",
+        u64::from(w.healthy),
+    );
+    metric(
+        "llm_tracer_clickhouse_buffered_spans",
+        "gauge",
+        "Spans waiting in the ClickHouse writer's bounded buffer (or in flight).",
+        w.buffered as u64,
+    );
+    metric(
+        "llm_tracer_clickhouse_spans_inserted_total",
+        "counter",
+        "Spans inserted into ClickHouse by the writer.",
+        w.written,
+    );
+    metric(
+        "llm_tracer_clickhouse_spans_dropped_total",
+        "counter",
+        "Spans dropped because the ClickHouse writer's buffer was full (traffic unaffected).",
+        w.dropped,
+    );
+    metric(
+        "llm_tracer_clickhouse_insert_failures_total",
+        "counter",
+        "Failed ClickHouse insert, migration or probe attempts (each retried with backoff).",
+        w.failures,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,14 +13,17 @@ use tokio::sync::{
 };
 
 use crate::{
+    backend::{Backend, BackendError},
     metrics::Metrics,
     otlp::ExportSink,
     span::{self, AssembleOptions, Span},
-    store::{Store, StoreError},
     tap::RawCall,
 };
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// At shutdown, the ClickHouse writer gets this long to insert what it buffers (sled: an fsync).
+const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
 /// A batch write still running after this long marks the store unhealthy (`/healthz` degraded).
 const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -84,7 +87,7 @@ impl StoreFaults {
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] BackendError),
     #[error("store write failed (injected fault)")]
     Injected,
 }
@@ -144,7 +147,7 @@ impl SpanQueue {
 /// everything already queued is still written, then the store is flushed.
 pub async fn run_writer(
     mut rx: mpsc::Receiver<RawCall>,
-    store: Store,
+    backend: Backend,
     metrics: Arc<Metrics>,
     opts: WriterOptions,
     mut stop: watch::Receiver<bool>,
@@ -153,7 +156,7 @@ pub async fn run_writer(
     let max = opts.batch_size.max(1);
     let mut batch: Vec<RawCall> = Vec::with_capacity(max);
     let worker = Worker::start(
-        store.clone(),
+        backend.clone(),
         opts.assemble.clone(),
         faults,
         metrics.clone(),
@@ -208,8 +211,9 @@ pub async fn run_writer(
             }
         };
         match written {
-            Ok(Ok(())) => {
-                metrics.spans_captured.fetch_add(count, Relaxed);
+            Ok(Ok(accepted)) => {
+                // ClickHouse: spans beyond its buffer bound are counted by its writer.
+                metrics.spans_captured.fetch_add(accepted as u64, Relaxed);
                 metrics.store_ok.store(true, Relaxed);
             }
             Ok(Err(e)) => {
@@ -230,11 +234,9 @@ pub async fn run_writer(
         }
     }
     drop(worker);
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.flush()).await {
-        Ok(Ok(())) => tracing::debug!("store flushed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "store flush failed at shutdown"),
-        Err(e) => tracing::error!(error = %e, "store flush task failed"),
+    match backend.flush(FINAL_FLUSH).await {
+        Ok(()) => tracing::debug!("store flushed"),
+        Err(e) => tracing::error!(error = %e, "store flush failed at shutdown"),
     }
 }
 
@@ -257,7 +259,7 @@ struct Worker {
 /// What writes a batch: the store, how to assemble, the fault hook, the retry counter.
 #[derive(Clone)]
 struct Writer {
-    store: Store,
+    backend: Backend,
     opts: AssembleOptions,
     faults: Arc<StoreFaults>,
     metrics: Arc<Metrics>,
@@ -266,7 +268,7 @@ struct Writer {
 
 type Job = (
     Vec<RawCall>,
-    tokio::sync::oneshot::Sender<Result<(), WriteError>>,
+    tokio::sync::oneshot::Sender<Result<usize, WriteError>>,
 );
 
 /// The batch's work panicked (a bug); its spans are lost, the writer goes on.
@@ -274,7 +276,7 @@ struct WorkerGone;
 
 impl Worker {
     fn start(
-        store: Store,
+        backend: Backend,
         opts: AssembleOptions,
         faults: Arc<StoreFaults>,
         metrics: Arc<Metrics>,
@@ -282,7 +284,7 @@ impl Worker {
     ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let writer = Writer {
-            store,
+            backend,
             opts,
             faults,
             metrics,
@@ -317,7 +319,7 @@ impl Worker {
         }
     }
 
-    async fn run(&self, records: Vec<RawCall>) -> Result<Result<(), WriteError>, WorkerGone> {
+    async fn run(&self, records: Vec<RawCall>) -> Result<Result<usize, WriteError>, WorkerGone> {
         if let Some(tx) = &self.tx {
             let (done, result) = tokio::sync::oneshot::channel();
             // Never blocks: one batch at a time, and the previous one has answered.
@@ -336,19 +338,20 @@ impl Worker {
 }
 
 impl Writer {
-    /// Assembles and stores one batch. A failed write is retried (bounded, with backoff) before
-    /// the error is returned and the batch counted as dropped; a write is one atomic batch, so a
-    /// retry never doubles anything.
-    fn write_batch(&self, records: Vec<RawCall>) -> Result<(), WriteError> {
+    /// Assembles and stores one batch; returns how many spans the store accepted. A failed write
+    /// is retried (bounded, with backoff) before the error is returned and the batch counted as
+    /// dropped; a write is one atomic batch, so a retry never doubles anything. (ClickHouse:
+    /// the spans go into its writer's bounded buffer, which never fails; it retries itself.)
+    fn write_batch(&self, records: Vec<RawCall>) -> Result<usize, WriteError> {
         let spans: Vec<Span> = records
             .into_iter()
             .map(|r| span::assemble(r.into_record(), &self.opts))
             .collect();
-        let attempt = || -> Result<(), WriteError> {
+        let attempt = || -> Result<usize, WriteError> {
             if self.faults.before_write() {
                 return Err(WriteError::Injected);
             }
-            Ok(self.store.put_spans(&spans)?)
+            Ok(self.backend.write_captured(&spans)?)
         };
         let mut result = attempt();
         for pause in WRITE_RETRY_BACKOFF {

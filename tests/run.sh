@@ -26,4 +26,4 @@ if [ ! -x "$chromium_bin" ]; then
   exit 1
 fi
 (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
-(cd tests/ui && node --test --test-concurrency=1 ui.test.mjs)
+(cd tests/ui && node --test --test-concurrency=1 ui.test.mjs clickhouse.test.mjs)

@@ -1,4 +1,4 @@
-//! `llm-tracer export` and `llm-tracer import`: spans to and from files (jsonl of our spans, or
+//! `llm-tracer export`, `llm-tracer import` and `llm-tracer migrate` (in `migrate`): spans to and from files (jsonl of our spans, or
 //! OTLP/JSON lines), either on the store directly or through a running server's admin API.
 //!
 //! sled holds an exclusive lock on the data dir while `serve` runs. Without `--admin`, both
@@ -7,6 +7,7 @@
 //! touch the data dir: export pages through `GET /api/traces`, import posts `POST /api/spans`.
 
 mod admin;
+mod migrate;
 mod progress;
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
+pub use self::migrate::{migrate, MigrateArgs};
 use self::{admin::AdminClient, progress::Progress};
 use crate::{
     config,
@@ -355,6 +357,14 @@ fn open_store(
     };
     let config = config::load(file.as_deref(), &flags, &config::process_env)
         .map_err(|e| Fatal(e.to_string()))?;
+    if config.store_backend == config::StoreBackend::Clickhouse && data_dir.is_none() {
+        return Err(Fatal(
+            "store.backend: this config uses \"clickhouse\"; without --admin, export and import \
+             read and write a sled data dir. Go through a running server with --admin \
+             http://ADMIN_ADDR, or pass --data-dir for a sled store"
+                .to_string(),
+        ));
+    }
     let dir = config.data_dir;
     if !create && !dir.is_dir() {
         return Err(Fatal(format!(

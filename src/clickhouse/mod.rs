@@ -12,8 +12,7 @@
 //!   `schema`: migrations; `row`: span → row; `query`: the reads; `write`: the buffered,
 //!   retrying, fail-open writer; `preview`: the summary's per-span values.
 //!
-//! Not here yet (next step, once `store` is split behind a trait): wiring into `app`, `queue`
-//! and `api`; the retention task; the `llm-tracer migrate` command (its library half is `copy`).
+//! The server reaches it through `crate::backend` (one interface over sled and ClickHouse).
 
 mod client;
 mod copy;
@@ -124,6 +123,22 @@ impl ClickHouseStore {
     /// `SELECT 1` answered.
     pub async fn ping(&self) -> bool {
         self.client.query("SELECT 1").await.is_ok()
+    }
+
+    /// Bytes of this database's active parts on disk (for `/healthz` and `/metrics`).
+    pub async fn size_on_disk(&self) -> Result<u64, ClickHouseError> {
+        #[derive(serde::Deserialize)]
+        struct Size {
+            bytes: u64,
+        }
+        let name = sql::string(self.db.trim_matches('`'));
+        let rows: Vec<Size> = self
+            .select(&format!(
+                "SELECT toUInt64(sum(bytes)) AS bytes FROM system.parts
+                 WHERE database = {name} AND active FORMAT JSONEachRow"
+            ))
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.bytes))
     }
 
     /// Writes spans now, in one insert (the buffered path is [`ClickHouseWriter`]). Spans with

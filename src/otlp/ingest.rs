@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use super::{decode, ExportSink};
-use crate::{metrics::Metrics, span::redact::Redactor, store::Store};
+use crate::{backend::Backend, metrics::Metrics, span::redact::Redactor};
 
 /// Largest request body as sent (compressed or not).
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -51,7 +51,7 @@ pub enum Format {
 
 /// What the handler needs from the admin listener.
 pub struct IngestContext<'a> {
-    pub store: &'a Store,
+    pub backend: &'a Backend,
     pub redactor: &'a Arc<Redactor>,
     pub metrics: &'a Arc<Metrics>,
     pub export: &'a ExportSink,
@@ -161,32 +161,35 @@ pub async fn handle(req: Request<Incoming>, ctx: IngestContext<'_>) -> Rsp {
     let mut spans = decoded.spans;
     let count = spans.len() as u64;
     if !spans.is_empty() {
-        let store = ctx.store.clone();
+        // Redaction is CPU work on up to MAX_DECODED_BYTES: off the runtime's threads.
         let redactor = ctx.redactor.clone();
-        let stored = tokio::task::spawn_blocking(move || {
+        let redacted = tokio::task::spawn_blocking(move || {
             for span in &mut spans {
                 redactor.apply(span);
             }
-            store.put_spans(&spans).map(|()| spans)
+            spans
         })
         .await;
-        match stored {
-            Ok(Ok(spans)) => ctx.export.offer(&spans),
-            Ok(Err(e)) => {
+        let spans = match redacted {
+            Ok(spans) => spans,
+            Err(e) => {
+                return status_response(
+                    format,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    UNAVAILABLE,
+                    format!("redaction task failed: {e}"),
+                )
+            }
+        };
+        match ctx.backend.put_spans(spans).await {
+            Ok(spans) => ctx.export.offer(&spans),
+            Err(e) => {
                 tracing::error!(error = %e, spans = count, "OTLP ingest: spans not stored");
                 return status_response(
                     format,
                     StatusCode::SERVICE_UNAVAILABLE,
                     UNAVAILABLE,
                     format!("the store could not write the spans: {e}"),
-                );
-            }
-            Err(e) => {
-                return status_response(
-                    format,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    UNAVAILABLE,
-                    format!("store task failed: {e}"),
                 );
             }
         }

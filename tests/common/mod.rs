@@ -33,6 +33,31 @@ pub fn test_config(dir: &Path, upstream: &str) -> Config {
     config::load(None, &flags, &|_| None).expect("test config is valid")
 }
 
+/// [`test_config`] with `[store] backend = "clickhouse"` at `url`, database `database`, the
+/// writer's buffer bounded to `buffer_spans`.
+pub fn clickhouse_config(
+    dir: &Path,
+    upstream: &str,
+    url: &str,
+    database: &str,
+    buffer_spans: usize,
+) -> Config {
+    let flags = Flags {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.display().to_string()),
+        upstream: Some(upstream.into()),
+        batch_interval_ms: Some("5".into()),
+        shutdown_timeout_ms: Some("5000".into()),
+        store_backend: Some("clickhouse".into()),
+        clickhouse_url: Some(url.into()),
+        clickhouse_database: Some(database.into()),
+        clickhouse_buffer_spans: Some(buffer_spans.to_string()),
+        ..Flags::default()
+    };
+    config::load(None, &flags, &|_| None).expect("clickhouse test config is valid")
+}
+
 pub struct TestProxy {
     pub proxy: String,
     pub admin: String,

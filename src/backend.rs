@@ -1,0 +1,398 @@
+//! Backend: the one store interface the server uses — the embedded sled [`Store`] or the shared
+//! [`ClickHouseStore`] — chosen by `[store] backend`. `api`, `queue`, `otlp::ingest` and `app`
+//! (retention) talk to this and never to either store directly.
+//!
+//! An enum rather than a trait object: there are exactly two backends, both known here; the
+//! methods are plain `async fn`s (no boxed futures, no `async-trait`), and a `match` per call
+//! keeps each backend's particulars (sled blocks, so it runs on the blocking pool; ClickHouse
+//! writes go through a fail-open buffered writer) visible in one place.
+//!
+//! sled: every access goes through [`SledBackend::sled`], which reads the current `Store` out of
+//! an `Arc<RwLock<_>>`, so the store can be swapped at run time (reopened after a full disk)
+//! without touching any caller. Calls run on the blocking pool as before.
+//!
+//! ClickHouse: reads are SQL queries; captured spans go to the [`ClickHouseWriter`] (bounded
+//! buffer, retries with backoff, never blocks the caller); ingested spans (`POST /api/spans`,
+//! `/v1/traces`) are inserted directly, so a 200 means written and a 503 means "send again". A
+//! probe task pings the server and runs the migrations once it is reachable: start-up never
+//! waits for ClickHouse, `/healthz` says degraded until it answers.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, PoisonError, RwLock,
+    },
+    time::Duration,
+};
+
+use crate::{
+    clickhouse::{
+        ClickHouseError, ClickHouseOptions, ClickHouseStore, ClickHouseWriter, WriterOptions,
+        WriterStats,
+    },
+    span::{Span, Timestamp},
+    store::{
+        SessionPage, SessionQuery, SessionSummary, Stats, StatsQuery, Store, StoreError, TracePage,
+        TraceQuery, TraceSummary,
+    },
+};
+
+/// Probe interval while ClickHouse answers.
+const PROBE_HEALTHY: Duration = Duration::from_secs(2);
+/// Probe interval while it does not (how soon `/healthz` recovers without traffic).
+const PROBE_UNHEALTHY: Duration = Duration::from_millis(250);
+/// Per probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Asking ClickHouse for its size (for `/healthz`, `/metrics`).
+const SIZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a store call failed. Mapped to HTTP once, in `error.rs` (503: the store, not the caller).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Sled(#[from] StoreError),
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+    #[error("store task failed: {0}")]
+    Task(String),
+    #[error("clickhouse: {left} spans still buffered after {waited:?} (is ClickHouse reachable?)")]
+    NotDrained { left: usize, waited: Duration },
+}
+
+/// The store the server uses; cheap to clone.
+#[derive(Clone)]
+pub enum Backend {
+    Sled(SledBackend),
+    /// Boxed: a ClickHouse handle (HTTP client, writer) is far larger than sled's pointer.
+    ClickHouse(Box<ClickHouseBackend>),
+}
+
+/// The embedded store, behind one access point.
+#[derive(Clone)]
+pub struct SledBackend {
+    store: Arc<RwLock<Store>>,
+}
+
+impl SledBackend {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store: Arc::new(RwLock::new(store)),
+        }
+    }
+
+    /// The current store. The ONLY way to reach it: keep it so (the store may be reopened).
+    pub fn sled(&self) -> Store {
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs a store call on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let store = self.sled();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(|e| BackendError::Task(e.to_string()))?
+            .map_err(BackendError::from)
+    }
+}
+
+/// The shared ClickHouse store, its writer and its health.
+#[derive(Clone)]
+pub struct ClickHouseBackend {
+    store: ClickHouseStore,
+    writer: Arc<ClickHouseWriter>,
+    /// Last probe answered (and the migrations have run).
+    reachable: Arc<AtomicBool>,
+    retention_deleted: Arc<AtomicU64>,
+    database: String,
+    url: String,
+}
+
+impl ClickHouseBackend {
+    /// Starts the writer and the probe (call inside a Tokio runtime). Never waits for the
+    /// server: an unreachable ClickHouse is a degraded start, not a failed one.
+    pub fn start(
+        opts: &ClickHouseOptions,
+        writer: WriterOptions,
+    ) -> Result<ClickHouseBackend, ClickHouseError> {
+        let store = ClickHouseStore::connect(opts)?;
+        let backend = ClickHouseBackend {
+            writer: Arc::new(ClickHouseWriter::start(store.clone(), writer)),
+            store,
+            reachable: Arc::new(AtomicBool::new(false)),
+            retention_deleted: Arc::new(AtomicU64::new(0)),
+            database: opts.database.clone(),
+            url: opts.url.clone(),
+        };
+        tokio::spawn(probe(
+            backend.store.clone(),
+            Arc::downgrade(&backend.reachable),
+        ));
+        Ok(backend)
+    }
+
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+
+    /// The store, with its schema: until the probe has seen ClickHouse up and migrated, each
+    /// call runs the (idempotent) migrations itself, so a request right after start-up, or
+    /// right after ClickHouse came back, does not race the probe.
+    async fn ready(&self) -> Result<&ClickHouseStore, ClickHouseError> {
+        if !self.reachable.load(Relaxed) {
+            self.store.migrate().await?;
+        }
+        Ok(&self.store)
+    }
+
+    pub fn store(&self) -> &ClickHouseStore {
+        &self.store
+    }
+}
+
+/// Pings ClickHouse until the backend is dropped; runs the migrations whenever it comes (back)
+/// up, so a server started after llm-tracer, or one that lost its data, gets the schema.
+async fn probe(store: ClickHouseStore, reachable: std::sync::Weak<AtomicBool>) {
+    let mut migrated = false;
+    loop {
+        let Some(flag) = reachable.upgrade() else {
+            return;
+        };
+        let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
+            if !store.ping().await {
+                return false;
+            }
+            if migrated {
+                return true;
+            }
+            match store.migrate().await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "clickhouse: migrations failed; retrying");
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or_default();
+        migrated = ok;
+        let was = flag.swap(ok, Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!("clickhouse: reachable, schema up to date");
+            } else {
+                tracing::warn!(
+                    "clickhouse: unreachable; traffic flows, spans are buffered (bounded)"
+                );
+            }
+        }
+        drop(flag);
+        tokio::time::sleep(if ok { PROBE_HEALTHY } else { PROBE_UNHEALTHY }).await;
+    }
+}
+
+impl Backend {
+    /// `"sled"` or `"clickhouse"` (for `/healthz`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sled(_) => "sled",
+            Backend::ClickHouse(_) => "clickhouse",
+        }
+    }
+
+    /// Whether the store itself can be reached (sled: always; the writer's own health is in
+    /// `Metrics::store_ok`). ClickHouse: the last probe answered and the writer is not failing.
+    pub fn healthy(&self) -> bool {
+        match self {
+            Backend::Sled(_) => true,
+            Backend::ClickHouse(c) => c.reachable.load(Relaxed) && c.writer.is_healthy(),
+        }
+    }
+
+    /// The writer's counters (ClickHouse only).
+    pub fn writer_stats(&self) -> Option<WriterStats> {
+        match self {
+            Backend::Sled(_) => None,
+            Backend::ClickHouse(c) => Some(c.writer.stats()),
+        }
+    }
+
+    /// Writes spans and returns once they are stored (ingest: an answer means written).
+    pub async fn put_spans(&self, spans: Vec<Span>) -> Result<Vec<Span>, BackendError> {
+        match self {
+            Backend::Sled(s) => {
+                s.blocking(move |st| st.put_spans(&spans).map(|()| spans))
+                    .await
+            }
+            Backend::ClickHouse(c) => {
+                c.ready().await?.put_spans(&spans).await?;
+                Ok(spans)
+            }
+        }
+    }
+
+    /// The writer task's write, on its own thread: sled writes now (blocking); ClickHouse takes
+    /// the spans into its bounded buffer and never waits. Returns how many were accepted (the
+    /// rest were dropped and counted by the writer).
+    pub fn write_captured(&self, spans: &[Span]) -> Result<usize, BackendError> {
+        match self {
+            Backend::Sled(s) => {
+                s.sled().put_spans(spans)?;
+                Ok(spans.len())
+            }
+            Backend::ClickHouse(c) => Ok(c.writer.offer(spans)),
+        }
+    }
+
+    pub async fn list_traces(&self, q: TraceQuery) -> Result<TracePage, BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(move |st| st.list_traces(&q)).await,
+            Backend::ClickHouse(c) => Ok(c.ready().await?.list_traces(&q).await?),
+        }
+    }
+
+    pub async fn get_trace(
+        &self,
+        trace_id: String,
+    ) -> Result<Option<(TraceSummary, Vec<Span>)>, BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(move |st| st.get_trace(&trace_id)).await,
+            Backend::ClickHouse(c) => Ok(c.ready().await?.get_trace(&trace_id).await?),
+        }
+    }
+
+    pub async fn get_span(&self, span_id: String) -> Result<Option<Span>, BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(move |st| st.get_span(&span_id)).await,
+            Backend::ClickHouse(c) => Ok(c.ready().await?.get_span(&span_id).await?),
+        }
+    }
+
+    pub async fn delete_trace(&self, trace_id: String) -> Result<bool, BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(move |st| st.delete_trace(&trace_id)).await,
+            Backend::ClickHouse(c) => Ok(c.ready().await?.delete_trace(&trace_id).await?),
+        }
+    }
+
+    pub async fn stats(&self, q: StatsQuery) -> Result<Stats, BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(move |st| st.stats(&q)).await,
+            Backend::ClickHouse(c) => Ok(c.ready().await?.stats(&q).await?),
+        }
+    }
+
+    pub async fn call_bounds(
+        &self,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> Result<Option<(u64, u64)>, BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(move |st| st.call_bounds(since, until)).await,
+            Backend::ClickHouse(c) => Ok(c.ready().await?.call_bounds(since, until).await?),
+        }
+    }
+
+    pub async fn list_sessions(&self, q: SessionQuery) -> Result<SessionPage, BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(move |st| st.list_sessions(&q)).await,
+            Backend::ClickHouse(c) => Ok(c.ready().await?.list_sessions(&q).await?),
+        }
+    }
+
+    pub async fn get_session(
+        &self,
+        session_id: String,
+        limit: usize,
+    ) -> Result<Option<(SessionSummary, Vec<TraceSummary>)>, BackendError> {
+        match self {
+            Backend::Sled(s) => {
+                s.blocking(move |st| st.get_session(&session_id, limit))
+                    .await
+            }
+            Backend::ClickHouse(c) => Ok(c.ready().await?.get_session(&session_id, limit).await?),
+        }
+    }
+
+    /// sled: fsync. ClickHouse: waits (at most `timeout`) until the writer's buffer is written.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), BackendError> {
+        match self {
+            Backend::Sled(s) => s.blocking(|st| st.flush()).await,
+            Backend::ClickHouse(c) => {
+                if c.writer.flush(timeout).await {
+                    Ok(())
+                } else {
+                    Err(BackendError::NotDrained {
+                        left: c.writer.stats().buffered,
+                        waited: timeout,
+                    })
+                }
+            }
+        }
+    }
+
+    /// At shutdown, after the capture writer has stopped: ClickHouse writes what it buffers (at
+    /// most `timeout`) and stops its writer; what is left is logged as lost.
+    pub async fn close(&self, timeout: Duration) {
+        if let Backend::ClickHouse(c) = self {
+            c.writer.shutdown(timeout).await;
+        }
+    }
+
+    /// Bytes the store takes on disk: sled's files; ClickHouse's active parts of our database
+    /// (`None` when it cannot be asked).
+    pub async fn size(&self) -> Option<u64> {
+        match self {
+            Backend::Sled(s) => Some(s.sled().size_on_disk()),
+            // Bounded: /healthz and /metrics must answer while ClickHouse hangs.
+            Backend::ClickHouse(c) => tokio::time::timeout(SIZE_TIMEOUT, c.store.size_on_disk())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        }
+    }
+
+    /// Traces deleted by retention since start-up.
+    pub fn retention_deleted(&self) -> u64 {
+        match self {
+            Backend::Sled(s) => s.sled().retention_deleted(),
+            Backend::ClickHouse(c) => c.retention_deleted.load(Relaxed),
+        }
+    }
+
+    /// One retention pass: traces that started before `older_than`, then (sled only) the
+    /// oldest until under `max_bytes`.
+    pub async fn enforce_retention(
+        &self,
+        older_than: Option<Timestamp>,
+        max_bytes: Option<u64>,
+    ) -> Result<u64, BackendError> {
+        match self {
+            Backend::Sled(s) => {
+                s.blocking(move |st| st.enforce_retention(older_than, max_bytes))
+                    .await
+            }
+            Backend::ClickHouse(c) => {
+                let Some(cutoff) = older_than else {
+                    return Ok(0);
+                };
+                let deleted = c.ready().await?.enforce_retention(cutoff).await?;
+                c.retention_deleted.fetch_add(deleted, Relaxed);
+                Ok(deleted)
+            }
+        }
+    }
+
+    /// Where the data lives, for logs: the sled dir is known to `app`; ClickHouse: URL/db.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sled(_) => "sled".to_string(),
+            Backend::ClickHouse(c) => format!("clickhouse {} database {}", c.url, c.database),
+        }
+    }
+}
