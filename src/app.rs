@@ -267,10 +267,15 @@ async fn open_backend(config: &Config) -> Result<Backend, StartError> {
                 flush_every_ms: config.flush_every_ms,
             };
             let dir = config.data_dir.clone();
-            let store = tokio::task::spawn_blocking(move || Store::open(&dir, &store_opts))
+            let opts = store_opts.clone();
+            let store = tokio::task::spawn_blocking(move || Store::open(&dir, &opts))
                 .await
                 .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
-            Ok(Backend::Sled(SledBackend::new(store)))
+            Ok(Backend::Sled(SledBackend::new(
+                store,
+                &config.data_dir,
+                &store_opts,
+            )))
         }
         StoreBackend::Clickhouse => {
             let opts = ClickHouseOptions::new(&config.clickhouse_url, &config.clickhouse_database);

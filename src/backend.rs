@@ -8,8 +8,14 @@
 //! writes go through a fail-open buffered writer) visible in one place.
 //!
 //! sled: every access goes through [`SledBackend::sled`], which reads the current `Store` out of
-//! an `Arc<RwLock<_>>`, so the store can be swapped at run time (reopened after a full disk)
-//! without touching any caller. Calls run on the blocking pool as before.
+//! an `Arc<RwLock<_>>`, so the store can be swapped at run time without touching any caller.
+//! Calls run on the blocking pool as before. sled, once a write to its log has failed (a full
+//! disk), fails every later write until it is reopened, so the capture writer calls
+//! [`SledBackend::reopen_after_write_error`] when a write fails with an I/O error: at most once
+//! per [`REOPEN_EVERY`], and only once the data dir's filesystem has [`REOPEN_MIN_FREE`] bytes
+//! free again (while it is still full the failing store is kept, so reads keep working). The
+//! old handle is dropped first (sled locks its directory) and the store opened again; if that
+//! open fails, calls answer 503 until a later attempt succeeds.
 //!
 //! ClickHouse: reads are SQL queries; captured spans go to the [`ClickHouseWriter`] (bounded
 //! buffer, retries with backoff, never blocks the caller); ingested spans (`POST /api/spans`,
@@ -18,11 +24,12 @@
 //! waits for ClickHouse, `/healthz` says degraded until it answers.
 
 use std::{
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc, PoisonError, RwLock,
+        Arc, Mutex, PoisonError, RwLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -32,10 +39,16 @@ use crate::{
     },
     span::{Span, Timestamp},
     store::{
-        SessionPage, SessionQuery, SessionSummary, Stats, StatsQuery, Store, StoreError, TracePage,
-        TraceQuery, TraceSummary,
+        SessionPage, SessionQuery, SessionSummary, Stats, StatsQuery, Store, StoreError,
+        StoreOptions, TracePage, TraceQuery, TraceSummary,
     },
 };
+
+/// At most one sled reopen per this interval (a reopen of a large store reads its snapshot).
+pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
+/// A reopen is tried only when the data dir's filesystem has this much free: two of sled's
+/// 512 KiB log segments.
+pub const REOPEN_MIN_FREE: u64 = 1024 * 1024;
 
 /// Probe interval while ClickHouse answers.
 const PROBE_HEALTHY: Duration = Duration::from_secs(2);
@@ -57,6 +70,30 @@ pub enum BackendError {
     Task(String),
     #[error("clickhouse: {left} spans still buffered after {waited:?} (is ClickHouse reachable?)")]
     NotDrained { left: usize, waited: Duration },
+    #[error("store: closed after a write error and not yet reopened (see the log)")]
+    Reopening,
+}
+
+impl BackendError {
+    /// A sled write error that a reopen may cure: an I/O error (a full disk), or a store left
+    /// closed by a failed reopen.
+    pub fn wants_reopen(&self) -> bool {
+        match self {
+            BackendError::Reopening => true,
+            BackendError::Sled(e) => e.is_io(),
+            _ => false,
+        }
+    }
+}
+
+/// What [`SledBackend::reopen_after_write_error`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reopen {
+    /// Too soon after the last attempt, or the disk is still full: the store is kept as is.
+    NotNow,
+    Reopened,
+    /// The store is closed; calls answer 503 until a later attempt succeeds.
+    Failed,
 }
 
 /// The store the server uses; cheap to clone.
@@ -70,22 +107,81 @@ pub enum Backend {
 /// The embedded store, behind one access point.
 #[derive(Clone)]
 pub struct SledBackend {
-    store: Arc<RwLock<Store>>,
+    /// `None` only between dropping a failed store and a successful reopen.
+    store: Arc<RwLock<Option<Store>>>,
+    dir: PathBuf,
+    opts: StoreOptions,
+    /// When the last reopen was tried.
+    last_reopen: Arc<Mutex<Option<Instant>>>,
+    /// Retention deletions counted by stores since replaced (each store counts from its open).
+    retention_carried: Arc<AtomicU64>,
 }
 
 impl SledBackend {
-    pub fn new(store: Store) -> Self {
+    /// `store` was opened from `dir` with `opts` (what a reopen uses again).
+    pub fn new(store: Store, dir: &Path, opts: &StoreOptions) -> Self {
         Self {
-            store: Arc::new(RwLock::new(store)),
+            store: Arc::new(RwLock::new(Some(store))),
+            dir: dir.to_owned(),
+            opts: opts.clone(),
+            last_reopen: Arc::new(Mutex::new(None)),
+            retention_carried: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// The current store. The ONLY way to reach it: keep it so (the store may be reopened).
-    pub fn sled(&self) -> Store {
+    pub fn sled(&self) -> Result<Store, BackendError> {
         self.store
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+            .ok_or(BackendError::Reopening)
+    }
+
+    /// After a write failed with an error that [`BackendError::wants_reopen`]: drops the store
+    /// and opens it again (blocking: call from the writer thread). See the module docs.
+    pub fn reopen_after_write_error(&self) -> Reopen {
+        {
+            let mut last = self
+                .last_reopen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+                return Reopen::NotNow;
+            }
+            let open = self
+                .store
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
+            if open && free_bytes(&self.dir).is_some_and(|free| free < REOPEN_MIN_FREE) {
+                return Reopen::NotNow;
+            }
+            *last = Some(Instant::now());
+        }
+        let old = self
+            .store
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(old) = old {
+            self.retention_carried
+                .fetch_add(old.retention_deleted(), Relaxed);
+            // Other clones (calls in flight) let go when they finish; `open` waits for the lock.
+            drop(old);
+        }
+        tracing::warn!(dir = %self.dir.display(), "store: reopening after a write error");
+        match Store::open(&self.dir, &self.opts) {
+            Ok(store) => {
+                *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(store);
+                tracing::info!("store: reopened; writes are tried again");
+                Reopen::Reopened
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store: reopen failed; calls answer 503 until a later try succeeds");
+                Reopen::Failed
+            }
+        }
     }
 
     /// Runs a store call on a blocking thread.
@@ -93,7 +189,7 @@ impl SledBackend {
         &self,
         f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, BackendError> {
-        let store = self.sled();
+        let store = self.sled()?;
         tokio::task::spawn_blocking(move || f(store))
             .await
             .map_err(|e| BackendError::Task(e.to_string()))?
@@ -214,6 +310,14 @@ impl Backend {
         }
     }
 
+    /// sled: [`SledBackend::reopen_after_write_error`]. ClickHouse's writer recovers by itself.
+    pub fn reopen_after_write_error(&self) -> Reopen {
+        match self {
+            Backend::Sled(s) => s.reopen_after_write_error(),
+            Backend::ClickHouse(_) => Reopen::NotNow,
+        }
+    }
+
     /// The writer's counters (ClickHouse only).
     pub fn writer_stats(&self) -> Option<WriterStats> {
         match self {
@@ -242,7 +346,7 @@ impl Backend {
     pub fn write_captured(&self, spans: &[Span]) -> Result<usize, BackendError> {
         match self {
             Backend::Sled(s) => {
-                s.sled().put_spans(spans)?;
+                s.sled()?.put_spans(spans)?;
                 Ok(spans.len())
             }
             Backend::ClickHouse(c) => Ok(c.writer.offer(spans)),
@@ -348,7 +452,7 @@ impl Backend {
     /// (`None` when it cannot be asked).
     pub async fn size(&self) -> Option<u64> {
         match self {
-            Backend::Sled(s) => Some(s.sled().size_on_disk()),
+            Backend::Sled(s) => s.sled().ok().map(|st| st.size_on_disk()),
             // Bounded: /healthz and /metrics must answer while ClickHouse hangs.
             Backend::ClickHouse(c) => tokio::time::timeout(SIZE_TIMEOUT, c.store.size_on_disk())
                 .await
@@ -360,7 +464,9 @@ impl Backend {
     /// Traces deleted by retention since start-up.
     pub fn retention_deleted(&self) -> u64 {
         match self {
-            Backend::Sled(s) => s.sled().retention_deleted(),
+            Backend::Sled(s) => {
+                s.retention_carried.load(Relaxed) + s.sled().map_or(0, |st| st.retention_deleted())
+            }
             Backend::ClickHouse(c) => c.retention_deleted.load(Relaxed),
         }
     }
@@ -395,4 +501,10 @@ impl Backend {
             Backend::ClickHouse(c) => format!("clickhouse {} database {}", c.url, c.database),
         }
     }
+}
+
+/// Bytes available to us on the filesystem holding `dir` (`None` when it cannot be asked).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

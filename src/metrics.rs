@@ -43,6 +43,9 @@ pub struct Metrics {
     pub store_write_retries: AtomicU64,
     /// Batch writes that had not finished after the stall limit (e.g. sled blocked on a full disk).
     pub store_stalls: AtomicU64,
+    /// sled reopened by the writer after a write error (a full disk), and reopens that failed.
+    pub store_reopens: AtomicU64,
+    pub store_reopen_failures: AtomicU64,
     /// Proxy-made errors seen (drives rate-limited logging).
     pub proxy_errors_logged: AtomicU64,
     /// False while the last store write failed: `/healthz` says degraded.
@@ -73,6 +76,8 @@ impl Default for Metrics {
             store_errors: AtomicU64::new(0),
             store_write_retries: AtomicU64::new(0),
             store_stalls: AtomicU64::new(0),
+            store_reopens: AtomicU64::new(0),
+            store_reopen_failures: AtomicU64::new(0),
             proxy_errors_logged: AtomicU64::new(0),
             store_ok: AtomicBool::new(true),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -169,6 +174,16 @@ impl Metrics {
             "llm_tracer_store_stalls_total",
             "Span batch writes still unfinished after 5 s (store unhealthy meanwhile).",
             self.store_stalls.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_store_reopens_total",
+            "Times the writer reopened the sled store after a write error (e.g. a disk that was full).",
+            self.store_reopens.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_store_reopen_failures_total",
+            "Reopens of the sled store that failed (reads answer 503 until one succeeds).",
+            self.store_reopen_failures.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -13,10 +13,11 @@ use tokio::sync::{
 };
 
 use crate::{
-    backend::{Backend, BackendError},
+    backend::{Backend, BackendError, Reopen},
     metrics::Metrics,
     otlp::ExportSink,
     span::{self, AssembleOptions, Span},
+    store::StoreError,
     tap::RawCall,
 };
 
@@ -45,11 +46,21 @@ pub struct StoreFaults {
     fail: AtomicU64,
     /// While set, the writer waits before each write (the queue fills up behind it).
     stall: AtomicBool,
+    /// The failures are I/O errors from the store (what sled returns on a full disk, and what
+    /// makes the writer reopen it) rather than an opaque injected error.
+    as_io: AtomicBool,
 }
 
 impl StoreFaults {
     /// Fails the next `n` batch-write attempts (`u64::MAX`: every one until `heal`).
     pub fn fail_writes(&self, n: u64) {
+        self.fail.store(n, Relaxed);
+    }
+
+    /// Like [`StoreFaults::fail_writes`], each failure an I/O error as sled reports a full disk:
+    /// the writer reopens the (healthy) store as it would after a full disk.
+    pub fn fail_writes_with_io_errors(&self, n: u64) {
+        self.as_io.store(true, Relaxed);
         self.fail.store(n, Relaxed);
     }
 
@@ -62,11 +73,12 @@ impl StoreFaults {
     pub fn heal(&self) {
         self.fail.store(0, Relaxed);
         self.stall.store(false, Relaxed);
+        self.as_io.store(false, Relaxed);
     }
 
     /// Called by the writer before each attempt: waits while stalled (bounded: at most 60 s,
-    /// a hang guard), then says whether this attempt must fail.
-    fn before_write(&self) -> bool {
+    /// a hang guard), then says whether this attempt must fail, and how.
+    fn before_write(&self) -> Option<WriteError> {
         for _ in 0..6000 {
             if !self.stall.load(Relaxed) {
                 break;
@@ -80,6 +92,17 @@ impl StoreFaults {
                 n => Some(n - 1),
             })
             .is_ok()
+            .then(|| {
+                if self.as_io.load(Relaxed) {
+                    let io = std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        "No space left on device (injected)",
+                    );
+                    WriteError::Store(StoreError::io(io).into())
+                } else {
+                    WriteError::Injected
+                }
+            })
     }
 }
 
@@ -348,8 +371,8 @@ impl Writer {
             .map(|r| span::assemble(r.into_record(), &self.opts))
             .collect();
         let attempt = || -> Result<usize, WriteError> {
-            if self.faults.before_write() {
-                return Err(WriteError::Injected);
+            if let Some(fault) = self.faults.before_write() {
+                return Err(fault);
             }
             Ok(self.backend.write_captured(&spans)?)
         };
@@ -361,6 +384,14 @@ impl Writer {
             self.metrics.store_write_retries.fetch_add(1, Relaxed);
             tracing::warn!(error = %e, spans = spans.len(), ?pause, "span batch not stored; retrying");
             std::thread::sleep(pause);
+            // sled stays failed after an I/O error until reopened (see `backend`).
+            if matches!(e, WriteError::Store(b) if b.wants_reopen()) {
+                match self.backend.reopen_after_write_error() {
+                    Reopen::Reopened => self.metrics.store_reopens.fetch_add(1, Relaxed),
+                    Reopen::Failed => self.metrics.store_reopen_failures.fetch_add(1, Relaxed),
+                    Reopen::NotNow => 0,
+                };
+            }
             result = attempt();
         }
         // The one export hook: only what the store accepted; never waits on the network.

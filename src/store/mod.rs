@@ -99,6 +99,19 @@ pub enum StoreError {
     Schema { found: String, supported: u32 },
 }
 
+impl StoreError {
+    /// An I/O error from sled (a full disk, a failing device). sled keeps failing after one
+    /// until the store is reopened.
+    pub fn is_io(&self) -> bool {
+        matches!(self, StoreError::Sled(sled::Error::Io(_)))
+    }
+
+    /// `err` as sled reports an I/O error (for fault injection).
+    pub fn io(err: std::io::Error) -> StoreError {
+        StoreError::Sled(sled::Error::Io(err))
+    }
+}
+
 /// Options for [`Store::open`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
