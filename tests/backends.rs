@@ -279,9 +279,36 @@ async fn the_admin_api_answers_the_same_on_sled_and_clickhouse() {
         "since=2021-01-01T00:00:00Z&until=2021-12-31T00:00:00Z",
         "limit=3",
         "model=gpt-4o&user_id=ada&tag=search&status=ok",
+        // Hostile values: quotes, backslashes, FORMAT, comments change nothing but the result.
+        "model=gpt-4o%27%20OR%201%3D1%20--",
+        "user_id=ada%5C%27",
+        "tag=search%27)%20OR%20(1%3D1",
+        "session_id=s-a%22%20FORMAT%20TSV%20%2F*",
+        // (q= words only: sled also indexes span bodies, where "1" or "or" may occur.)
+        "q=zebra%27%20OR%20%271%27%3D%271",
+        "q=tides%27%20--%20%5C",
+        "q=%27%5C%22%3B",
     ] {
         let path = format!("/api/traces?{query}");
         same(&sled, &ch, &path, &path, &renames).await;
+    }
+    // The hostile values above matched as plain text on both backends.
+    for (query, want) in [
+        ("model=gpt-4o%27%20OR%201%3D1%20--", vec![]),
+        ("tag=search%27)%20OR%20(1%3D1", vec![]),
+        ("q=zebra%27%20OR%20%271%27%3D%271", vec![]),
+        ("q=tides%27%20--%20%5C", vec!["f-5"]),
+    ] {
+        for proxy in [&sled, &ch] {
+            let (_, page) = get(proxy, &format!("/api/traces?{query}")).await;
+            let ids: Vec<&str> = page["traces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["trace_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(ids, want, "{query} is text, not SQL");
+        }
     }
     // Cursor pagination: the same pages in the same order.
     for path in ["/api/traces", "/api/traces?user_id=ada", "/api/sessions"] {
