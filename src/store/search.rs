@@ -141,6 +141,10 @@ pub fn query_terms(q: &str) -> Vec<String> {
 /// of text), so the worst case is bounded and small.
 pub(super) type TermSet = HashSet<String, BuildHasherDefault<Fnv1a>>;
 
+/// A map keyed by short ids (the writer's span-id overlay): FNV-1a instead of SipHash, for the
+/// same reason as [`TermSet`]; its keys come from one write batch.
+pub(super) type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv1a>>;
+
 #[derive(Default)]
 pub(super) struct Fnv1a(u64);
 
@@ -162,10 +166,42 @@ impl Hasher for Fnv1a {
     }
 }
 
+/// The texts a trace's summary has already tokenized (see `Agg::seen_texts`). Transient: two
+/// summaries are equal whatever their caches hold.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SeenTexts(HashSet<Box<str>, BuildHasherDefault<Fnv1a>>);
+
+impl PartialEq for SeenTexts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Texts longer than this are tokenized every time rather than remembered.
+const MAX_SEEN_TEXT: usize = 4096;
+/// At most this many texts are remembered per summary.
+const MAX_SEEN_TEXTS: usize = 1024;
+
+impl SeenTexts {
+    /// `true` the first time `text` is offered (it is then remembered, within bounds).
+    fn first_time(&mut self, text: &str) -> bool {
+        if text.len() > MAX_SEEN_TEXT || self.0.len() >= MAX_SEEN_TEXTS {
+            return !self.0.contains(text);
+        }
+        if self.0.contains(text) {
+            return false;
+        }
+        self.0.insert(text.into());
+        true
+    }
+}
+
 /// Adds the terms of one span to a trace's term set, then keeps the [`MAX_TRACE_TERMS`]
-/// smallest (so the set is the same whatever order the spans arrived in).
-pub(super) fn add_span_terms(span: &Span, terms: &mut TermSet) {
-    add_span_terms_uncapped(span, terms);
+/// smallest (so the set is the same whatever order the spans arrived in). A text already in
+/// `seen` is skipped: its terms are in the set already, or were cut by the cap, which would cut
+/// them again.
+pub(super) fn add_span_terms(span: &Span, terms: &mut TermSet, seen: &mut SeenTexts) {
+    add_span_terms_uncapped(span, terms, seen);
     if terms.len() > MAX_TRACE_TERMS {
         let mut all: Vec<String> = terms.drain().collect();
         all.sort_unstable();
@@ -174,8 +210,11 @@ pub(super) fn add_span_terms(span: &Span, terms: &mut TermSet) {
     }
 }
 
-fn add_span_terms_uncapped(span: &Span, terms: &mut TermSet) {
+fn add_span_terms_uncapped(span: &Span, terms: &mut TermSet, seen: &mut SeenTexts) {
     let mut add = |text: &str| {
+        if text.is_empty() || !seen.first_time(text) {
+            return;
+        }
         each_term(text, |t| {
             if !terms.contains(t) {
                 terms.insert(t.to_string());

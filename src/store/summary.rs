@@ -33,6 +33,10 @@ pub(super) struct Agg {
     /// comparisons made that the biggest cost of a merge. Never more than `MAX_TRACE_TERMS`
     /// (the smallest, see `add_span_terms`); sorted when encoded.
     pub(super) terms: TermSet,
+    /// Texts already tokenized into `terms` since this value was built (not stored, not
+    /// compared): a trace's spans repeat the same system prompt, messages and names, and adding
+    /// a text's terms twice changes nothing, so each distinct text is tokenized once.
+    pub(super) seen_texts: SeenTexts,
 }
 
 /// The trace's root candidate: spans without a parent first, then earliest start, then span id.
@@ -135,7 +139,7 @@ impl Agg {
         for tag in &span.tags {
             insert_capped(&mut self.tags, tag);
         }
-        add_span_terms(span, &mut self.terms);
+        add_span_terms(span, &mut self.terms, &mut self.seen_texts);
 
         let sid = span.span_id.as_str();
         if span.status == Status::Error {
@@ -396,6 +400,7 @@ impl Agg {
                     set.extend(list);
                     set
                 },
+                seen_texts: SeenTexts::default(),
             })
         })
     }

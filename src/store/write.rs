@@ -17,7 +17,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut works: BTreeMap<String, TraceWork<'_>> = BTreeMap::new();
         // Where each span id lives once this batch is applied (overlays the `i` records).
-        let mut located: HashMap<&str, (&str, u64)> = HashMap::new();
+        let mut located: FnvMap<&str, (&str, u64)> = FnvMap::default();
 
         for span in spans {
             let (trace_id, span_id) = (span.trace_id.as_str(), span.span_id.as_str());
