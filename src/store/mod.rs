@@ -20,7 +20,7 @@
 //! | `t` | `t` inv(trace start) trace_id | empty |
 //! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
 //! | `l` | `l` start_us(be) trace_id 0x00 span_id | call record (stats), binary, only for `Kind::is_call` spans |
-//! | `w` | `w` term 0x00 last position | a block of up to 64 positions (inv(trace start) trace_id), ascending: the term's full-text posting list (see `search`, `postings`) |
+//! | `w` | `w` term 0x00 last position | a block of up to 32 positions (inv(trace start) trace_id), ascending: the term's full-text posting list (see `search`, `postings`) |
 //!
 //! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
 //! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
