@@ -7,7 +7,8 @@ impl Store {
     /// Verifies the store's integrity (`llm-tracer check`): every span's `i` record points back
     /// at it, every call span has its `l` record and every `l` record a span, every summary
     /// equals a recomputation from its spans, every `t`/`x` entry belongs to an existing trace's
-    /// summary and every trace has all its index entries. Reads only; one pass per key space,
+    /// summary and every trace has all its index entries and postings (`w` blocks well-formed, in
+    /// order, each position one of a trace that has the term). Reads only; one pass per key space,
     /// memory bounded by one trace's summary plus the first [`MAX_CHECK_PROBLEMS`] problems.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let mut r = CheckReport::default();
@@ -122,39 +123,24 @@ impl Store {
             }
         }
 
-        // `t`, `x` and `w`: each is one of its trace's expected index keys.
-        for prefix in [P_TIME, P_INDEX, P_TERM] {
+        // `t` and `x`: each is one of its trace's expected index keys.
+        for prefix in [P_TIME, P_INDEX] {
             for item in self.tree.scan_prefix([prefix]) {
                 let (key, _) = item?;
-                // After the value (or term): its 0x00 terminator, then the position.
-                let after_nul = |from: usize| {
-                    key.get(from..)
-                        .and_then(|t| t.iter().position(|&b| b == 0).and_then(|p| t.get(p + 1..)))
-                };
                 let tail = if prefix == P_TIME {
                     r.time_index += 1;
                     key.get(1..)
-                } else if prefix == P_INDEX {
-                    r.secondary_index += 1;
-                    after_nul(2)
                 } else {
-                    r.postings += 1;
-                    after_nul(1)
+                    r.secondary_index += 1;
+                    // After the value: its 0x00 terminator, then the position.
+                    key.get(2..)
+                        .and_then(|t| t.iter().position(|&b| b == 0).and_then(|p| t.get(p + 1..)))
                 };
-                let Some((start, trace_id)) = tail.and_then(parse_position) else {
+                let Some((_, trace_id)) = tail.and_then(parse_position) else {
                     r.problem(format!("index key {} is malformed", show_key(&key)));
                     continue;
                 };
                 let expected = match self.load_agg(trace_id) {
-                    // A posting: the term and the position are enough, without building the
-                    // trace's whole key set (there are many postings per trace).
-                    Ok(Some(agg)) if prefix == P_TERM => {
-                        let term = key
-                            .get(1..)
-                            .and_then(|t| t.split(|&b| b == 0).next())
-                            .and_then(|t| std::str::from_utf8(t).ok());
-                        agg.start == start && term.is_some_and(|t| agg.terms.contains(t))
-                    }
                     Ok(Some(agg)) => agg.index_keys().contains(key.as_ref()),
                     Ok(None) => false,
                     Err(e) => {
@@ -166,6 +152,63 @@ impl Store {
                     r.problem(format!(
                         "index entry {} names trace {trace_id}, whose summary does not list it",
                         show_key(&key)
+                    ));
+                }
+            }
+        }
+
+        // `w`: posting blocks, each keyed by its last position, a term's blocks in order and
+        // not overlapping, and every position one of a trace whose summary has the term.
+        let mut previous: Option<(Vec<u8>, Vec<u8>)> = None; // (term prefix, last position)
+        for item in self.tree.scan_prefix([P_TERM]) {
+            let (key, value) = item?;
+            let Some(sep) = key.iter().position(|&b| b == 0) else {
+                r.problem(format!("posting key {} is malformed", show_key(&key)));
+                continue;
+            };
+            let (prefix, last) = key.split_at(sep + 1);
+            let term = std::str::from_utf8(prefix.get(1..sep).unwrap_or_default()).unwrap_or("");
+            let entries = match decode_block(&key, &value) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    r.problem(format!(
+                        "posting block {} does not decode: {e}",
+                        show_key(&key)
+                    ));
+                    continue;
+                }
+            };
+            if entries.last() != Some(&last) {
+                r.problem(format!(
+                    "posting block {} is not keyed by its last position",
+                    show_key(&key)
+                ));
+            }
+            if let (Some((p, prev_last)), Some(first)) = (&previous, entries.first()) {
+                if p.as_slice() == prefix && *first <= prev_last.as_slice() {
+                    r.problem(format!(
+                        "posting block {} overlaps the one before it",
+                        show_key(&key)
+                    ));
+                }
+            }
+            previous = Some((prefix.to_vec(), last.to_vec()));
+            for position in entries {
+                r.postings += 1;
+                let Some((start, trace_id)) = parse_position(position) else {
+                    continue; // decode_block checked it
+                };
+                let expected = match self.load_agg(trace_id) {
+                    Ok(Some(agg)) => agg.start == start && agg.terms.contains(term),
+                    Ok(None) => false,
+                    Err(e) => {
+                        r.problem(e.to_string());
+                        continue;
+                    }
+                };
+                if !expected {
+                    r.problem(format!(
+                        "posting of term {term} names trace {trace_id}, whose summary does not list it",
                     ));
                 }
             }
@@ -205,6 +248,12 @@ impl Store {
                 ));
             }
         }
+        let position = agg.position();
+        for term in &agg.terms {
+            if !self.has_posting(term, &position)? {
+                r.problem(format!("trace {id} lacks its posting for the term {term}"));
+            }
+        }
         Ok(())
     }
 
@@ -235,7 +284,7 @@ pub struct CheckReport {
     pub calls: u64,
     pub time_index: u64,
     pub secondary_index: u64,
-    /// Full-text postings (`w` keys).
+    /// Full-text postings (positions in `w` blocks).
     pub postings: u64,
     /// All problems found (`problems` lists the first [`MAX_CHECK_PROBLEMS`]).
     pub problem_count: u64,

@@ -37,10 +37,10 @@ pub(super) fn decode_json<T: for<'de> Deserialize<'de>>(
 
 /// Decodes a compact binary record (see [`Enc`]); `None` from `read` means it is truncated or
 /// malformed.
-pub(super) fn decode_bin<T>(
+pub(super) fn decode_bin<'a, T>(
     key: &[u8],
-    value: &[u8],
-    read: impl FnOnce(&mut Dec<'_>) -> Option<T>,
+    value: &'a [u8],
+    read: impl FnOnce(&mut Dec<'a>) -> Option<T>,
 ) -> Result<T, StoreError> {
     let mut dec = Dec { buf: value };
     match read(&mut dec) {
@@ -79,6 +79,10 @@ impl Enc {
     pub(super) fn str(&mut self, s: &str) {
         self.u64(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
+    }
+    pub(super) fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.0.extend_from_slice(b);
     }
     pub(super) fn opt_str(&mut self, s: Option<&str>) {
         match s {
@@ -145,6 +149,12 @@ impl<'a> Dec<'a> {
         let (bytes, rest) = self.buf.split_at_checked(n)?;
         self.buf = rest;
         std::str::from_utf8(bytes).ok()
+    }
+    pub(super) fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        let (bytes, rest) = self.buf.split_at_checked(n)?;
+        self.buf = rest;
+        Some(bytes)
     }
     pub(super) fn string(&mut self) -> Option<String> {
         self.str().map(str::to_string)

@@ -128,8 +128,8 @@ pub(super) fn parse_start_and_id(tail: &[u8]) -> Option<(u64, &str)> {
     Some((u64::from_be_bytes(n.try_into().ok()?), id))
 }
 
-/// `w` term 0x00: all traces with this full-text term, newest first. Terms are runs of letters
-/// and digits (see `search`), so they never contain 0x00.
+/// `w` term 0x00: the posting blocks of this full-text term (see `postings`), newest first.
+/// Terms are runs of letters and digits (see `search`), so they never contain 0x00.
 pub(super) fn term_prefix(term: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + term.len());
     key.push(P_TERM);

@@ -5,21 +5,22 @@
 //!
 //! All calls block: callers on the runtime use `spawn_blocking`.
 //!
-//! Layout: ONE sled tree (`v2`; schema 1 used `v1` and is migrated at open) whose keys carry a one-byte prefix per logical key space, so every
+//! Layout: ONE sled tree (`v3`; schemas 1 and 2 used `v1` and `v2` and are migrated at open)
+//! whose keys carry a one-byte prefix per logical key space, so every
 //! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
 //! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
 //! order is the query plan (`inv(t)` is `u64::MAX - t`, big-endian, so a forward scan is newest-first):
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `m` | `m` `schema_version` | `"2"` |
+//! | `m` | `m` `schema_version` | `"3"` |
 //! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
 //! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
 //! | `u` | `u` trace_id | stored summary, binary (`codec::Enc`: public fields' inputs + merge bookkeeping + terms) |
 //! | `t` | `t` inv(trace start) trace_id | empty |
 //! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
 //! | `l` | `l` start_us(be) trace_id 0x00 span_id | call record (stats), binary, only for `Kind::is_call` spans |
-//! | `w` | `w` term 0x00 inv(trace start) trace_id | empty: a full-text posting (see `search`) |
+//! | `w` | `w` term 0x00 last position | a block of up to 32 positions (inv(trace start) trace_id), ascending: the term's full-text posting list (see `search`, `postings`) |
 //!
 //! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
 //! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
@@ -40,7 +41,7 @@
 //! smallest, so the result still does not depend on arrival order); the others are not indexed.
 //!
 //! Files: `keys` (key layout), `codec` (value encoding), `summary` (the stored trace summary),
-//! `preview`, `write` (put / delete), `query` (list / get), `sessions`, `stats`, `retention`,
+//! `postings` (full-text posting blocks), `preview`, `write` (put / delete), `query` (list / get), `sessions`, `stats`, `retention`,
 //! `check`, `types` (the public query and answer types).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -58,6 +59,7 @@ use crate::span::{is_valid_id, Kind, Span, Status, Timestamp};
 mod check;
 mod codec;
 mod keys;
+mod postings;
 mod preview;
 mod query;
 mod retention;
@@ -75,6 +77,7 @@ pub use types::*;
 
 use codec::*;
 use keys::*;
+use postings::*;
 #[cfg(test)]
 use preview::*;
 use search::*;
@@ -130,12 +133,14 @@ impl Default for StoreOptions {
     }
 }
 
-/// The schema this binary writes and understands. 2: binary summaries and call records, full-text
-/// postings (`w`); in tree `v2`. A schema-1 store (tree `v1`) is migrated at open.
-const SCHEMA_VERSION: u32 = 2;
+/// The schema this binary writes and understands. 3: full-text postings in blocks (`w`, see
+/// `postings`); in tree `v3`. 2 (tree `v2`): one key per posting; 1 (tree `v1`): JSON summaries
+/// and call records, no postings. Both older ones are migrated at open.
+const SCHEMA_VERSION: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"mschema_version";
-const TREE: &str = "v2";
-const OLD_TREE: &str = "v1";
+const TREE: &str = "v3";
+/// Older layouts' trees and the schema each one holds, newest first.
+const OLD_TREES: [(&str, u32); 2] = [("v2", 2), ("v1", 1)];
 /// Spans per `put_spans` while migrating.
 const MIGRATE_BATCH: usize = 512;
 
@@ -228,16 +233,17 @@ impl Store {
         match store.tree.get(SCHEMA_KEY)? {
             None => {
                 // A new store, an old layout to migrate, or a migration a crash interrupted
-                // (the version key is written last, so it is simply done again).
-                if store
-                    .db
-                    .tree_names()
-                    .iter()
-                    .any(|n| n.as_ref() == OLD_TREE.as_bytes())
-                {
-                    store.migrate_from_v1()?;
-                } else {
-                    store.tree.clear()?;
+                // (the version key is written last, so it is simply done again). A tree of a
+                // newer layout (`v4`, …) means a newer binary wrote this store: refused.
+                if let Some(newer) = store.newer_tree() {
+                    return Err(StoreError::Schema {
+                        found: newer.to_string(),
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                store.tree.clear()?;
+                if let Some((old, version)) = store.migration_source()? {
+                    store.migrate_from(old, version)?;
                 }
                 store
                     .tree
@@ -254,41 +260,78 @@ impl Store {
                 }
             }
         }
-        // A migration that ended after its version key but before dropping the old tree.
-        if store
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == OLD_TREE.as_bytes())
-        {
-            store.db.drop_tree(OLD_TREE)?;
+        // A migration that ended after its version key but before dropping the old trees.
+        for (old, _) in OLD_TREES {
+            if store.has_tree(old) {
+                store.db.drop_tree(old)?;
+            }
         }
         Ok(store)
     }
 
-    /// Rebuilds this layout from a schema-1 store (tree `v1`: JSON summaries and call records,
-    /// no full-text postings): every span is read back and written again through
+    /// The highest layout version above this binary's that has a tree (`v<N>`) here.
+    fn newer_tree(&self) -> Option<u32> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|n| {
+                std::str::from_utf8(n.as_ref())
+                    .ok()?
+                    .strip_prefix('v')?
+                    .parse()
+                    .ok()
+            })
+            .filter(|&v: &u32| v > SCHEMA_VERSION)
+            .max()
+    }
+
+    fn has_tree(&self, name: &str) -> bool {
+        self.db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes())
+    }
+
+    /// The old tree to migrate from: the newest one whose layout was complete (it carries its
+    /// version key; a tree without one is a migration to it that a crash interrupted, and the
+    /// older tree it came from is still there). A version other than the tree's own is refused.
+    fn migration_source(&self) -> Result<Option<(&'static str, u32)>, StoreError> {
+        for (old, version) in OLD_TREES {
+            if !self.has_tree(old) {
+                continue;
+            }
+            match self.db.open_tree(old)?.get(SCHEMA_KEY)? {
+                Some(raw) => {
+                    let found = String::from_utf8_lossy(&raw).into_owned();
+                    if found.trim().parse::<u32>().ok() != Some(version) {
+                        return Err(StoreError::Schema {
+                            found,
+                            supported: SCHEMA_VERSION,
+                        });
+                    }
+                    return Ok(Some((old, version)));
+                }
+                // Schema 1 stores may predate the version key: the oldest tree is taken as is.
+                None if version == 1 => return Ok(Some((old, version))),
+                None => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rebuilds this layout from an older one (every older layout stores each span as JSON
+    /// under the same `s` key): every span is read back and written again through
     /// [`Store::put_spans`], in batches, so summaries and every index (postings included) are
     /// rebuilt by the same code that writes them. Memory is bounded by one batch. The old tree
     /// is dropped once the new one carries its version key.
-    fn migrate_from_v1(&self) -> Result<(), StoreError> {
-        let old = self.db.open_tree(OLD_TREE)?;
-        if let Some(raw) = old.get(SCHEMA_KEY)? {
-            let found = String::from_utf8_lossy(&raw).into_owned();
-            if found.trim() != "1" {
-                return Err(StoreError::Schema {
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
-            }
-        }
+    fn migrate_from(&self, old_tree: &str, from: u32) -> Result<(), StoreError> {
+        let old = self.db.open_tree(old_tree)?;
         let t = Instant::now();
         tracing::info!(
-            from = 1,
+            from,
             to = SCHEMA_VERSION,
             "store: migrating the store to the new layout (rebuilding summaries and indexes from the spans)"
         );
-        self.tree.clear()?;
         let mut batch = Vec::with_capacity(MIGRATE_BATCH);
         let mut spans = 0u64;
         let mut skipped = 0u64;

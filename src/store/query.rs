@@ -66,20 +66,35 @@ impl Store {
         };
 
         if let [prefix] = lists.as_slice() {
-            let range = (
-                Bound::Included([prefix.as_slice(), &lower].concat()),
-                Bound::Excluded([prefix.as_slice(), &upper].concat()),
-            );
-            for item in self.tree.range::<Vec<u8>, _>(range) {
-                let (key, _) = item?;
-                if visit(key.get(prefix.len()..).unwrap_or_default(), &mut traces)? {
-                    more = true;
-                    break;
-                }
-                examined += 1;
-                if examined >= MAX_EXAMINED {
-                    more = true;
-                    break;
+            if prefix.first() == Some(&P_TERM) {
+                self.posting_walk(prefix, &lower, &upper, |position| {
+                    if visit(position, &mut traces)? {
+                        more = true;
+                        return Ok(true);
+                    }
+                    examined += 1;
+                    if examined >= MAX_EXAMINED {
+                        more = true;
+                        return Ok(true);
+                    }
+                    Ok(false)
+                })?;
+            } else {
+                let range = (
+                    Bound::Included([prefix.as_slice(), &lower].concat()),
+                    Bound::Excluded([prefix.as_slice(), &upper].concat()),
+                );
+                for item in self.tree.range::<Vec<u8>, _>(range) {
+                    let (key, _) = item?;
+                    if visit(key.get(prefix.len()..).unwrap_or_default(), &mut traces)? {
+                        more = true;
+                        break;
+                    }
+                    examined += 1;
+                    if examined >= MAX_EXAMINED {
+                        more = true;
+                        break;
+                    }
                 }
             }
         } else {
@@ -132,13 +147,17 @@ impl Store {
         })
     }
 
-    /// The first position at or after `from` and before `upper` in the list under `prefix`.
+    /// The first position at or after `from` and before `upper` in the list under `prefix` (a
+    /// full-text posting list or an index key range).
     fn seek(
         &self,
         prefix: &[u8],
         from: &[u8],
         upper: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        if prefix.first() == Some(&P_TERM) {
+            return self.posting_seek(prefix, from, upper);
+        }
         let range = (
             Bound::Included([prefix, from].concat()),
             Bound::Excluded([prefix, upper].concat()),

@@ -1,7 +1,7 @@
 //! Full-text search (`q=`): what a term is, which text of a span is indexed, and the terms of a
-//! query. Postings are ordinary index keys (`w` term 0x00 inv(trace start) trace_id, see `keys`),
-//! written with the trace's other index keys in the same batch, so `delete_trace`, retention and
-//! `check` treat them like every other index entry.
+//! query. A term's postings (inv(trace start) trace_id positions) are stored in blocks under
+//! `w` term 0x00 (see `postings`), written in the same batch as the trace's other index keys, so
+//! `delete_trace`, retention and `check` keep them in step like every other index entry.
 //!
 //! A term is a maximal run of Unicode letters and digits, lowercased, cut to its first
 //! [`MAX_TERM_CHARS`] chars; [`STOP_WORDS`] are not terms. A span contributes the terms of its name, model, session, user,
@@ -32,58 +32,95 @@ const STOP_WORDS: [&str; 40] = [
     "so", "that", "the", "this", "to", "was", "we", "what", "with", "you", "your",
 ];
 
+/// A word of up to 7 bytes packed into a `u64` (its bytes, then its length in the top byte), so
+/// the stop-word test compares integers instead of calling `memcmp` per candidate.
+const fn pack(word: &[u8]) -> u64 {
+    let mut v = (word.len() as u64) << 56;
+    let mut i = 0;
+    while i < word.len() && i < 7 {
+        v |= (word[i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
+const STOP_KEYS: [u64; STOP_WORDS.len()] = {
+    let mut out = [0u64; STOP_WORDS.len()];
+    let mut i = 0;
+    while i < STOP_WORDS.len() {
+        out[i] = pack(STOP_WORDS[i].as_bytes());
+        i += 1;
+    }
+    out
+};
+
 /// Whether `term` is one of [`STOP_WORDS`]: by length first, so most terms cost one comparison
-/// of lengths (this runs for every word of every indexed text).
+/// of lengths (this runs for every word of every indexed text), then 40 integer comparisons.
 fn is_stop_word(term: &str) -> bool {
-    matches!(term.len(), 2..=5)
-        && STOP_WORDS
-            .iter()
-            .any(|w| w.len() == term.len() && *w == term)
+    matches!(term.len(), 2..=5) && STOP_KEYS.contains(&pack(term.as_bytes()))
 }
 
 /// Calls `f` with each term of `text`, in order (with repeats); stop words are not terms.
+/// A run of ASCII letters and digits (most text) is passed as a slice of `text` when it has no
+/// capitals, so most terms cost no copy; runs with other characters go char by char.
 pub(super) fn each_term(text: &str, mut f: impl FnMut(&str)) {
-    let mut term = String::new();
-    let mut chars = 0usize;
-    let mut emit = |term: &mut String, chars: &mut usize| {
+    let mut emit = |term: &str| {
         if !is_stop_word(term) {
             f(term);
         }
-        term.clear();
-        *chars = 0;
     };
+    let mut buf = String::new();
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        // ASCII fast path: one byte, no char decoding.
-        if b.is_ascii() {
+        if b.is_ascii() && !b.is_ascii_alphanumeric() {
             i += 1;
-            if b.is_ascii_alphanumeric() {
-                if chars < MAX_TERM_CHARS {
-                    term.push(char::from(b.to_ascii_lowercase()));
-                }
-                chars += 1;
-            } else if chars > 0 {
-                emit(&mut term, &mut chars);
-            }
             continue;
         }
-        let Some(c) = text.get(i..).and_then(|rest| rest.chars().next()) else {
-            break;
-        };
-        i += c.len_utf8();
-        if c.is_alphanumeric() {
+        let start = i;
+        let mut j = i;
+        let mut upper = false;
+        while let Some(&c) = bytes.get(j).filter(|c| c.is_ascii_alphanumeric()) {
+            upper |= c.is_ascii_uppercase();
+            j += 1;
+        }
+        if j > start && bytes.get(j).is_none_or(u8::is_ascii) {
+            // All ASCII: chars are bytes.
+            let term = &text[start..start + (j - start).min(MAX_TERM_CHARS)];
+            if upper {
+                buf.clear();
+                buf.push_str(term);
+                buf.make_ascii_lowercase();
+                emit(&buf);
+            } else {
+                emit(term);
+            }
+            i = j;
+            continue;
+        }
+        // A run with other characters (or one that is not a letter or digit): char by char.
+        buf.clear();
+        let mut chars = 0usize;
+        let mut k = start;
+        while let Some(c) = text.get(k..).and_then(|rest| rest.chars().next()) {
+            if !c.is_alphanumeric() {
+                if chars == 0 {
+                    k += c.len_utf8(); // skip it
+                }
+                break;
+            }
             if chars < MAX_TERM_CHARS {
-                term.extend(c.to_lowercase());
+                buf.extend(c.to_lowercase());
             }
             chars += 1;
-        } else if chars > 0 {
-            emit(&mut term, &mut chars);
+            k += c.len_utf8();
         }
-    }
-    if chars > 0 {
-        emit(&mut term, &mut chars);
+        if chars > 0 {
+            emit(&buf);
+        }
+        // Always moves on (a char boundary that decodes nothing would end the text).
+        i = if k > start { k } else { bytes.len() };
     }
 }
 
@@ -103,6 +140,10 @@ pub fn query_terms(q: &str) -> Vec<String> {
 /// trace's terms (at most [`MAX_TRACE_TERMS`] plus one span's, from at most 2 × [`MAX_TEXT_BYTES`]
 /// of text), so the worst case is bounded and small.
 pub(super) type TermSet = HashSet<String, BuildHasherDefault<Fnv1a>>;
+
+/// A map keyed by short ids (the writer's span-id overlay): FNV-1a instead of SipHash, for the
+/// same reason as [`TermSet`]; its keys come from one write batch.
+pub(super) type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv1a>>;
 
 #[derive(Default)]
 pub(super) struct Fnv1a(u64);
@@ -125,10 +166,42 @@ impl Hasher for Fnv1a {
     }
 }
 
+/// The texts a trace's summary has already tokenized (see `Agg::seen_texts`). Transient: two
+/// summaries are equal whatever their caches hold.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SeenTexts(HashSet<Box<str>, BuildHasherDefault<Fnv1a>>);
+
+impl PartialEq for SeenTexts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Texts longer than this are tokenized every time rather than remembered.
+const MAX_SEEN_TEXT: usize = 4096;
+/// At most this many texts are remembered per summary.
+const MAX_SEEN_TEXTS: usize = 1024;
+
+impl SeenTexts {
+    /// `true` the first time `text` is offered (it is then remembered, within bounds).
+    fn first_time(&mut self, text: &str) -> bool {
+        if text.len() > MAX_SEEN_TEXT || self.0.len() >= MAX_SEEN_TEXTS {
+            return !self.0.contains(text);
+        }
+        if self.0.contains(text) {
+            return false;
+        }
+        self.0.insert(text.into());
+        true
+    }
+}
+
 /// Adds the terms of one span to a trace's term set, then keeps the [`MAX_TRACE_TERMS`]
-/// smallest (so the set is the same whatever order the spans arrived in).
-pub(super) fn add_span_terms(span: &Span, terms: &mut TermSet) {
-    add_span_terms_uncapped(span, terms);
+/// smallest (so the set is the same whatever order the spans arrived in). A text already in
+/// `seen` is skipped: its terms are in the set already, or were cut by the cap, which would cut
+/// them again.
+pub(super) fn add_span_terms(span: &Span, terms: &mut TermSet, seen: &mut SeenTexts) {
+    add_span_terms_uncapped(span, terms, seen);
     if terms.len() > MAX_TRACE_TERMS {
         let mut all: Vec<String> = terms.drain().collect();
         all.sort_unstable();
@@ -137,8 +210,11 @@ pub(super) fn add_span_terms(span: &Span, terms: &mut TermSet) {
     }
 }
 
-fn add_span_terms_uncapped(span: &Span, terms: &mut TermSet) {
+fn add_span_terms_uncapped(span: &Span, terms: &mut TermSet, seen: &mut SeenTexts) {
     let mut add = |text: &str| {
+        if text.is_empty() || !seen.first_time(text) {
+            return;
+        }
         each_term(text, |t| {
             if !terms.contains(t) {
                 terms.insert(t.to_string());
@@ -229,6 +305,47 @@ mod tests {
             ["a".repeat(MAX_TERM_CHARS)],
             "long runs are cut to 32 chars"
         );
+    }
+
+    /// The char-by-char definition the fast path must agree with.
+    fn terms_reference(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut term = String::new();
+        let mut chars = 0usize;
+        for c in text.chars().chain(std::iter::once(' ')) {
+            if c.is_alphanumeric() {
+                if chars < MAX_TERM_CHARS {
+                    term.extend(c.to_lowercase());
+                }
+                chars += 1;
+            } else if chars > 0 {
+                if !is_stop_word(&term) {
+                    out.push(std::mem::take(&mut term));
+                }
+                term.clear();
+                chars = 0;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_ascii_fast_path_agrees_with_the_char_by_char_definition() {
+        let long_mixed = format!("{}é{}", "A".repeat(40), "b".repeat(5));
+        for text in [
+            "Hello—World ÉCOLE straße naïve",
+            "héllo wörld, ΑΒΓ 123abc ABC_def",
+            "ends with é",
+            "é",
+            "—",
+            "x—y—z",
+            "The Invoice #42 is PENDING; why?",
+            long_mixed.as_str(),
+            "日本語のテキスト と English words",
+            "",
+        ] {
+            assert_eq!(terms(text), terms_reference(text), "for {text:?}");
+        }
     }
 
     #[test]

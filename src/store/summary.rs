@@ -28,11 +28,15 @@ pub(super) struct Agg {
     pub(super) first_user: Option<Pick>,
     /// Output preview of the latest-ending LLM span that has an output (`at` = its end).
     pub(super) last_llm_output: Option<Pick>,
-    /// Full-text terms of the trace's spans (see `search`): each one is a `w` posting key.
+    /// Full-text terms of the trace's spans (see `search`): each one has a posting in its `w` list.
     /// A hash set: merging looks up every word of every span, and a B-tree's string
     /// comparisons made that the biggest cost of a merge. Never more than `MAX_TRACE_TERMS`
     /// (the smallest, see `add_span_terms`); sorted when encoded.
     pub(super) terms: TermSet,
+    /// Texts already tokenized into `terms` since this value was built (not stored, not
+    /// compared): a trace's spans repeat the same system prompt, messages and names, and adding
+    /// a text's terms twice changes nothing, so each distinct text is tokenized once.
+    pub(super) seen_texts: SeenTexts,
 }
 
 /// The trace's root candidate: spans without a parent first, then earliest start, then span id.
@@ -135,7 +139,7 @@ impl Agg {
         for tag in &span.tags {
             insert_capped(&mut self.tags, tag);
         }
-        add_span_terms(span, &mut self.terms);
+        add_span_terms(span, &mut self.terms, &mut self.seen_texts);
 
         let sid = span.span_id.as_str();
         if span.status == Status::Error {
@@ -212,10 +216,18 @@ impl Agg {
         }
     }
 
-    /// Every `t` and `x` key that should exist for this trace.
-    pub(super) fn index_keys(&self) -> BTreeSet<Vec<u8>> {
-        let mut position = inv(self.start).to_be_bytes().to_vec();
+    /// The trace's position in every newest-first list: inv(start)(be) ++ trace id.
+    pub(super) fn position(&self) -> Vec<u8> {
+        let mut position = Vec::with_capacity(8 + self.trace_id.len());
+        position.extend_from_slice(&inv(self.start).to_be_bytes());
         position.extend_from_slice(self.trace_id.as_bytes());
+        position
+    }
+
+    /// Every `t` and `x` key that should exist for this trace (its full-text postings live in
+    /// blocks, see `postings`).
+    pub(super) fn index_keys(&self) -> BTreeSet<Vec<u8>> {
+        let position = self.position();
         let with_position = |mut prefix: Vec<u8>| {
             prefix.extend_from_slice(&position);
             prefix
@@ -234,9 +246,6 @@ impl Agg {
         }
         if let Some(user) = self.user_id() {
             keys.insert(with_position(index_prefix(F_USER, user)));
-        }
-        for term in &self.terms {
-            keys.insert(with_position(term_prefix(term)));
         }
         keys
     }
@@ -391,6 +400,7 @@ impl Agg {
                     set.extend(list);
                     set
                 },
+                seen_texts: SeenTexts::default(),
             })
         })
     }

@@ -1421,14 +1421,14 @@ fn reopen(dir: &Path) -> Result<Store, StoreError> {
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    store.tree.insert(SCHEMA_KEY, &b"3"[..]).expect("insert");
+    store.tree.insert(SCHEMA_KEY, &b"4"[..]).expect("insert");
     store.flush().expect("flush");
     drop(store);
     let err = reopen(dir.path())
         .err()
         .expect("a newer schema must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 2 } if found == "3"),
+        matches!(err, StoreError::Schema { ref found, supported: 3 } if found == "4"),
         "the error names both versions: {err}"
     );
 }
@@ -1503,6 +1503,96 @@ fn a_schema_1_store_is_migrated_at_open_and_then_searchable() {
     assert!(
         store.get_trace("old-1").expect("get").is_some(),
         "the migration is durable"
+    );
+}
+
+/// Writes a schema-2 store the way that layout did (tree `v2`, JSON spans under the same `s`
+/// keys, one empty-valued key per posting), then opens it with this binary: the postings are
+/// rebuilt as blocks and the old tree is dropped.
+#[test]
+fn a_schema_2_store_is_migrated_at_open_and_then_searchable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spans = agent_trace("old-2");
+    {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .open()
+            .expect("sled opens");
+        let old = db.open_tree("v2").expect("tree v2");
+        old.insert(SCHEMA_KEY, &b"2"[..]).expect("insert");
+        for sp in &spans {
+            let key = span_key(&sp.trace_id, sp.start_time.micros(), &sp.span_id);
+            old.insert(&key, serde_json::to_vec(sp).expect("json"))
+                .expect("insert");
+            old.insert(
+                span_id_key(&sp.span_id),
+                span_id_value(&sp.trace_id, sp.start_time.micros()),
+            )
+            .expect("insert");
+        }
+        // A schema-2 posting: one key per (term, trace), empty value. Never read by schema 3.
+        let posting = [
+            &term_prefix("oldterm")[..],
+            &inv(T0).to_be_bytes(),
+            b"old-2",
+        ]
+        .concat();
+        old.insert(posting, &b""[..]).expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = reopen(dir.path()).expect("a schema-2 store opens (migrated)");
+    let (summary, got) = store
+        .get_trace("old-2")
+        .expect("get")
+        .expect("the migrated trace is there");
+    assert_eq!(got.len(), spans.len(), "every span was migrated");
+    assert_eq!(summary.span_count, spans.len() as u64);
+    let report = store.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "a migrated store checks clean: {report:?}"
+    );
+    assert!(report.postings > 0, "postings were rebuilt as blocks");
+    let name = spans[0].name.clone();
+    assert_eq!(
+        list(&store, |q| q.q = Some(name.clone())),
+        ["old-2"],
+        "the migrated trace is found by full-text search"
+    );
+    assert!(
+        list(&store, |q| q.q = s("oldterm")).is_empty(),
+        "nothing of the old posting keys is carried over"
+    );
+    assert!(
+        !store.db.tree_names().iter().any(|n| n.as_ref() == b"v2"),
+        "the old tree is dropped after the migration"
+    );
+    drop(store);
+    let store = reopen(dir.path()).expect("reopens");
+    assert!(
+        store.get_trace("old-2").expect("get").is_some(),
+        "the migration is durable"
+    );
+}
+
+#[test]
+fn a_tree_of_a_newer_layout_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .open()
+            .expect("sled opens");
+        let newer = db.open_tree("v4").expect("tree v4");
+        newer.insert(SCHEMA_KEY, &b"4"[..]).expect("insert");
+        db.flush().expect("flush");
+    }
+    let err = reopen(dir.path())
+        .err()
+        .expect("a store written by a newer binary must not open");
+    assert!(
+        matches!(err, StoreError::Schema { ref found, supported: 3 } if found == "4"),
+        "the error names both versions: {err}"
     );
 }
 
@@ -2122,9 +2212,11 @@ fn full_text_pages_follow_the_cursor_and_postings_follow_deletes() {
         "a deleted trace is not found"
     );
     assert!(
-        keys_with_prefix(&store, P_TERM)
-            .iter()
-            .all(|k| !contains(k, b"ft-1")),
+        store
+            .tree
+            .scan_prefix([P_TERM])
+            .map(|kv| kv.expect("scan"))
+            .all(|(k, v)| !contains(&k, b"ft-1") && !contains(&v, b"ft-1")),
         "deleting a trace removes its postings"
     );
     let report = store.check().expect("check");
@@ -2134,9 +2226,10 @@ fn full_text_pages_follow_the_cursor_and_postings_follow_deletes() {
     );
     assert!(report.postings > 0, "check counts the postings");
 
+    let ghost = [&[0u8; 8][..], b"ft-2"].concat();
     store.insert_raw(
-        &[&term_prefix("ghost")[..], &[0u8; 8], b"ft-2"].concat(),
-        b"",
+        &[&term_prefix("ghost")[..], &ghost].concat(),
+        &encode_block(std::slice::from_ref(&ghost)),
     );
     let report = store.check().expect("check");
     assert!(
@@ -2213,5 +2306,113 @@ fn a_trace_keeps_its_smallest_terms_whatever_the_arrival_order() {
         a.terms.contains("w0x000") && !a.terms.contains("w2x119"),
         "the smallest terms are the ones kept: {:?}",
         all.last()
+    );
+}
+
+/// Posting lists longer than one block, written out of time order in batches of every size, then
+/// re-timed and partly deleted: pages of `q=` stay exact and newest first, intersections too, and
+/// `check` agrees with the blocks.
+#[test]
+fn posting_blocks_split_and_stay_in_order_through_writes_moves_and_deletes() {
+    let (_dir, store) = temp_store();
+    const N: u64 = 300;
+    let start_of = |i: u64| (i * 7919) % N * 10; // a permutation: arrival order ≠ time order
+    let make = |i: u64, start_ms: u64| {
+        span(&format!("bk-{i}"), &format!("bk-{i}-s"), start_ms, 5).with(|s| {
+            s.input = Value::String(if i % 2 == 1 {
+                "shared odd".into()
+            } else {
+                "shared".into()
+            });
+        })
+    };
+    let mut i = 0;
+    for size in [1u64, 7, 50, 2, 64, 65, 111].iter().cycle() {
+        if i >= N {
+            break;
+        }
+        let batch: Vec<Span> = (i..(i + size).min(N))
+            .map(|j| make(j, start_of(j)))
+            .collect();
+        store.put_spans(&batch).expect("put");
+        i += size;
+    }
+    let blocks = store.tree.scan_prefix(term_prefix("shared")).count();
+    assert!(
+        blocks as u64 >= N / BLOCK_POSITIONS as u64,
+        "a long list is cut into blocks: {blocks}"
+    );
+    let newest_first = |keep: &dyn Fn(u64) -> bool| {
+        let mut all: Vec<(u64, String)> = (0..N)
+            .filter(|&i| keep(i))
+            .map(|i| (start_of(i), format!("bk-{i}")))
+            .collect();
+        all.sort_by(|a, b| b.cmp(a));
+        all.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+    };
+    let paged = |q: &str| {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        for _ in 0..100 {
+            let page = store
+                .list_traces(&TraceQuery {
+                    limit: 37,
+                    cursor: cursor.take(),
+                    q: s(q),
+                    ..TraceQuery::default()
+                })
+                .expect("list");
+            seen.extend(ids(&page).into_iter().map(String::from));
+            match page.next_cursor {
+                Some(c) => cursor = Cursor::decode(&c),
+                None => break,
+            }
+        }
+        seen
+    };
+    assert_eq!(paged("shared"), newest_first(&|_| true), "one list, paged");
+    assert_eq!(
+        paged("odd shared"),
+        newest_first(&|i| i % 2 == 1),
+        "an intersection, paged"
+    );
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.postings >= 2 * N, "{report:?}");
+
+    // Re-timing a trace moves its position in every list.
+    store
+        .put_spans(&[make(0, N * 10 + 5)])
+        .expect("re-send with a later start");
+    assert_eq!(paged("shared").first().map(String::as_str), Some("bk-0"));
+    // Deleting every third trace.
+    for i in (0..N).step_by(3) {
+        assert!(store.delete_trace(&format!("bk-{i}")).expect("delete"));
+    }
+    assert_eq!(
+        paged("shared"),
+        newest_first(&|i| i % 3 != 0),
+        "deleted traces leave the list"
+    );
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+
+    // A block out of order is reported.
+    let key = store
+        .tree
+        .scan_prefix(term_prefix("shared"))
+        .next()
+        .expect("a block")
+        .expect("scan")
+        .0;
+    let late = [&[0xFFu8; 8][..], b"bk-1"].concat();
+    store.insert_raw(&key, &encode_block(&[late]));
+    let report = store.check().expect("check");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("not keyed by its last position") || p.contains("overlaps")),
+        "{report:?}"
     );
 }

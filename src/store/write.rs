@@ -17,7 +17,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut works: BTreeMap<String, TraceWork<'_>> = BTreeMap::new();
         // Where each span id lives once this batch is applied (overlays the `i` records).
-        let mut located: HashMap<&str, (&str, u64)> = HashMap::new();
+        let mut located: FnvMap<&str, (&str, u64)> = FnvMap::default();
 
         for span in spans {
             let (trace_id, span_id) = (span.trace_id.as_str(), span.span_id.as_str());
@@ -78,6 +78,7 @@ impl Store {
             located.insert(span_id, (trace_id, start));
         }
 
+        let mut postings = PostingEdits::default();
         for (trace_id, work) in works {
             let agg = if work.recompute {
                 self.recompute(&trace_id, &work.changes)?
@@ -95,9 +96,11 @@ impl Store {
                 for gone in before {
                     batch.remove(gone);
                 }
+                postings.diff(work.before.as_ref(), None);
                 batch.remove(ukey);
                 continue;
             }
+            postings.diff(work.before.as_ref(), Some(&agg));
             let after = agg.index_keys();
             for gone in before.difference(&after) {
                 batch.remove(gone.clone());
@@ -107,6 +110,7 @@ impl Store {
             }
             batch.insert(ukey, agg.encode());
         }
+        self.apply_postings(&mut batch, postings)?;
         self.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -124,6 +128,7 @@ impl Store {
             return Ok(None);
         }
         let mut freed = 0u64;
+        let mut posting_freed = 0u64;
         let mut count = |key: &[u8], value_len: usize| {
             freed = freed.saturating_add((key.len() + value_len) as u64);
         };
@@ -162,6 +167,9 @@ impl Store {
                 count(&key, 0);
                 batch.remove(key);
             }
+            let mut postings = PostingEdits::default();
+            postings.diff(Some(agg), None);
+            posting_freed = self.apply_postings(&mut batch, postings)?;
         }
         let ukey = summary_key(trace_id);
         if let Some(summary) = self.tree.get(&ukey)? {
@@ -170,7 +178,7 @@ impl Store {
         batch.remove(ukey);
         if existed {
             self.tree.apply_batch(batch)?;
-            Ok(Some(freed))
+            Ok(Some(freed.saturating_add(posting_freed)))
         } else {
             Ok(None)
         }
