@@ -649,6 +649,11 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Whether a name of this length can be one of [`HOP_BY_HOP`].
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16 | 17 | 19)
+}
+
 /// Removes hop-by-hop headers, including any listed in `Connection` itself.
 ///
 /// One scan of the names first: most messages carry none, or only `Connection`, and a scan with
@@ -656,6 +661,11 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     for name in headers.keys() {
+        // Most names have none of the hop-by-hop lengths: one length test instead of seven
+        // comparisons (a standard name's `as_str` is a table lookup).
+        if !hop_by_hop_length(name.as_str().len()) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         }
@@ -709,6 +719,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_length_prefilter_admits_every_hop_by_hop_name() {
+        for name in &HOP_BY_HOP {
+            assert!(
+                hop_by_hop_length(name.as_str().len()),
+                "{name} must pass the length test or it would be forwarded"
+            );
+        }
+    }
 
     #[test]
     fn removes_headers_named_in_connection_and_keeps_the_rest() {
