@@ -508,8 +508,8 @@ def run_suite(args):
     duration = args.duration or (2 if quick else 10)
     rounds = args.rounds or (1 if quick else 3)
     conns = 32
-    binary = os.path.join(ROOT, "target/release/llm-tracer")
-    loadgen = os.path.join(ROOT, "target/release/examples/loadgen")
+    binary = args.bin or os.path.join(ROOT, "target/release/llm-tracer")
+    loadgen = args.loadgen or os.path.join(ROOT, "target/release/examples/loadgen")
     for exe in (binary, loadgen):
         if not os.path.exists(exe):
             raise SystemExit(f"missing {exe}: run bench/run.sh (it builds release first)")
@@ -980,7 +980,9 @@ SYMBOLS = {
     "proxy_handle": r"llm_tracer::forward::Proxy::handle",
     "tap_poll_frame": r"<llm_tracer::tap::TapBody<B> as http_body::Body>::poll_frame",
     "span_assemble": r"llm_tracer::span::assemble::assemble",
-    "store_put_spans": r"llm_tracer::store::Store::put_spans",
+    "store_put_spans": r"llm_tracer::store::Store>::put_spans",
+    # The tokio worker threads: accept, route, forward, tap, record, hyper and the upstream client.
+    "request_path": r"tokio::runtime::scheduler::multi_thread::worker::run [",
     "queue_offer": r"llm_tracer::queue::SpanQueue::offer",
     "malloc": r"^malloc$|^__libc_malloc$",
 }
@@ -1031,6 +1033,8 @@ def main():
     r.add_argument("--no-write", action="store_true", help="don't append to bench/RESULTS.md")
     r.add_argument("--json-out", help="also write every kept round as JSON here")
     r.add_argument("--only", help="comma-separated phases: throughput,rate,streams,memory (default all)")
+    r.add_argument("--bin", help="the llm-tracer binary to measure (default target/release/llm-tracer)")
+    r.add_argument("--loadgen", help="the load generator (default target/release/examples/loadgen)")
     c = sub.add_parser("callgrind", help="instructions per request under valgrind --tool=callgrind")
     c.add_argument("--requests", type=int, default=2000)
     c.add_argument("--warmup", type=int, default=300)

@@ -3,7 +3,7 @@
 //! [`ProxyError`], and spawns the per-call recorder that hands a [`CallRecord`] to the queue.
 //!
 //! Hot path: never parses bodies, never awaits storage. The only crossing to the cold path is
-//! [`SpanQueue::offer`]. The only module that imports the upstream client (hyper-util, hyper-rustls).
+//! [`SpanQueue::offer`]. Requests go upstream through [`crate::upstream::Client`].
 
 use std::{
     pin::Pin,
@@ -18,16 +18,10 @@ use http::{
 };
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
-};
-use rustls_pki_types::{pem::PemObject, CertificateDer};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    config::{Config, RouteConfig},
+    config::Config,
     error::{ProxyError, StartError},
     idle::{BoxError, IdleGuard},
     metrics::{CaptureBudget, Metrics},
@@ -35,24 +29,19 @@ use crate::{
     queue::SpanQueue,
     route::{Route, Table, Target},
     tap::{detach, drain_into, Captured, End, Observer, RawCall, Side, TapBody},
+    upstream::{Client, SendError, UpstreamBody},
 };
-
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, TapBody<Incoming>>;
 
 /// After the response side of a call is settled, how long its record waits for the request
 /// body's report (an upstream that answered without reading the whole upload never finishes
 /// it), and how long an unread upload is drained for the span.
 const REQUEST_REPORT_GRACE: Duration = Duration::from_secs(2);
 
-/// Idle upstream connections kept per host. Bounds the pool after a burst (each idle
-/// connection holds its buffers), and stays above the concurrency a single host usually sees.
-const MAX_IDLE_PER_HOST: usize = 256;
-
 /// Shared state of the proxy listener.
 pub struct Proxy {
     table: Table,
     /// One pooled client per route (index = route index in `table`).
-    clients: Vec<UpstreamClient>,
+    clients: Vec<Client>,
     /// `None` when capture is off.
     queue: Option<SpanQueue>,
     recorders: TaskTracker,
@@ -68,7 +57,7 @@ pub struct Proxy {
 // to save bytes only on the rare error path.
 #[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
-    Upstream(IdleGuard<Incoming>),
+    Upstream(IdleGuard<UpstreamBody>),
     Local(Full<Bytes>),
 }
 
@@ -127,7 +116,7 @@ impl Proxy {
             .routes()
             .iter()
             .enumerate()
-            .map(|(i, r)| build_client(i, &r.config, config.connect_timeout))
+            .map(|(i, r)| Client::new(i, &r.config, config.connect_timeout))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             table,
@@ -211,15 +200,12 @@ impl Proxy {
         *upstream_req.headers_mut() = headers;
 
         let sent_at = Instant::now();
-        let sent = tokio::time::timeout(self.header_timeout, client.request(upstream_req)).await;
+        let sent = tokio::time::timeout(self.header_timeout, client.send(upstream_req)).await;
         let rsp = match sent {
             Ok(Ok(rsp)) => rsp,
-            Ok(Err(e)) => {
+            Ok(Err(SendError(message))) => {
                 let upstream = pending.upstream();
-                return pending.fail(ProxyError::UpstreamConnect {
-                    upstream,
-                    message: error_chain(&e),
-                });
+                return pending.fail(ProxyError::UpstreamConnect { upstream, message });
             }
             Err(_) => {
                 let upstream = pending.upstream();
@@ -451,8 +437,20 @@ fn take(slots: &mut Slots) -> Option<Taken> {
     })
 }
 
-impl Observer<Incoming> for CallState {
+/// The response side's tap: the same reports as the request side's.
+impl Observer<UpstreamBody> for CallState {
     fn report(&self, side: Side, captured: Captured) {
+        self.side_reported(side, captured);
+    }
+
+    fn budget(&self) -> Option<&Arc<CaptureBudget>> {
+        Some(&self.proxy.metrics.capture_budget)
+    }
+}
+
+impl CallState {
+    /// One side's tap reported (or its salvage finished).
+    fn side_reported(&self, side: Side, captured: Captured) {
         self.settle(|s| match side {
             Side::Request => {
                 s.request = Some(captured);
@@ -465,12 +463,18 @@ impl Observer<Incoming> for CallState {
             }
         });
     }
+}
+
+impl Observer<Incoming> for CallState {
+    fn report(&self, side: Side, captured: Captured) {
+        self.side_reported(side, captured);
+    }
 
     /// An upload dropped before its end (connection refused, an early answer, no route): read
     /// its rest off the hot path, bounded, so the span still shows what the app sent.
     fn abandoned(&self, side: Side, captured: Captured, rest: Incoming) {
         let (Some(this), Ok(_)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
-            self.report(side, captured);
+            self.side_reported(side, captured);
             return;
         };
         self.lock().salvaging = true;
@@ -486,7 +490,7 @@ impl Observer<Incoming> for CallState {
             if matches!(drained, Ok(true)) {
                 captured.end = Some(End::Complete);
             }
-            this.report(side, captured);
+            this.side_reported(side, captured);
         });
     }
 
@@ -626,164 +630,11 @@ impl Drop for Pending {
     }
 }
 
-/// One pooled client per route: rustls (webpki roots + the route's `ca_file`), ALPN h2/http1.1,
-/// plain http for local upstreams, TCP_NODELAY.
-fn build_client(
-    index: usize,
-    route: &RouteConfig,
-    connect_timeout: Duration,
-) -> Result<UpstreamClient, StartError> {
-    let key = if route.prefix == "/" {
-        "ca_file".to_string()
-    } else {
-        format!("route[{index}].ca_file")
-    };
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = &route.ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| StartError::Tls {
-                key: key.clone(),
-                message: format!("{}: {e}", path.display()),
-            })?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StartError::Tls {
-                key: key.clone(),
-                message: format!("{}: {e}", path.display()),
-            })?;
-        if certs.is_empty() {
-            return Err(StartError::Tls {
-                key,
-                message: format!("{}: no PEM certificates found", path.display()),
-            });
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| StartError::Tls {
-                key: key.clone(),
-                message: format!("{}: {e}", path.display()),
-            })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-    let tls = if route.insecure_skip_verify {
-        let key = if route.prefix == "/" {
-            "insecure_skip_verify".to_string()
-        } else {
-            format!("route[{index}].insecure_skip_verify")
-        };
-        // Loud on purpose, once per route: anyone on the path can read and change this traffic.
-        tracing::warn!(
-            route = %route.prefix,
-            upstream = %route.upstream,
-            key = %key,
-            "TLS certificate verification is OFF for this route's upstream: any certificate is \
-             accepted, so the connection can be intercepted (prompts, answers and API keys)"
-        );
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
-            .with_no_client_auth()
-    } else {
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-        .build(https))
-}
-
-/// `insecure_skip_verify`: accepts any certificate chain and name, but still checks that the
-/// handshake is signed by the presented certificate's key (so the session is at least bound to
-/// it).
-#[derive(Debug)]
-struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The path of a `path?query`.
 fn app_path(path_and_query: &str) -> &str {
     path_and_query
         .split_once('?')
         .map_or(path_and_query, |(path, _)| path)
-}
-
-/// The error and its causes, e.g. "client error (Connect): tcp connect error: Connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Names a proxy must not forward (RFC 9110 §7.6.1), built once. `Trailer` is end-to-end and
@@ -798,6 +649,11 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Whether a name of this length can be one of [`HOP_BY_HOP`].
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16 | 17 | 19)
+}
+
 /// Removes hop-by-hop headers, including any listed in `Connection` itself.
 ///
 /// One scan of the names first: most messages carry none, or only `Connection`, and a scan with
@@ -805,6 +661,11 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     for name in headers.keys() {
+        // Most names have none of the hop-by-hop lengths: one length test instead of seven
+        // comparisons (a standard name's `as_str` is a table lookup).
+        if !hop_by_hop_length(name.as_str().len()) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         }
@@ -860,6 +721,16 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn the_length_prefilter_admits_every_hop_by_hop_name() {
+        for name in &HOP_BY_HOP {
+            assert!(
+                hop_by_hop_length(name.as_str().len()),
+                "{name} must pass the length test or it would be forwarded"
+            );
+        }
+    }
+
+    #[test]
     fn removes_headers_named_in_connection_and_keeps_the_rest() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -880,13 +751,5 @@ mod tests {
             h.contains_key("authorization"),
             "end-to-end credentials are forwarded"
         );
-    }
-
-    #[test]
-    fn error_chain_includes_causes_once() {
-        let inner =
-            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
-        let outer = std::io::Error::other(inner);
-        assert_eq!(error_chain(&outer), "Connection refused");
     }
 }

@@ -22,3 +22,4 @@ pub mod route;
 pub mod span;
 pub mod store;
 pub mod tap;
+pub mod upstream;

@@ -1,9 +1,9 @@
 //! Token estimation for calls whose upstream reported no usage (streams without
 //! `stream_options.include_usage`, servers that omit `usage`).
 //!
-//! Counts with tiktoken-rs, whose BPE tables are compiled into the binary (no download, works
-//! offline): `o200k_base` for the GPT-4o / GPT-4.1 / GPT-4.5 / GPT-5 / o-series families,
-//! `cl100k_base` for everything else. Claude and other non-OpenAI models use `cl100k_base` too:
+//! Counts as tiktoken does, with OpenAI's BPE tables compiled into the binary (no download, works
+//! offline) and held compactly ([`super::bpe`]): `o200k_base` for the GPT-4o / GPT-4.1 / GPT-4.5 /
+//! GPT-5 / o-series families, `cl100k_base` for everything else. Claude and other non-OpenAI models use `cl100k_base` too:
 //! an approximation (their tokenizers are not public), typically within ~10–20 % for English.
 //!
 //! Runs only on the writer thread, during span assembly — never on the request path. Bounded:
@@ -14,7 +14,8 @@
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
+
+use super::bpe::{self, Bpe};
 
 /// Text tokenized exactly per call (input and output each); the rest is extrapolated.
 pub const MAX_COUNTED_BYTES: usize = 1 << 20;
@@ -79,13 +80,20 @@ impl Encoding {
     }
 
     /// The BPE, built on first use. `None` only if the embedded tables failed to load.
-    fn bpe(self) -> Option<&'static CoreBPE> {
-        static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        match self {
-            Encoding::O200k => O200K.get_or_init(|| tiktoken_rs::o200k_base().ok()),
-            Encoding::Cl100k => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().ok()),
-        }
+    fn bpe(self) -> Option<&'static Bpe> {
+        static O200K: OnceLock<Option<Bpe>> = OnceLock::new();
+        static CL100K: OnceLock<Option<Bpe>> = OnceLock::new();
+        let (cell, ranks, pattern) = match self {
+            Encoding::O200k => (&O200K, bpe::O200K_RANKS, bpe::O200K_PATTERN),
+            Encoding::Cl100k => (&CL100K, bpe::CL100K_RANKS, bpe::CL100K_PATTERN),
+        };
+        cell.get_or_init(|| match Bpe::load(ranks, pattern) {
+            Ok(bpe) => Some(bpe),
+            Err(e) => {
+                tracing::error!(encoding = self.name(), error = %e, "token estimation unavailable");
+                None
+            }
+        })
         .as_ref()
     }
 }
@@ -172,9 +180,7 @@ impl Text {
             0
         } else {
             let bpe = encoding.bpe()?;
-            chunks(&self.buf)
-                .map(|chunk| bpe.encode_ordinary(chunk).len() as u64)
-                .sum()
+            chunks(&self.buf).map(|chunk| bpe.count(chunk) as u64).sum()
         };
         let extrapolated = if self.dropped > 0 && !self.buf.is_empty() {
             // Same bytes-per-token as the part we counted.
@@ -324,7 +330,7 @@ mod tests {
             pieces[1..].iter().all(|p| p.starts_with(' ')),
             "prose is cut before a space, where the tokenizer splits anyway"
         );
-        let bpe = Encoding::O200k.bpe().unwrap();
+        let bpe = tiktoken_rs::o200k_base().unwrap();
         let mut t = Text::new();
         t.push(&prose);
         assert_eq!(

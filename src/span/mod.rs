@@ -205,6 +205,7 @@ pub fn is_valid_id(id: &str) -> bool {
 mod assemble;
 pub use self::assemble::{assemble, AssembleOptions};
 mod anthropic;
+mod bpe;
 mod decode;
 mod embeddings;
 pub mod estimate;
