@@ -207,9 +207,15 @@ fn a_real_full_disk_degrades_health_never_touches_traffic_and_recovers_when_spac
     // Its own runtime, shut down with a bound: on a full disk sled can block a store call in the
     // blocking pool for good, and a runtime drop would wait for it forever (the binary bounds its
     // runtime's shutdown the same way).
+    // A failed assertion must not skip that bound either: catch it, shut down, then re-raise.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(real_full_disk());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(real_full_disk())
+    }));
     runtime.shutdown_timeout(Duration::from_secs(2));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 async fn real_full_disk() {
@@ -312,17 +318,16 @@ async fn real_full_disk() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    // sled either failed its writes (then the writer reopened it: counted) or blocked until
-    // there was space again (then the blocked write finished by itself); both recover.
+    // sled's behaviour on a full disk varies from run to run: its writes fail and keep failing
+    // (then the writer reopened it, counted), or fail and later work again by themselves, or
+    // block until there is space (then the blocked write finishes). Every way must recover;
+    // `after_store_io_errors_the_writer_reopens…` above checks the reopen deterministically.
     let text = proxy.metrics_text().await;
     assert_eq!(metric_value(&text, "llm_tracer_store_healthy"), Some(1.0));
     let reopens = metric_value(&text, "llm_tracer_store_reopens_total").unwrap_or(0.0);
     let errors = metric_value(&text, "llm_tracer_store_errors_total").unwrap_or(0.0);
-    assert!(
-        errors == 0.0 || reopens >= 1.0,
-        "after write errors the recovery is a reopen, counted:\n{text}"
-    );
-    eprintln!("full disk: {errors} failed batch writes, {reopens} reopens");
+    let stalls = metric_value(&text, "llm_tracer_store_stalls_total").unwrap_or(0.0);
+    eprintln!("full disk: {errors} failed batch writes, {stalls} stalls, {reopens} reopens");
     let (status, trace) = proxy.get_json(&format!("/api/traces/{stored}")).await;
     assert_eq!(status, 200);
     assert_eq!(trace["spans"].as_array().map(Vec::len), Some(1), "{trace}");
