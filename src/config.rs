@@ -987,6 +987,15 @@ pub fn check_env_names<I: IntoIterator<Item = String>>(names: I) -> Result<(), C
     Ok(())
 }
 
+/// [`load`] for the running process: the file is `--config FILE` (`flag`), else
+/// `LLM_TRACER_CONFIG`, else none; variables come from the process environment.
+pub fn load_for_process(flag: Option<&Path>, flags: &Flags) -> Result<Config, ConfigError> {
+    let file = flag
+        .map(Path::to_owned)
+        .or_else(|| process_env("LLM_TRACER_CONFIG").map(PathBuf::from));
+    load(file.as_deref(), flags, &process_env)
+}
+
 /// Reads the process environment.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()

@@ -236,11 +236,7 @@ impl ServeArgs {
     }
 
     fn load(&self) -> Result<config::Config, llm_tracer::error::ConfigError> {
-        let file = self
-            .config
-            .clone()
-            .or_else(|| config::process_env("LLM_TRACER_CONFIG").map(PathBuf::from));
-        config::load(file.as_deref(), &self.flags(), &config::process_env)
+        config::load_for_process(self.config.as_deref(), &self.flags())
     }
 }
 
@@ -316,15 +312,11 @@ fn check(args: &CheckArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let file = args
-        .config
-        .clone()
-        .or_else(|| config::process_env("LLM_TRACER_CONFIG").map(PathBuf::from));
     let flags = config::Flags {
         data_dir: args.data_dir.clone(),
         ..config::Flags::default()
     };
-    let config = match config::load(file.as_deref(), &flags, &config::process_env) {
+    let config = match config::load_for_process(args.config.as_deref(), &flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

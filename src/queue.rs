@@ -419,11 +419,14 @@ impl Writer {
             std::thread::sleep(pause);
             // sled stays failed after an I/O error until reopened (see `backend`).
             if matches!(e, WriteError::Store(b) if b.wants_reopen()) {
-                match self.backend.reopen_after_write_error() {
-                    Reopen::Reopened => self.metrics.store_reopens.fetch_add(1, Relaxed),
-                    Reopen::Failed => self.metrics.store_reopen_failures.fetch_add(1, Relaxed),
-                    Reopen::NotNow => 0,
+                let counter = match self.backend.reopen_after_write_error() {
+                    Reopen::Reopened => Some(&self.metrics.store_reopens),
+                    Reopen::Failed => Some(&self.metrics.store_reopen_failures),
+                    Reopen::NotNow => None,
                 };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Relaxed);
+                }
             }
             result = attempt();
         }

@@ -370,27 +370,19 @@ fn tls_client(
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = &route.ca_file {
+        let bad = |e: &dyn std::fmt::Display| StartError::Tls {
+            key: key.clone(),
+            message: format!("{}: {e}", path.display()),
+        };
         let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| StartError::Tls {
-                key: key.clone(),
-                message: format!("{}: {e}", path.display()),
-            })?
+            .map_err(|e| bad(&e))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StartError::Tls {
-                key: key.clone(),
-                message: format!("{}: {e}", path.display()),
-            })?;
+            .map_err(|e| bad(&e))?;
         if certs.is_empty() {
-            return Err(StartError::Tls {
-                key,
-                message: format!("{}: no PEM certificates found", path.display()),
-            });
+            return Err(bad(&"no PEM certificates found"));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| StartError::Tls {
-                key: key.clone(),
-                message: format!("{}: {e}", path.display()),
-            })?;
+            roots.add(cert).map_err(|e| bad(&e))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

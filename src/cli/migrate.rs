@@ -62,17 +62,13 @@ pub async fn migrate(args: &MigrateArgs) -> ExitCode {
 
 async fn run(args: &MigrateArgs) -> Result<(), Fatal> {
     let (From::Sled, To::Clickhouse) = (args.from, args.to);
-    let file = args
-        .config
-        .clone()
-        .or_else(|| config::process_env("LLM_TRACER_CONFIG").map(PathBuf::from));
     let flags = config::Flags {
         data_dir: args.data_dir.clone(),
         clickhouse_url: args.clickhouse_url.clone(),
         clickhouse_database: args.clickhouse_database.clone(),
         ..config::Flags::default()
     };
-    let config = config::load(file.as_deref(), &flags, &config::process_env)
+    let config = config::load_for_process(args.config.as_deref(), &flags)
         .map_err(|e| Fatal(e.to_string()))?;
     let dir = config.data_dir.clone();
     if !dir.is_dir() {

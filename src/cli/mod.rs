@@ -348,14 +348,11 @@ fn open_store(
     data_dir: Option<&String>,
     create: bool,
 ) -> Result<Store, Fatal> {
-    let file = file
-        .cloned()
-        .or_else(|| config::process_env("LLM_TRACER_CONFIG").map(PathBuf::from));
     let flags = config::Flags {
         data_dir: data_dir.cloned(),
         ..config::Flags::default()
     };
-    let config = config::load(file.as_deref(), &flags, &config::process_env)
+    let config = config::load_for_process(file.map(PathBuf::as_path), &flags)
         .map_err(|e| Fatal(e.to_string()))?;
     if config.store_backend == config::StoreBackend::Clickhouse && data_dir.is_none() {
         return Err(Fatal(

@@ -140,13 +140,10 @@ impl Store {
                     r.problem(format!("index key {} is malformed", show_key(&key)));
                     continue;
                 };
-                let expected = match self.load_agg(trace_id) {
-                    Ok(Some(agg)) => agg.index_keys().contains(key.as_ref()),
-                    Ok(None) => false,
-                    Err(e) => {
-                        r.problem(e.to_string());
-                        continue;
-                    }
+                let Some(expected) = self.summary_says(trace_id, &mut r, |agg| {
+                    agg.index_keys().contains(key.as_ref())
+                }) else {
+                    continue;
                 };
                 if !expected {
                     r.problem(format!(
@@ -198,13 +195,10 @@ impl Store {
                 let Some((start, trace_id)) = parse_position(position) else {
                     continue; // decode_block checked it
                 };
-                let expected = match self.load_agg(trace_id) {
-                    Ok(Some(agg)) => agg.start == start && agg.terms.contains(term),
-                    Ok(None) => false,
-                    Err(e) => {
-                        r.problem(e.to_string());
-                        continue;
-                    }
+                let Some(expected) = self.summary_says(trace_id, &mut r, |agg| {
+                    agg.start == start && agg.terms.contains(term)
+                }) else {
+                    continue;
                 };
                 if !expected {
                     r.problem(format!(
@@ -226,6 +220,23 @@ impl Store {
             }
         }
         Ok(r)
+    }
+
+    /// Whether `trace_id`'s stored summary satisfies `test` (no summary: false). `None` when it
+    /// cannot be read; that is reported in `r`.
+    fn summary_says(
+        &self,
+        trace_id: &str,
+        r: &mut CheckReport,
+        test: impl FnOnce(&Agg) -> bool,
+    ) -> Option<bool> {
+        match self.load_agg(trace_id) {
+            Ok(agg) => Some(agg.is_some_and(|agg| test(&agg))),
+            Err(e) => {
+                r.problem(e.to_string());
+                None
+            }
+        }
     }
 
     /// One trace's summary against `agg`, recomputed from its spans, and its index entries.

@@ -250,15 +250,7 @@ impl Store {
                     .insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
                 store.db.flush()?;
             }
-            Some(raw) => {
-                let found = String::from_utf8_lossy(&raw).into_owned();
-                if found.trim().parse::<u32>().ok() != Some(SCHEMA_VERSION) {
-                    return Err(StoreError::Schema {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-            }
+            Some(raw) => expect_version(&raw, SCHEMA_VERSION)?,
         }
         // A migration that ended after its version key but before dropping the old trees.
         for (old, _) in OLD_TREES {
@@ -302,13 +294,7 @@ impl Store {
             }
             match self.db.open_tree(old)?.get(SCHEMA_KEY)? {
                 Some(raw) => {
-                    let found = String::from_utf8_lossy(&raw).into_owned();
-                    if found.trim().parse::<u32>().ok() != Some(version) {
-                        return Err(StoreError::Schema {
-                            found,
-                            supported: SCHEMA_VERSION,
-                        });
-                    }
+                    expect_version(&raw, version)?;
                     return Ok(Some((old, version)));
                 }
                 // Schema 1 stores may predate the version key: the oldest tree is taken as is.
@@ -371,6 +357,18 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// A tree's version key `raw` must say `expected`; anything else is refused, naming what it says.
+fn expect_version(raw: &[u8], expected: u32) -> Result<(), StoreError> {
+    let found = String::from_utf8_lossy(raw).into_owned();
+    if found.trim().parse::<u32>().ok() == Some(expected) {
+        return Ok(());
+    }
+    Err(StoreError::Schema {
+        found,
+        supported: SCHEMA_VERSION,
+    })
 }
 
 /// sled's "could not acquire lock on …" (an `Io` error wrapping `WouldBlock`): another handle,

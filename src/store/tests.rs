@@ -1433,6 +1433,21 @@ fn a_newer_schema_is_refused() {
     );
 }
 
+/// The span records every older layout shares: span JSON under its `s` key, and the span-id
+/// record.
+fn write_old_spans(old: &sled::Tree, spans: &[Span]) {
+    for sp in spans {
+        let key = span_key(&sp.trace_id, sp.start_time.micros(), &sp.span_id);
+        old.insert(&key, serde_json::to_vec(sp).expect("json"))
+            .expect("insert");
+        old.insert(
+            span_id_key(&sp.span_id),
+            span_id_value(&sp.trace_id, sp.start_time.micros()),
+        )
+        .expect("insert");
+    }
+}
+
 /// Writes a schema-1 store the way the previous layout did (tree `v1`, JSON spans under the same
 /// `s` keys, JSON summaries, no postings), then opens it with this binary.
 #[test]
@@ -1446,16 +1461,7 @@ fn a_schema_1_store_is_migrated_at_open_and_then_searchable() {
             .expect("sled opens");
         let old = db.open_tree("v1").expect("tree v1");
         old.insert(SCHEMA_KEY, &b"1"[..]).expect("insert");
-        for sp in &spans {
-            let key = span_key(&sp.trace_id, sp.start_time.micros(), &sp.span_id);
-            old.insert(&key, serde_json::to_vec(sp).expect("json"))
-                .expect("insert");
-            old.insert(
-                span_id_key(&sp.span_id),
-                span_id_value(&sp.trace_id, sp.start_time.micros()),
-            )
-            .expect("insert");
-        }
+        write_old_spans(&old, &spans);
         // An unreadable span is skipped (and logged), not a reason to refuse the store.
         old.insert(span_key("old-2", T0, "broken"), &b"not json"[..])
             .expect("insert");
@@ -1520,16 +1526,7 @@ fn a_schema_2_store_is_migrated_at_open_and_then_searchable() {
             .expect("sled opens");
         let old = db.open_tree("v2").expect("tree v2");
         old.insert(SCHEMA_KEY, &b"2"[..]).expect("insert");
-        for sp in &spans {
-            let key = span_key(&sp.trace_id, sp.start_time.micros(), &sp.span_id);
-            old.insert(&key, serde_json::to_vec(sp).expect("json"))
-                .expect("insert");
-            old.insert(
-                span_id_key(&sp.span_id),
-                span_id_value(&sp.trace_id, sp.start_time.micros()),
-            )
-            .expect("insert");
-        }
+        write_old_spans(&old, &spans);
         // A schema-2 posting: one key per (term, trace), empty value. Never read by schema 3.
         let posting = [
             &term_prefix("oldterm")[..],
