@@ -293,6 +293,7 @@ impl Admin {
             "queue": {
                 "length": self.queue.as_ref().map(SpanQueue::len).unwrap_or(0),
                 "capacity": self.queue_capacity,
+                "spooled_bytes": self.metrics.spool_bytes.load(std::sync::atomic::Ordering::Relaxed),
             },
             "captures_dropped": self.metrics.captures_dropped(),
             "retention": { "deleted_traces": self.backend.retention_deleted() },

@@ -3,7 +3,7 @@
 //! accepting, lets in-flight calls finish (bounded), drains the capture queue and flushes.
 //! `start(Config) -> Running` is what `main`, `demo` and the tests call.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use tokio::{sync::watch, task::JoinHandle};
@@ -20,6 +20,7 @@ use crate::{
     metrics::Metrics,
     queue::{self, SpanQueue, StoreFaults, WriterOptions},
     span::{AssembleOptions, Timestamp},
+    spool::Spool,
     store::{Store, StoreOptions},
 };
 
@@ -133,6 +134,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
 
+    let spool = match (&queue_rx, config.spool_max_bytes) {
+        (Some(_), max) if max > 0 => open_spool(&config.data_dir, max, &metrics).await,
+        _ => None,
+    };
     let writer = queue_rx.map(|rx| {
         let opts = WriterOptions {
             batch_size: config.batch_size,
@@ -152,6 +157,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             opts,
             writer_stop_rx,
             faults.clone(),
+            spool,
         ))
     });
 
@@ -255,6 +261,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop: stop_tx,
         lifecycle,
     })
+}
+
+/// Opens the capture spool in `<data_dir>/spool`. A spool that cannot be opened (a read-only
+/// data dir next to a ClickHouse store) is not a reason to refuse to start: the queue then
+/// works in memory only, as with `spool_max_bytes = 0`, and the log says why.
+async fn open_spool(data_dir: &Path, max: u64, metrics: &Arc<Metrics>) -> Option<Arc<Spool>> {
+    let dir = data_dir.join("spool");
+    let metrics = metrics.clone();
+    let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max, metrics)).await;
+    match opened {
+        Ok(Ok(spool)) => Some(Arc::new(spool)),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "no capture spool: captures wait in memory only");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no capture spool: open task failed");
+            None
+        }
+    }
 }
 
 /// Opens the configured store: sled (on the blocking pool, errors name `data_dir`), or

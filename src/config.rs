@@ -77,6 +77,8 @@ pub struct Config {
     /// Captured bytes all in-flight calls may hold together (see `metrics::CaptureBudget`).
     pub capture_budget_bytes: usize,
     pub queue_capacity: usize,
+    /// Most bytes of captured calls the disk spool holds (`<data_dir>/spool`); 0 = no spool.
+    pub spool_max_bytes: u64,
     pub batch_size: usize,
     pub batch_interval: Duration,
     pub connect_timeout: Duration,
@@ -140,6 +142,9 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// Default `spool_max_bytes`: 1 GiB of captured calls may wait on disk for the writer.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+
 /// Shortest accepted `admin_token`: a guessable token is no access control.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
@@ -156,6 +161,7 @@ pub struct Flags {
     pub max_capture_bytes: Option<String>,
     pub capture_budget_bytes: Option<String>,
     pub queue_capacity: Option<String>,
+    pub spool_max_bytes: Option<String>,
     pub batch_size: Option<String>,
     pub batch_interval_ms: Option<String>,
     pub connect_timeout_ms: Option<String>,
@@ -207,6 +213,7 @@ struct FileConfig {
     max_capture_bytes: Option<u64>,
     capture_budget_bytes: Option<u64>,
     queue_capacity: Option<u64>,
+    spool_max_bytes: Option<u64>,
     batch_size: Option<u64>,
     batch_interval_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -390,6 +397,24 @@ pub fn load(
             10_000_000,
         )?
         .unwrap_or(10_000);
+    // 0 turns the spool off; otherwise at least 1 MiB, at most 1 PiB.
+    let spool_max_bytes = l
+        .pick(
+            "spool_max_bytes",
+            &flags.spool_max_bytes,
+            raw.spool_max_bytes.map(|n| n.to_string()),
+            |s| {
+                let n = u64::from_str(s.trim())
+                    .map_err(|_| format!("{s:?} is not a whole number"))?;
+                match n {
+                    0 | 1_048_576..=1_125_899_906_842_624 => Ok(n),
+                    _ => Err(format!(
+                        "{n} is out of range: 0 (no spool) or 1048576 (1 MiB) ..= 1 PiB"
+                    )),
+                }
+            },
+        )?
+        .unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
     let batch_size = l
         .pick_num("batch_size", &flags.batch_size, raw.batch_size, 1, 100_000)?
         .unwrap_or(512);
@@ -733,6 +758,7 @@ pub fn load(
         max_capture_bytes: usize::try_from(max_capture_bytes).unwrap_or(usize::MAX),
         capture_budget_bytes: usize::try_from(capture_budget_bytes).unwrap_or(usize::MAX),
         queue_capacity: usize::try_from(queue_capacity).unwrap_or(usize::MAX),
+        spool_max_bytes,
         batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
         batch_interval: Duration::from_millis(batch_interval_ms),
         connect_timeout: Duration::from_millis(connect_timeout_ms),
@@ -924,6 +950,7 @@ pub const KEYS: &[&str] = &[
     "max_capture_bytes",
     "capture_budget_bytes",
     "queue_capacity",
+    "spool_max_bytes",
     "batch_size",
     "batch_interval_ms",
     "connect_timeout_ms",

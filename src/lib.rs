@@ -20,6 +20,8 @@ pub mod propagate;
 pub mod queue;
 pub mod route;
 pub mod span;
+pub mod spool;
 pub mod store;
 pub mod tap;
 pub mod upstream;
+mod varint;

@@ -84,6 +84,9 @@ struct ServeArgs {
     /// Capture queue capacity (default 10000).
     #[arg(long, value_name = "N")]
     queue_capacity: Option<String>,
+    /// Most bytes of captured calls waiting on disk for the writer; 0 = no spool (default 1073741824).
+    #[arg(long, value_name = "BYTES")]
+    spool_max_bytes: Option<String>,
     /// Spans per store write (default 512).
     #[arg(long, value_name = "N")]
     batch_size: Option<String>,
@@ -200,6 +203,7 @@ impl ServeArgs {
             max_capture_bytes: self.max_capture_bytes.clone(),
             capture_budget_bytes: self.capture_budget_bytes.clone(),
             queue_capacity: self.queue_capacity.clone(),
+            spool_max_bytes: self.spool_max_bytes.clone(),
             batch_size: self.batch_size.clone(),
             batch_interval_ms: self.batch_interval_ms.clone(),
             connect_timeout_ms: self.connect_timeout_ms.clone(),

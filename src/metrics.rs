@@ -38,6 +38,16 @@ pub struct Metrics {
     pub captures_dropped_shutdown: AtomicU64,
     /// Spans lost because a batch could not be written.
     pub captures_dropped_store_error: AtomicU64,
+    /// Spooled calls that could not be read back (a crash cut an append).
+    pub captures_dropped_spool_corrupt: AtomicU64,
+    /// Bytes of calls waiting in the disk spool (a gauge; see `spool`).
+    pub spool_bytes: AtomicU64,
+    /// Calls that went through the disk spool because the writer was busy.
+    pub spooled_calls: AtomicU64,
+    /// Appends to the spool that failed (the calls were then handed to the writer directly).
+    pub spool_errors: AtomicU64,
+    /// Appends the spool refused (full, or an I/O error); those calls waited in memory.
+    pub spool_refusals: AtomicU64,
     pub store_errors: AtomicU64,
     /// Batch writes retried after a store error.
     pub store_write_retries: AtomicU64,
@@ -73,6 +83,11 @@ impl Default for Metrics {
             captures_dropped_queue_full: AtomicU64::new(0),
             captures_dropped_shutdown: AtomicU64::new(0),
             captures_dropped_store_error: AtomicU64::new(0),
+            captures_dropped_spool_corrupt: AtomicU64::new(0),
+            spool_bytes: AtomicU64::new(0),
+            spooled_calls: AtomicU64::new(0),
+            spool_errors: AtomicU64::new(0),
+            spool_refusals: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             store_write_retries: AtomicU64::new(0),
             store_stalls: AtomicU64::new(0),
@@ -124,6 +139,7 @@ impl Metrics {
         self.captures_dropped_queue_full.load(Relaxed)
             + self.captures_dropped_shutdown.load(Relaxed)
             + self.captures_dropped_store_error.load(Relaxed)
+            + self.captures_dropped_spool_corrupt.load(Relaxed)
     }
 
     /// Prometheus text exposition format (0.0.4).
@@ -185,16 +201,40 @@ impl Metrics {
             "Reopens of the sled store that failed (reads answer 503 until one succeeds).",
             self.store_reopen_failures.load(Relaxed),
         );
+        counter(
+            "llm_tracer_spooled_calls_total",
+            "Captured calls that waited in the disk spool because the writer was busy.",
+            self.spooled_calls.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_spool_refusals_total",
+            "Batches the disk spool refused (full, or an I/O error); they waited for the writer in memory.",
+            self.spool_refusals.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_spool_errors_total",
+            "Failed appends to the disk spool (those calls went to the writer directly).",
+            self.spool_errors.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP llm_tracer_spool_bytes Captured calls waiting in the disk spool, bytes.\n\
+             # TYPE llm_tracer_spool_bytes gauge\n\
+             llm_tracer_spool_bytes {}",
+            self.spool_bytes.load(Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP llm_tracer_captures_dropped_total Captures dropped; traffic was unaffected.\n\
              # TYPE llm_tracer_captures_dropped_total counter\n\
              llm_tracer_captures_dropped_total{{reason=\"queue_full\"}} {}\n\
              llm_tracer_captures_dropped_total{{reason=\"shutting_down\"}} {}\n\
-             llm_tracer_captures_dropped_total{{reason=\"store_error\"}} {}",
+             llm_tracer_captures_dropped_total{{reason=\"store_error\"}} {}\n\
+             llm_tracer_captures_dropped_total{{reason=\"spool_corrupt\"}} {}",
             self.captures_dropped_queue_full.load(Relaxed),
             self.captures_dropped_shutdown.load(Relaxed),
             self.captures_dropped_store_error.load(Relaxed),
+            self.captures_dropped_spool_corrupt.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -5,7 +5,10 @@
 //! it turns each [`RawCall`] into a `CallRecord` (the string copies happen here, not on the
 //! request path), assembles spans and stores them; it drains everything queued before it exits.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -17,8 +20,9 @@ use crate::{
     metrics::Metrics,
     otlp::ExportSink,
     span::{self, AssembleOptions, Span},
+    spool::Spool,
     store::StoreError,
-    tap::RawCall,
+    tap::{CallRecord, RawCall},
 };
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -28,6 +32,11 @@ const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
 /// A batch write still running after this long marks the store unhealthy (`/healthz` degraded).
 const STALL_AFTER: Duration = Duration::from_secs(5);
+/// How often the stall watchdog looks.
+const STALL_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// At shutdown, the writer stores spooled calls for at most this long; the rest stay on disk
+/// and are stored after the next start.
+const SPOOL_DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(10);
 
 /// Most captured bytes (bodies and chunk marks) assembled and written in one store write. A
 /// batch of small calls stays whole (512 chat calls of ~1 KiB are ~0.6 MiB); a batch of long
@@ -174,7 +183,9 @@ impl SpanQueue {
 /// Runs until the channel is closed *and* empty, so shutdown loses nothing queued.
 ///
 /// When `stop` turns true the channel is closed (later offers count as `shutting_down`) and
-/// everything already queued is still written, then the store is flushed.
+/// everything already queued is still handed on, then the store is flushed. With a `spool`,
+/// calls that find the writer busy are appended to it instead of waiting in memory; the writer
+/// stores them when it has time (see [`crate::spool`]).
 pub async fn run_writer(
     mut rx: mpsc::Receiver<RawCall>,
     backend: Backend,
@@ -182,16 +193,20 @@ pub async fn run_writer(
     opts: WriterOptions,
     mut stop: watch::Receiver<bool>,
     faults: Arc<StoreFaults>,
+    spool: Option<Arc<Spool>>,
 ) {
     let max = opts.batch_size.max(1);
     let mut batch: Vec<RawCall> = Vec::with_capacity(max);
-    let worker = Worker::start(
-        backend.clone(),
-        opts.assemble.clone(),
+    let writer = Writer {
+        backend: backend.clone(),
+        opts: opts.assemble.clone(),
         faults,
-        metrics.clone(),
-        opts.export.clone(),
-    );
+        metrics: metrics.clone(),
+        export: opts.export.clone(),
+        busy: Arc::new(Busy::default()),
+    };
+    let watchdog = tokio::spawn(watch_for_stalls(writer.busy.clone(), metrics.clone()));
+    let worker = Worker::start(writer, spool.clone(), max);
     let mut closing = false;
     loop {
         // recv_many waits for at least one record, then takes whatever else is already queued.
@@ -222,11 +237,12 @@ pub async fn run_writer(
         let mut records = std::mem::replace(&mut batch, Vec::with_capacity(max));
         while !records.is_empty() {
             let rest = records.split_off(write_len(&records));
-            write(&worker, records, &metrics).await;
+            worker.submit(records, spool.as_ref(), &metrics).await;
             records = rest;
         }
     }
-    drop(worker);
+    worker.finish().await;
+    watchdog.abort();
     match backend.flush(FINAL_FLUSH).await {
         Ok(()) => tracing::debug!("store flushed"),
         Err(e) => tracing::error!(error = %e, "store flush failed at shutdown"),
@@ -250,49 +266,57 @@ fn write_len(records: &[RawCall]) -> usize {
     records.len()
 }
 
-/// Assembles and stores one write's records, watching for a stall, and counts the outcome.
-async fn write(worker: &Worker, records: Vec<RawCall>, metrics: &Metrics) {
-    let count = records.len() as u64;
-    let run = worker.run(records);
-    tokio::pin!(run);
-    let written = tokio::select! {
-        written = &mut run => written,
-        _ = tokio::time::sleep(STALL_AFTER) => {
-            // A write that does not finish (sled blocks on a full disk instead of failing):
-            // say so, so /healthz is not "ok" while nothing is stored. Captures queue up
-            // behind it and are dropped (counted) once the queue is full.
+/// Marks a store write as stalled once it has run for [`STALL_AFTER`]: a write that does not
+/// finish (sled blocks on a full disk instead of failing) must not leave `/healthz` at "ok"
+/// while nothing is stored. Reported once per write; the write's end sets health again.
+async fn watch_for_stalls(busy: Arc<Busy>, metrics: Arc<Metrics>) {
+    let mut reported = 0u64;
+    let mut tick = tokio::time::interval(STALL_CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        let Some((write, running)) = busy.running() else {
+            continue;
+        };
+        if running >= STALL_AFTER && write != reported {
+            reported = write;
             metrics.store_ok.store(false, Relaxed);
             metrics.store_stalls.fetch_add(1, Relaxed);
             tracing::error!(
-                spans = count,
                 after = ?STALL_AFTER,
                 "store write has not finished (disk full or stalled?); captures wait in the \
-                 queue and are dropped when it is full; traffic unaffected"
+                 spool or the queue, and are dropped when both are full; traffic unaffected"
             );
-            run.await
         }
-    };
-    match written {
-        Ok(Ok(accepted)) => {
-            // ClickHouse: spans beyond its buffer bound are counted by its writer.
-            metrics.spans_captured.fetch_add(accepted as u64, Relaxed);
-            metrics.store_ok.store(true, Relaxed);
-        }
-        Ok(Err(e)) => {
-            metrics.store_errors.fetch_add(1, Relaxed);
-            metrics
-                .captures_dropped_store_error
-                .fetch_add(count, Relaxed);
-            metrics.store_ok.store(false, Relaxed);
-            tracing::error!(error = %e, spans = count, "span batch not stored; traffic unaffected");
-        }
-        Err(WorkerGone) => {
-            metrics.store_errors.fetch_add(1, Relaxed);
-            metrics
-                .captures_dropped_store_error
-                .fetch_add(count, Relaxed);
-            tracing::error!(spans = count, "span assembly or store write panicked");
-        }
+    }
+}
+
+/// Which store write is running, and since when (read by the stall watchdog).
+#[derive(Default)]
+struct Busy {
+    /// Writes started so far; the running one is this number.
+    writes: AtomicU64,
+    /// Start of the running write, µs after `epoch` plus one; 0 when idle.
+    since_us: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl Busy {
+    fn now_us(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+    fn start(&self) {
+        self.writes.fetch_add(1, Relaxed);
+        self.since_us.store(self.now_us() + 1, Relaxed);
+    }
+    fn end(&self) {
+        self.since_us.store(0, Relaxed);
+    }
+    /// The running write's number and how long it has run.
+    fn running(&self) -> Option<(u64, Duration)> {
+        let since = self.since_us.load(Relaxed).checked_sub(1)?;
+        let us = self.now_us().saturating_sub(since);
+        Some((self.writes.load(Relaxed), Duration::from_micros(us)))
     }
 }
 
@@ -303,16 +327,28 @@ async fn write(worker: &Worker, records: Vec<RawCall>, metrics: &Metrics) {
 #[cfg(target_os = "linux")]
 const WRITER_NICE: i32 = 10;
 
+/// What the intake hands the writer thread.
+enum Job {
+    /// Calls straight from the queue.
+    Raw(Vec<RawCall>),
+    /// Calls the spool could not take.
+    Records(Vec<CallRecord>),
+    /// Something was spooled: look at the spool.
+    Wake,
+}
+
 /// The writer's CPU work (turning records into spans, writing them) runs on one OS thread of
 /// its own, at a lower scheduling priority than the runtime's threads. One long-lived thread
 /// rather than a blocking-pool thread per batch: no thread churn, one allocator arena.
+///
+/// It takes one job at a time from a one-slot channel; before waiting for the next it stores
+/// everything spooled, oldest first.
 struct Worker {
-    tx: Option<std::sync::mpsc::SyncSender<Job>>,
-    /// Used when the thread could not be started: each batch on the blocking pool instead.
-    fallback: Option<Writer>,
+    tx: mpsc::Sender<Job>,
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
-/// What writes a batch: the store, how to assemble, the fault hook, the retry counter.
+/// What writes a batch: the store, how to assemble, the fault hook, the counters.
 #[derive(Clone)]
 struct Writer {
     backend: Backend,
@@ -320,88 +356,201 @@ struct Writer {
     faults: Arc<StoreFaults>,
     metrics: Arc<Metrics>,
     export: ExportSink,
+    busy: Arc<Busy>,
 }
 
-type Job = (
-    Vec<RawCall>,
-    tokio::sync::oneshot::Sender<Result<usize, WriteError>>,
-);
-
-/// The batch's work panicked (a bug); its spans are lost, the writer goes on.
-struct WorkerGone;
-
 impl Worker {
-    fn start(
-        backend: Backend,
-        opts: AssembleOptions,
-        faults: Arc<StoreFaults>,
-        metrics: Arc<Metrics>,
-        export: ExportSink,
-    ) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
-        let writer = Writer {
-            backend,
-            opts,
-            faults,
-            metrics,
-            export,
+    fn start(writer: Writer, spool: Option<Arc<Spool>>, batch_size: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>(1);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let work = move || {
+            lower_priority();
+            writer.run(rx, spool.as_deref(), batch_size);
+            let _ = done_tx.send(());
         };
-        let thread_writer = writer.clone();
+        // If no thread can be started, the same loop runs on the blocking pool.
+        let slot = Arc::new(std::sync::Mutex::new(Some(work)));
+        let for_thread = slot.clone();
         let spawned = std::thread::Builder::new()
             .name("llm-tracer-writer".into())
             .spawn(move || {
-                lower_priority();
-                while let Ok((records, done)) = rx.recv() {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        thread_writer.write_batch(records)
-                    }));
-                    if let Ok(result) = result {
-                        let _ = done.send(result);
-                    } // else: `done` is dropped, and the batch reports WorkerGone.
+                let work = for_thread.lock().ok().and_then(|mut w| w.take());
+                if let Some(work) = work {
+                    work();
                 }
             });
-        match spawned {
-            Ok(_) => Self {
-                tx: Some(tx),
-                fallback: None,
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no writer thread; using the blocking pool");
+            let work = slot.lock().ok().and_then(|mut w| w.take());
+            if let Some(work) = work {
+                tokio::task::spawn_blocking(work);
+            }
+        }
+        Self { tx, done }
+    }
+
+    /// Hands one write's calls on: to the writer when it is free (and nothing is spooled
+    /// before them), else to the spool; without a spool, or when the spool cannot take them,
+    /// waits for the writer (the queue fills meanwhile, and drops are counted at `offer`).
+    async fn submit(&self, raws: Vec<RawCall>, spool: Option<&Arc<Spool>>, metrics: &Metrics) {
+        let count = raws.len() as u64;
+        let job = match spool {
+            Some(spool) if spool.is_empty() => match self.tx.try_send(Job::Raw(raws)) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job)) => job,
+                Err(TrySendError::Closed(_)) => return writer_gone(metrics, count),
             },
-            Err(e) => {
-                tracing::warn!(error = %e, "no writer thread; using the blocking pool");
-                Self {
-                    tx: None,
-                    fallback: Some(writer),
+            _ => Job::Raw(raws),
+        };
+        let job = match (spool, job) {
+            (Some(spool), Job::Raw(raws)) => {
+                let spool = spool.clone();
+                let appended = tokio::task::spawn_blocking(move || {
+                    let records: Vec<CallRecord> =
+                        raws.into_iter().map(RawCall::into_record).collect();
+                    spool.append(records)
+                })
+                .await;
+                match appended {
+                    Ok(Ok(())) => {
+                        // A full slot means the writer is about to look anyway.
+                        let _ = self.tx.try_send(Job::Wake);
+                        return;
+                    }
+                    Ok(Err((e, records))) => {
+                        let n = metrics.spool_refusals.fetch_add(1, Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(error = %e, refusals = n, "spool refused calls; they wait for the writer in memory");
+                        }
+                        Job::Records(records)
+                    }
+                    Err(_) => return writer_gone(metrics, count),
                 }
             }
+            (_, job) => job,
+        };
+        if self.tx.send(job).await.is_err() {
+            writer_gone(metrics, count);
         }
     }
 
-    async fn run(&self, records: Vec<RawCall>) -> Result<Result<usize, WriteError>, WorkerGone> {
-        if let Some(tx) = &self.tx {
-            let (done, result) = tokio::sync::oneshot::channel();
-            // Never blocks: one batch at a time, and the previous one has answered.
-            if tx.send((records, done)).is_err() {
-                return Err(WorkerGone);
-            }
-            return result.await.map_err(|_| WorkerGone);
-        }
-        let Some(writer) = self.fallback.clone() else {
-            return Err(WorkerGone);
-        };
-        tokio::task::spawn_blocking(move || writer.write_batch(records))
-            .await
-            .map_err(|_| WorkerGone)
+    /// Waits for the writer thread to store what it was handed (and, bounded, what is spooled).
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = self.done.await;
     }
 }
 
+/// The writer thread is gone (a bug): the calls handed to it are lost, and counted.
+fn writer_gone(metrics: &Metrics, count: u64) {
+    metrics.store_errors.fetch_add(1, Relaxed);
+    metrics
+        .captures_dropped_store_error
+        .fetch_add(count, Relaxed);
+    tracing::error!(spans = count, "the writer thread is gone; spans lost");
+}
+
 impl Writer {
+    /// The writer thread's loop: store the spool's backlog, then wait for the next job. When
+    /// the intake is done, what is still spooled gets [`SPOOL_DRAIN_AT_SHUTDOWN`]; the rest
+    /// stays on disk for the next start.
+    fn run(&self, mut rx: mpsc::Receiver<Job>, spool: Option<&Spool>, batch_size: usize) {
+        loop {
+            if let Some(spool) = spool {
+                self.drain(spool, batch_size, None);
+            }
+            match rx.blocking_recv() {
+                Some(Job::Raw(raws)) => {
+                    self.store(raws.into_iter().map(RawCall::into_record).collect());
+                }
+                Some(Job::Records(records)) => self.store(records),
+                Some(Job::Wake) => {}
+                None => break,
+            }
+        }
+        if let Some(spool) = spool {
+            self.drain(
+                spool,
+                batch_size,
+                Some(Instant::now() + SPOOL_DRAIN_AT_SHUTDOWN),
+            );
+            let left = spool.pending();
+            if left > 0 {
+                tracing::info!(
+                    bytes = left,
+                    "spooled calls not stored yet stay on disk; they are stored after the next start"
+                );
+            }
+        }
+    }
+
+    /// Stores spooled calls, oldest first, until the spool is empty (or `deadline`).
+    fn drain(&self, spool: &Spool, batch_size: usize, deadline: Option<Instant>) {
+        while deadline.is_none_or(|d| Instant::now() < d) {
+            match spool.take(batch_size, WRITE_MAX_BYTES) {
+                Ok(Some(taken)) => {
+                    if taken.corrupt > 0 {
+                        self.metrics
+                            .captures_dropped_spool_corrupt
+                            .fetch_add(taken.corrupt, Relaxed);
+                    }
+                    let (records, cursor) = taken.into_parts();
+                    self.store(records);
+                    spool.commit(cursor);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Unreadable spool file: tried again after the next job.
+                    self.metrics.spool_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "spool: cannot read spooled calls");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Assembles and stores one write's calls and counts the outcome.
+    fn store(&self, records: Vec<CallRecord>) {
+        let count = records.len() as u64;
+        self.busy.start();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.write_batch(records)
+        }));
+        self.busy.end();
+        match result {
+            Ok(Ok(accepted)) => {
+                // ClickHouse: spans beyond its buffer bound are counted by its writer.
+                self.metrics
+                    .spans_captured
+                    .fetch_add(accepted as u64, Relaxed);
+                self.metrics.store_ok.store(true, Relaxed);
+            }
+            Ok(Err(e)) => {
+                self.metrics.store_errors.fetch_add(1, Relaxed);
+                self.metrics
+                    .captures_dropped_store_error
+                    .fetch_add(count, Relaxed);
+                self.metrics.store_ok.store(false, Relaxed);
+                tracing::error!(error = %e, spans = count, "span batch not stored; traffic unaffected");
+            }
+            Err(_) => {
+                self.metrics.store_errors.fetch_add(1, Relaxed);
+                self.metrics
+                    .captures_dropped_store_error
+                    .fetch_add(count, Relaxed);
+                tracing::error!(spans = count, "span assembly or store write panicked");
+            }
+        }
+    }
+
     /// Assembles and stores one batch; returns how many spans the store accepted. A failed write
     /// is retried (bounded, with backoff) before the error is returned and the batch counted as
     /// dropped; a write is one atomic batch, so a retry never doubles anything. (ClickHouse:
     /// the spans go into its writer's bounded buffer, which never fails; it retries itself.)
-    fn write_batch(&self, records: Vec<RawCall>) -> Result<usize, WriteError> {
+    fn write_batch(&self, records: Vec<CallRecord>) -> Result<usize, WriteError> {
         let spans: Vec<Span> = records
             .into_iter()
-            .map(|r| span::assemble(r.into_record(), &self.opts))
+            .map(|r| span::assemble(r, &self.opts))
             .collect();
         let attempt = || -> Result<usize, WriteError> {
             if let Some(fault) = self.faults.before_write() {

@@ -208,6 +208,7 @@ async fn a_full_capture_queue_never_touches_traffic_and_every_drop_is_counted() 
     let mut config = test_config(tmp.path(), &upstream.url());
     config.queue_capacity = 1;
     config.batch_size = 1;
+    config.spool_max_bytes = 0; // in memory only: the queue is the bound (see tests/spool.rs)
     let proxy = TestProxy::start_with(config).await;
     let faults = proxy.running.as_ref().unwrap().faults.clone();
     faults.stall_writes(); // the writer holds its first batch: the one-slot queue fills
