@@ -351,9 +351,10 @@ class Tracer:
         m = m or self.metrics()
         return sum(v for k, v in m.items() if k.startswith("llm_tracer_captures_dropped_total"))
 
-    def wait_drained(self, timeout=120.0, first_sleep=0.0, poll=0.1):
-        """Until every proxied call is recorded: in flight 0, queue empty, and every request
-        either stored or counted as dropped."""
+    def wait_drained(self, timeout=900.0, first_sleep=0.0, poll=0.1):
+        """Until every proxied call is recorded: in flight 0, queue and disk spool empty, and
+        every request either stored or counted as dropped. Calls that waited in the spool are
+        stored after the load stops; the catch-up is part of the round's CPU window."""
         time.sleep(first_sleep)
         deadline = time.time() + timeout
         while True:
@@ -361,6 +362,7 @@ class Tracer:
             done = m.get("llm_tracer_in_flight_requests", 0) == 0 and (
                 not self.capture
                 or m.get("llm_tracer_queue_length", 0) == 0
+                and m.get("llm_tracer_spool_bytes", 0) == 0
                 and m.get("llm_tracer_spans_captured_total", 0) + self.dropped(m)
                 >= m.get("llm_tracer_requests_total", 0)
             )
@@ -494,6 +496,11 @@ def short(r):
         bits.append(f"p50 {r['p50_us'] / 1e3:.3f} ms p99 {r['p99_us'] / 1e3:.3f} ms")
     if "ttfb_p50_ms" in r:
         bits.append(f"ttfb p50 {r['ttfb_p50_ms']:.2f} ms")
+    if "captured" in r:
+        bits.append(
+            f"stored {r['captured']:.0f} (spooled {r.get('spooled', 0):.0f}, caught up in "
+            f"{r.get('catch_up_s', 0):.1f} s), dropped {r['dropped']:.0f}"
+        )
     return "  " + ", ".join(bits)
 
 
@@ -552,17 +559,24 @@ def run_suite(args):
     }
     results = {}  # (workload, cfg) -> [rows]
 
-    last = {"dropped": 0.0, "captured": 0.0}
+    last = {"dropped": 0.0, "captured": 0.0, "spooled": 0.0}
 
     def drain(tracer):
         """Waits until the capture-on proxy has recorded every call of the round; returns the
         round's dropped and stored captures."""
         if tracer is None or tracer is not on:
             return None
+        t0 = time.time()
         m = tracer.wait_drained()
         dropped, captured = tracer.dropped(m), m.get("llm_tracer_spans_captured_total", 0)
-        out = {"dropped": dropped - last["dropped"], "captured": captured - last["captured"]}
-        last.update(dropped=dropped, captured=captured)
+        spooled = m.get("llm_tracer_spooled_calls_total", 0)
+        out = {
+            "dropped": dropped - last["dropped"],
+            "captured": captured - last["captured"],
+            "spooled": spooled - last["spooled"],
+            "catch_up_s": time.time() - t0,
+        }
+        last.update(dropped=dropped, captured=captured, spooled=spooled)
         return out
 
     def warm_drain():
@@ -742,7 +756,9 @@ def summarize(args, results, duration, rounds, conns, x):
             return "–"
         stored = sum(r.get("captured", 0) for r in rs)
         dropped = sum(r.get("dropped", 0) for r in rs)
-        return f"{stored:.0f} / {dropped:.0f}"
+        spooled = sum(r.get("spooled", 0) for r in rs)
+        catch_up = median([r.get("catch_up_s") for r in rs])
+        return f"{stored:.0f} / {dropped:.0f} (spooled {spooled:.0f}, catch-up median {fmt(catch_up, '.1f', ' s')})"
 
     lines = []
     cmd = "bench/run.sh " + " ".join(args.argv)

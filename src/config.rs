@@ -404,8 +404,8 @@ pub fn load(
             &flags.spool_max_bytes,
             raw.spool_max_bytes.map(|n| n.to_string()),
             |s| {
-                let n = u64::from_str(s.trim())
-                    .map_err(|_| format!("{s:?} is not a whole number"))?;
+                let n =
+                    u64::from_str(s.trim()).map_err(|_| format!("{s:?} is not a whole number"))?;
                 match n {
                     0 | 1_048_576..=1_125_899_906_842_624 => Ok(n),
                     _ => Err(format!(

@@ -513,9 +513,8 @@ impl Writer {
     fn store(&self, records: Vec<CallRecord>) {
         let count = records.len() as u64;
         self.busy.start();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.write_batch(records)
-        }));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_batch(records)));
         self.busy.end();
         match result {
             Ok(Ok(accepted)) => {

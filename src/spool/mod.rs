@@ -31,7 +31,7 @@ use std::{
 use crate::{metrics::Metrics, tap::CallRecord, varint::Enc};
 
 /// A segment is closed for appends once it holds this much.
-const SEGMENT_BYTES: u64 = 32 << 20;
+const SEGMENT_BYTES: u64 = if cfg!(test) { 64 << 10 } else { 32 << 20 };
 /// Frame header: payload length and its CRC-32.
 const HEADER: usize = 8;
 /// A frame claiming more than this is corrupt (a call is bounded by the capture caps).
@@ -164,10 +164,7 @@ impl Spool {
 
     /// Appends `records` in one write. On failure nothing is spooled (a partial write is cut
     /// off again) and the records come back, so the caller can still store them another way.
-    pub fn append(
-        &self,
-        records: Vec<CallRecord>,
-    ) -> Result<(), (SpoolError, Vec<CallRecord>)> {
+    pub fn append(&self, records: Vec<CallRecord>) -> Result<(), (SpoolError, Vec<CallRecord>)> {
         let mut enc = Enc::with_capacity(records.len() * 2048);
         for r in &records {
             let start = enc.0.len();
@@ -178,7 +175,10 @@ impl Spool {
                 // Beyond any capture cap; cannot happen with the config's bounds.
                 enc.0.truncate(start);
                 self.metrics.spool_errors.fetch_add(1, Relaxed);
-                tracing::error!(bytes = len, "spool: a call too large to spool is not stored");
+                tracing::error!(
+                    bytes = len,
+                    "spool: a call too large to spool is not stored"
+                );
                 continue;
             };
             let crc = crc32fast::hash(&enc.0[start + HEADER..]);

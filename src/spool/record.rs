@@ -31,7 +31,10 @@ pub(super) fn encode(record: &CallRecord, out: &mut Enc) {
     out.opt_str(record.response_content_type.as_deref());
     out.opt_str(record.response_content_encoding.as_deref());
     out.opt_u64(record.status.map(u64::from));
-    let wall = record.started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let wall = record
+        .started
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     out.u64(u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX));
     out.opt_u64(record.head_at.map(|t| offset(base, t)));
     out.u64(offset(base, record.ended_at));
@@ -234,7 +237,7 @@ fn decode_captured(d: &mut Dec<'_>, base: Instant) -> Option<Captured> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn captured(base: Instant, body: &[&[u8]], end: End) -> Captured {
@@ -255,12 +258,16 @@ mod tests {
         c
     }
 
-    fn record() -> CallRecord {
+    pub(in crate::spool) fn record() -> CallRecord {
         let base = Instant::now();
         let mut metadata = Map::new();
         metadata.insert("team".into(), Value::String("search".into()));
         metadata.insert("n".into(), Value::from(3));
-        let mut response = captured(base, &[b"data: {\"a\":1}\n\n", b"data: [DONE]\n\n"], End::Error);
+        let mut response = captured(
+            base,
+            &[b"data: {\"a\":1}\n\n", b"data: [DONE]\n\n"],
+            End::Error,
+        );
         response.error = Some("idle".into());
         response.error_kind = Some(crate::idle::IDLE_TIMEOUT_KIND);
         CallRecord {
@@ -311,7 +318,12 @@ mod tests {
         let back = roundtrip(&r);
         assert_eq!(back.ctx, r.ctx);
         assert_eq!(
-            (&back.method, &back.path, &back.upstream_path, &back.upstream),
+            (
+                &back.method,
+                &back.path,
+                &back.upstream_path,
+                &back.upstream
+            ),
             (&r.method, &r.path, &r.upstream_path, &r.upstream)
         );
         assert_eq!(back.provider_hint, r.provider_hint);
@@ -331,14 +343,14 @@ mod tests {
             since(back.ended_at, back.started_at),
             since(r.ended_at, r.started_at)
         );
-        for (b, o) in [
-            (&back.request, &r.request),
-            (&back.response, &r.response),
-        ] {
+        for (b, o) in [(&back.request, &r.request), (&back.response, &r.response)] {
             let (b, o) = (b.as_ref().unwrap(), o.as_ref().unwrap());
             assert_eq!(b.bytes(), o.bytes());
             assert_eq!((b.kept, b.seen, b.frames), (o.kept, o.seen, o.frames));
-            assert_eq!((b.truncated, b.end, &b.error), (o.truncated, o.end, &o.error));
+            assert_eq!(
+                (b.truncated, b.end, &b.error),
+                (o.truncated, o.end, &o.error)
+            );
             assert_eq!(b.error_kind, o.error_kind);
             let marks = |c: &Captured, base: Instant| -> Vec<(u64, Duration)> {
                 c.marks.iter().map(|&(s, t)| (s, since(t, base))).collect()
