@@ -20,7 +20,7 @@ use crate::{
     metrics::Metrics,
     otlp::ExportSink,
     span::{self, AssembleOptions, Span},
-    spool::Spool,
+    spool::{Spool, SpoolError},
     store::StoreError,
     tap::{CallRecord, RawCall},
 };
@@ -207,6 +207,7 @@ pub async fn run_writer(
     };
     let watchdog = tokio::spawn(watch_for_stalls(writer.busy.clone(), metrics.clone()));
     let worker = Worker::start(writer, spool.clone(), max);
+    let appender = spool.and_then(Appender::start);
     let mut closing = false;
     loop {
         // recv_many waits for at least one record, then takes whatever else is already queued.
@@ -237,7 +238,7 @@ pub async fn run_writer(
         let mut records = std::mem::replace(&mut batch, Vec::with_capacity(max));
         while !records.is_empty() {
             let rest = records.split_off(write_len(&records));
-            worker.submit(records, spool.as_ref(), &metrics).await;
+            worker.submit(records, appender.as_ref(), &metrics).await;
             records = rest;
         }
     }
@@ -392,7 +393,7 @@ impl Worker {
     /// Hands one write's calls on: to the writer when it is free (and nothing is spooled
     /// before them), else to the spool; without a spool, or when the spool cannot take them,
     /// waits for the writer (the queue fills meanwhile, and drops are counted at `offer`).
-    async fn submit(&self, raws: Vec<RawCall>, spool: Option<&Arc<Spool>>, metrics: &Metrics) {
+    async fn submit(&self, raws: Vec<RawCall>, spool: Option<&Appender>, metrics: &Metrics) {
         let count = raws.len() as u64;
         let job = match spool {
             Some(spool) if spool.is_empty() => match self.tx.try_send(Job::Raw(raws)) {
@@ -403,30 +404,21 @@ impl Worker {
             _ => Job::Raw(raws),
         };
         let job = match (spool, job) {
-            (Some(spool), Job::Raw(raws)) => {
-                let spool = spool.clone();
-                let appended = tokio::task::spawn_blocking(move || {
-                    let records: Vec<CallRecord> =
-                        raws.into_iter().map(RawCall::into_record).collect();
-                    spool.append(records)
-                })
-                .await;
-                match appended {
-                    Ok(Ok(())) => {
-                        // A full slot means the writer is about to look anyway.
-                        let _ = self.tx.try_send(Job::Wake);
-                        return;
-                    }
-                    Ok(Err((e, records))) => {
-                        let n = metrics.spool_refusals.fetch_add(1, Relaxed) + 1;
-                        if n.is_power_of_two() {
-                            tracing::warn!(error = %e, refusals = n, "spool refused calls; they wait for the writer in memory");
-                        }
-                        Job::Records(records)
-                    }
-                    Err(_) => return writer_gone(metrics, count),
+            (Some(spool), Job::Raw(raws)) => match spool.append(raws).await {
+                Ok(()) => {
+                    // A full slot means the writer is about to look anyway.
+                    let _ = self.tx.try_send(Job::Wake);
+                    return;
                 }
-            }
+                Err(Some((e, records))) => {
+                    let n = metrics.spool_refusals.fetch_add(1, Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(error = %e, refusals = n, "spool refused calls; they wait for the writer in memory");
+                    }
+                    Job::Records(records)
+                }
+                Err(None) => return writer_gone(metrics, count),
+            },
             (_, job) => job,
         };
         if self.tx.send(job).await.is_err() {
@@ -438,6 +430,55 @@ impl Worker {
     async fn finish(self) {
         drop(self.tx);
         let _ = self.done.await;
+    }
+}
+
+/// Appends to the spool on one long-lived thread of its own (at normal priority: it must keep
+/// up with the traffic, and costs a few microseconds per call), so encoding a batch never
+/// blocks a runtime thread and its allocations stay in one allocator arena.
+struct Appender {
+    spool: Arc<Spool>,
+    tx: std::sync::mpsc::Sender<(Vec<RawCall>, tokio::sync::oneshot::Sender<AppendResult>)>,
+}
+
+type AppendResult = Result<(), (SpoolError, Vec<CallRecord>)>;
+
+impl Appender {
+    /// `None` when no thread can be started: captures then wait in memory only.
+    fn start(spool: Arc<Spool>) -> Option<Appender> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<RawCall>, tokio::sync::oneshot::Sender<AppendResult>)>();
+        let for_thread = spool.clone();
+        let spawned = std::thread::Builder::new()
+            .name("llm-tracer-spool".into())
+            .spawn(move || {
+                while let Ok((raws, done)) = rx.recv() {
+                    let records: Vec<CallRecord> =
+                        raws.into_iter().map(RawCall::into_record).collect();
+                    let _ = done.send(for_thread.append(records));
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Appender { spool, tx }),
+            Err(e) => {
+                tracing::error!(error = %e, "no spool thread; captures wait in memory only");
+                None
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.spool.is_empty()
+    }
+
+    /// `Err(None)`: the spool thread is gone and the calls with it.
+    async fn append(&self, raws: Vec<RawCall>) -> Result<(), Option<(SpoolError, Vec<CallRecord>)>> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.tx.send((raws, done)).map_err(|_| None)?;
+        match result.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(Some(refused)),
+            Err(_) => Err(None),
+        }
     }
 }
 

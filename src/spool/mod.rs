@@ -34,6 +34,8 @@ use crate::{metrics::Metrics, tap::CallRecord, varint::Enc};
 const SEGMENT_BYTES: u64 = if cfg!(test) { 64 << 10 } else { 32 << 20 };
 /// Frame header: payload length and its CRC-32.
 const HEADER: usize = 8;
+/// Appends are written in pieces of about this size.
+const WRITE_CHUNK: usize = 256 << 10;
 /// A frame claiming more than this is corrupt (a call is bounded by the capture caps).
 const MAX_FRAME: u32 = 1 << 30;
 
@@ -162,58 +164,44 @@ impl Spool {
         self.pending() == 0
     }
 
-    /// Appends `records` in one write. On failure nothing is spooled (a partial write is cut
-    /// off again) and the records come back, so the caller can still store them another way.
+    /// Appends `records` at the end of the spool, encoding them through one small reused buffer
+    /// (never the whole batch in memory at once). Refused when the spool already holds
+    /// `max_bytes` (so it overshoots by at most one batch). On failure nothing is spooled (a
+    /// partial write is cut off again) and the records come back, so the caller can still
+    /// store them another way.
     pub fn append(&self, records: Vec<CallRecord>) -> Result<(), (SpoolError, Vec<CallRecord>)> {
-        let mut enc = Enc::with_capacity(records.len() * 2048);
-        for r in &records {
-            let start = enc.0.len();
-            enc.raw(&[0; HEADER]);
-            record::encode(r, &mut enc);
-            let len = enc.0.len() - start - HEADER;
-            let Some(len32) = u32::try_from(len).ok().filter(|&l| l <= MAX_FRAME) else {
-                // Beyond any capture cap; cannot happen with the config's bounds.
-                enc.0.truncate(start);
-                self.metrics.spool_errors.fetch_add(1, Relaxed);
-                tracing::error!(
-                    bytes = len,
-                    "spool: a call too large to spool is not stored"
-                );
-                continue;
-            };
-            let crc = crc32fast::hash(&enc.0[start + HEADER..]);
-            enc.0[start..start + 4].copy_from_slice(&len32.to_le_bytes());
-            enc.0[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
-        }
-        let bytes = enc.0;
         let mut state = self.lock();
-        if state.pending > 0 && state.pending + bytes.len() as u64 > self.max_bytes {
+        if state.pending > 0 && state.pending >= self.max_bytes {
             let err = SpoolError::Full {
                 pending: state.pending,
                 max: self.max_bytes,
             };
             return Err((err, records));
         }
-        if let Err(source) = self.write_tail(&mut state, &bytes) {
-            self.metrics.spool_errors.fetch_add(1, Relaxed);
-            let err = SpoolError::Io {
-                dir: self.dir.clone(),
-                source,
-            };
-            return Err((err, records));
+        match self.write_frames(&mut state, &records) {
+            Ok(written) => {
+                state.pending += written;
+                self.metrics.spool_bytes.store(state.pending, Relaxed);
+                self.metrics
+                    .spooled_calls
+                    .fetch_add(records.len() as u64, Relaxed);
+                Ok(())
+            }
+            Err(source) => {
+                self.metrics.spool_errors.fetch_add(1, Relaxed);
+                let err = SpoolError::Io {
+                    dir: self.dir.clone(),
+                    source,
+                };
+                Err((err, records))
+            }
         }
-        state.pending += bytes.len() as u64;
-        self.metrics.spool_bytes.store(state.pending, Relaxed);
-        self.metrics
-            .spooled_calls
-            .fetch_add(records.len() as u64, Relaxed);
-        Ok(())
     }
 
-    /// Writes `bytes` at the end of the tail segment (a new one when there is none or it is
-    /// full). A failed write is cut off and closes the segment, so no later frame follows a
-    /// torn one.
-    fn write_tail(&self, state: &mut State, bytes: &[u8]) -> io::Result<()> {
+    /// Writes one frame per record at the end of the tail segment (a new one when there is
+    /// none or it is full), in writes of about [`WRITE_CHUNK`]; the bytes written. A failed
+    /// write is cut off and closes the segment, so no later frame follows a torn one.
+    fn write_frames(&self, state: &mut State, records: &[CallRecord]) -> io::Result<u64> {
         let full = state.segments.back().is_none_or(|s| s.len >= SEGMENT_BYTES);
         if state.tail.is_none() || full {
             let seq = state.next_seq;
@@ -232,10 +220,38 @@ impl Spool {
         let (Some(file), Some(seg)) = (state.tail.as_mut(), state.segments.back_mut()) else {
             return Err(io::Error::other("spool tail segment missing"));
         };
-        match file.write_all(bytes) {
+        let mut written = 0u64;
+        let mut enc = Enc::with_capacity(WRITE_CHUNK + 4096);
+        let result = (|| {
+            for r in records {
+                let start = enc.0.len();
+                enc.raw(&[0; HEADER]);
+                record::encode(r, &mut enc);
+                let len = enc.0.len() - start - HEADER;
+                let Some(len32) = u32::try_from(len).ok().filter(|&l| l <= MAX_FRAME) else {
+                    // Beyond any capture cap; cannot happen with the config's bounds.
+                    enc.0.truncate(start);
+                    self.metrics.spool_errors.fetch_add(1, Relaxed);
+                    tracing::error!(bytes = len, "spool: a call too large to spool is not stored");
+                    continue;
+                };
+                let crc = crc32fast::hash(&enc.0[start + HEADER..]);
+                enc.0[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+                enc.0[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+                if enc.0.len() >= WRITE_CHUNK {
+                    file.write_all(&enc.0)?;
+                    written += enc.0.len() as u64;
+                    enc.0.clear();
+                }
+            }
+            file.write_all(&enc.0)?;
+            written += enc.0.len() as u64;
+            Ok(())
+        })();
+        match result {
             Ok(()) => {
-                seg.len += bytes.len() as u64;
-                Ok(())
+                seg.len += written;
+                Ok(written)
             }
             Err(e) => {
                 let _ = file.set_len(seg.len);
