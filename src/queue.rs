@@ -446,7 +446,9 @@ type AppendResult = Result<(), (SpoolError, Vec<CallRecord>)>;
 impl Appender {
     /// `None` when no thread can be started: captures then wait in memory only.
     fn start(spool: Arc<Spool>) -> Option<Appender> {
-        let (tx, rx) = std::sync::mpsc::channel::<(Vec<RawCall>, tokio::sync::oneshot::Sender<AppendResult>)>();
+        let (tx, rx) =
+            std::sync::mpsc::channel::<(Vec<RawCall>, tokio::sync::oneshot::Sender<AppendResult>)>(
+            );
         let for_thread = spool.clone();
         let spawned = std::thread::Builder::new()
             .name("llm-tracer-spool".into())
@@ -471,7 +473,10 @@ impl Appender {
     }
 
     /// `Err(None)`: the spool thread is gone and the calls with it.
-    async fn append(&self, raws: Vec<RawCall>) -> Result<(), Option<(SpoolError, Vec<CallRecord>)>> {
+    async fn append(
+        &self,
+        raws: Vec<RawCall>,
+    ) -> Result<(), Option<(SpoolError, Vec<CallRecord>)>> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.tx.send((raws, done)).map_err(|_| None)?;
         match result.await {

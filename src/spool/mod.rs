@@ -232,7 +232,10 @@ impl Spool {
                     // Beyond any capture cap; cannot happen with the config's bounds.
                     enc.0.truncate(start);
                     self.metrics.spool_errors.fetch_add(1, Relaxed);
-                    tracing::error!(bytes = len, "spool: a call too large to spool is not stored");
+                    tracing::error!(
+                        bytes = len,
+                        "spool: a call too large to spool is not stored"
+                    );
                     continue;
                 };
                 let crc = crc32fast::hash(&enc.0[start + HEADER..]);
