@@ -79,6 +79,35 @@ impl Price {
 pub struct PriceTable {
     /// (lower-cased pattern, price); patterns are unique.
     entries: Vec<(String, Price)>,
+    /// Model name (as given) → index of its best entry: a call's model is almost always one
+    /// seen before, and matching it against every pattern cost a quarter of a span's assembly.
+    memo: Memo,
+}
+
+/// At most this many model names are remembered (then the memo starts over).
+const MEMO_MAX: usize = 4096;
+
+/// [`PriceTable::lookup`]'s answers so far. Not part of the table's value: a clone starts
+/// empty and two tables compare equal whatever they remember.
+#[derive(Default)]
+struct Memo(std::sync::Mutex<std::collections::HashMap<String, Option<usize>>>);
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Memo) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl PriceTable {
@@ -89,6 +118,7 @@ impl PriceTable {
     /// Adds a pattern, replacing an entry with the same pattern (so a user's entry overrides
     /// the built-in one of the same name).
     pub fn insert(&mut self, pattern: &str, price: Price) {
+        self.memo = Memo::default();
         let pattern = pattern.trim().to_ascii_lowercase();
         match self.entries.iter_mut().find(|(p, _)| *p == pattern) {
             Some(entry) => entry.1 = price,
@@ -106,6 +136,31 @@ impl PriceTable {
 
     /// The best-matching pattern for `model` and its price.
     pub fn lookup(&self, model: &str) -> Option<(&str, Price)> {
+        let remembered = self
+            .memo
+            .0
+            .lock()
+            .ok()
+            .and_then(|memo| memo.get(model).copied());
+        let index = match remembered {
+            Some(index) => index,
+            None => {
+                let index = self.find(model);
+                if let Ok(mut memo) = self.memo.0.lock() {
+                    if memo.len() >= MEMO_MAX {
+                        memo.clear();
+                    }
+                    memo.insert(model.to_string(), index);
+                }
+                index
+            }
+        };
+        let (pattern, price) = self.entries.get(index?)?;
+        Some((pattern.as_str(), *price))
+    }
+
+    /// The index of the best-matching entry for `model`, found by matching every pattern.
+    fn find(&self, model: &str) -> Option<usize> {
         let model = model.trim().to_ascii_lowercase();
         if model.is_empty() {
             return None;
@@ -122,15 +177,16 @@ impl PriceTable {
         price.cost(llm)
     }
 
-    fn best(&self, model: &str) -> Option<(&str, Price)> {
+    fn best(&self, model: &str) -> Option<usize> {
         self.entries
             .iter()
-            .filter_map(|(pattern, price)| {
-                specificity(pattern, model).map(|score| (score, pattern.as_str(), *price))
+            .enumerate()
+            .filter_map(|(i, (pattern, _))| {
+                specificity(pattern, model).map(|score| (score, pattern.as_str(), i))
             })
             // Highest score first; on a tie the alphabetically first pattern.
             .max_by(|(a, pa, _), (b, pb, _)| a.cmp(b).then_with(|| pb.cmp(pa)))
-            .map(|(_, pattern, price)| (pattern, price))
+            .map(|(_, _, i)| i)
     }
 }
 
@@ -187,6 +243,29 @@ mod tests {
             cached_input: None,
             cache_write_input: None,
         }
+    }
+
+    #[test]
+    fn remembered_answers_are_the_same_and_an_insert_forgets_them() {
+        let mut t = PriceTable::new();
+        t.insert("gpt-4o*", price(2.5, 10.0));
+        for _ in 0..3 {
+            let (pattern, p) = t.lookup(" GPT-4o-mini ").unwrap();
+            assert_eq!((pattern, p.input), ("gpt-4o*", 2.5));
+        }
+        assert!(t.lookup("unknown-model").is_none());
+        assert!(
+            t.lookup("unknown-model").is_none(),
+            "a miss is remembered as a miss"
+        );
+        t.insert("gpt-4o-mini", price(0.15, 0.6));
+        let (pattern, p) = t.lookup(" GPT-4o-mini ").unwrap();
+        assert_eq!(
+            (pattern, p.input),
+            ("gpt-4o-mini", 0.15),
+            "a later, more specific entry wins over what was remembered"
+        );
+        assert_eq!(t.clone(), t, "the memo is not part of the value");
     }
 
     fn table(patterns: &[&str]) -> PriceTable {
