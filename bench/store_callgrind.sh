@@ -40,6 +40,6 @@ for shape in "10 512" "10 16" "1 512" "1 16"; do
     valgrind --tool=callgrind --callgrind-out-file="$dump" --toggle-collect='*put_spans*' \
         "$bin" --ingest-only --spans "$spans" --spans-per-trace "$per_trace" --batch "$batch" \
         --dir "$work/db" >/dev/null 2>"$work/valgrind.log"
-    ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
     printf 'spans/trace %-3s batch %-4s %6d instructions per span\n' "$per_trace" "$batch" $((ir / spans))
 done
