@@ -7,7 +7,7 @@
 //! bench/store.sh [--spans N]      # the same, with a release build first
 //! ```
 //!
-//! Ingest goes through `Store::put_spans` in batches of 512 (what the writer does), timed
+//! Ingest goes through `Store::put_spans` in batches of `--batch` (512, the writer's most), timed
 //! without span generation. Queries go through the real binary's admin API over loopback (one
 //! keep-alive connection, sequential), so they include HTTP and JSON: the latency a UI sees.
 //! Bounded: every phase has a count and the whole run a deadline (`--max-seconds`).
@@ -42,8 +42,13 @@ struct Args {
     /// Spans to load (traces = spans / --spans-per-trace).
     #[arg(long, default_value_t = 1_000_000)]
     spans: usize,
+    /// 1 is the proxy's shape: each call its own trace, an LLM span without a parent.
     #[arg(long, default_value_t = 10)]
     spans_per_trace: usize,
+    /// Spans per `put_spans` call (the writer batches up to 512; a lightly loaded proxy writes
+    /// small batches).
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
     /// Store directory (default: a fresh temp dir, removed at the end).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -74,7 +79,6 @@ const MODELS: [&str; 5] = [
     "llama-3.1-70b",
     "o3-mini-rare",
 ];
-const BATCH: usize = 512;
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
@@ -113,15 +117,16 @@ fn main() -> Result<(), BoxError> {
     let base_us = now_us().saturating_sub(7 * 86_400 * 1_000_000);
     let mut put = Duration::ZERO;
     let mut loaded = 0usize;
-    let mut batch = Vec::with_capacity(BATCH);
+    let batch_size = args.batch.max(1);
+    let mut batch = Vec::with_capacity(batch_size);
     let mut ids = Vec::new();
     while loaded < args.spans && Instant::now() < deadline {
         batch.clear();
-        while batch.len() < BATCH && loaded < args.spans {
+        while batch.len() < batch_size && loaded < args.spans {
             batch.push(span(loaded, args.spans_per_trace, base_us));
             loaded += 1;
         }
-        if loaded % (args.spans / 20).max(1) < BATCH {
+        if loaded % (args.spans / 20).max(1) < batch_size {
             ids.push(batch[0].trace_id.clone());
         }
         let t = Instant::now();
@@ -134,7 +139,7 @@ fn main() -> Result<(), BoxError> {
     drop(store);
     let rate = loaded as f64 / put.as_secs_f64();
     out.push(format!(
-        "ingest: {loaded} spans in {:.1} s of put_spans (batches of {BATCH}): {rate:.0} spans/s (target ≥ 50000)",
+        "ingest: {loaded} spans in {:.1} s of put_spans (batches of {batch_size}): {rate:.0} spans/s (target ≥ 50000)",
         put.as_secs_f64()
     ));
     if args.ingest_only {
@@ -190,7 +195,7 @@ fn now_us() -> u64 {
 }
 
 /// Span `i`: trace `i / per_trace`; the first span of a trace is its chain root, the rest LLM
-/// calls under it. A few models (one rare), 2% errors, realistic bodies.
+/// calls under it (with one span per trace, each is a parentless LLM call, as the proxy records). A few models (one rare), 2% errors, realistic bodies.
 fn span(i: usize, per_trace: usize, base_us: u64) -> Span {
     let per_trace = per_trace.max(1);
     let (t, k) = (i / per_trace, i % per_trace);
@@ -203,7 +208,7 @@ fn span(i: usize, per_trace: usize, base_us: u64) -> Span {
         MODELS[t % 4]
     };
     let error = t % 50 == 3 && k == per_trace - 1;
-    let root = k == 0;
+    let root = k == 0 && per_trace > 1;
     let question = format!(
         "Customer {t} asks about invoice {k}: why was the annual plan charged twice this month?"
     );
@@ -211,7 +216,7 @@ fn span(i: usize, per_trace: usize, base_us: u64) -> Span {
     Span {
         trace_id,
         span_id: format!("{:016x}", mix(i as u64 ^ 0x5eed)),
-        parent_span_id: (!root).then(|| format!("{:016x}", mix((t * per_trace) as u64 ^ 0x5eed))),
+        parent_span_id: (k != 0).then(|| format!("{:016x}", mix((t * per_trace) as u64 ^ 0x5eed))),
         name: if root {
             "support-answer".into()
         } else {

@@ -36,12 +36,17 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// A block's value: format byte, count, then each position length-prefixed, ascending.
-pub(super) fn encode_block(positions: &[Vec<u8>]) -> Vec<u8> {
-    let mut e = Enc::with_capacity(4 + positions.iter().map(|p| p.len() + 1).sum::<usize>());
+pub(super) fn encode_block<P: AsRef<[u8]>>(positions: &[P]) -> Vec<u8> {
+    let mut e = Enc::with_capacity(
+        4 + positions
+            .iter()
+            .map(|p| p.as_ref().len() + 1)
+            .sum::<usize>(),
+    );
     e.u8(BLOCK_FORMAT);
     e.u64(positions.len() as u64);
     for p in positions {
-        e.bytes(p);
+        e.bytes(p.as_ref());
     }
     e.0
 }
@@ -69,48 +74,45 @@ pub(super) fn decode_block<'a>(key: &[u8], value: &'a [u8]) -> Result<Vec<&'a [u
     })
 }
 
-/// This batch's changes to posting lists: per term prefix, positions to remove and to add. A
-/// position is never both (a trace's positions are diffed once per batch).
+/// A stored block: key, value.
+type Block = (sled::IVec, sled::IVec);
+
+/// One posting edit: (position, `true` = add / `false` = remove).
+type Edit<'a> = (&'a [u8], bool);
+
+/// This batch's changes to posting lists: per term, the positions to add or remove, borrowed
+/// from the summaries being written, so a batch costs no allocation per (term, trace). A
+/// position is never both added and removed (a trace's positions are diffed once per batch, and
+/// positions of different traces differ).
 #[derive(Default)]
-pub(super) struct PostingEdits {
-    lists: BTreeMap<Vec<u8>, ListEdits>,
+pub(super) struct PostingEdits<'a> {
+    lists: FnvMap<&'a str, Vec<Edit<'a>>>,
 }
 
-/// Positions to remove from, and to add to, one posting list.
-type ListEdits = (BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>);
-
-impl PostingEdits {
-    pub(super) fn add(&mut self, term: &str, position: &[u8]) {
-        let e = self.lists.entry(term_prefix(term)).or_default();
-        e.0.remove(position);
-        e.1.insert(position.to_vec());
-    }
-
-    pub(super) fn remove(&mut self, term: &str, position: &[u8]) {
-        let e = self.lists.entry(term_prefix(term)).or_default();
-        e.1.remove(position);
-        e.0.insert(position.to_vec());
-    }
-
-    /// The edits between a trace's postings before and after this batch (either may be absent).
-    pub(super) fn diff(&mut self, before: Option<&Agg>, after: Option<&Agg>) {
-        let before_pos = before.map(Agg::position);
-        let after_pos = after.map(Agg::position);
-        if let (Some(b), Some(bp)) = (before, &before_pos) {
+impl<'a> PostingEdits<'a> {
+    /// The edits between a trace's postings before and after this batch (either may be absent),
+    /// each given with its position (`Agg::position`).
+    pub(super) fn diff(
+        &mut self,
+        before: Option<(&'a Agg, &'a [u8])>,
+        after: Option<(&'a Agg, &'a [u8])>,
+    ) {
+        // Terms present on both sides at the same position need no edit.
+        let same = match (before, after) {
+            (Some((b, bp)), Some((a, ap))) if bp == ap => Some((b, a)),
+            _ => None,
+        };
+        if let Some((b, bp)) = before {
             for term in &b.terms {
-                let kept =
-                    after.is_some_and(|a| after_pos.as_ref() == Some(bp) && a.terms.contains(term));
-                if !kept {
-                    self.remove(term, bp);
+                if !same.is_some_and(|(_, a)| a.terms.contains(term)) {
+                    self.lists.entry(term).or_default().push((bp, false));
                 }
             }
         }
-        if let (Some(a), Some(ap)) = (after, &after_pos) {
+        if let Some((a, ap)) = after {
             for term in &a.terms {
-                let had = before
-                    .is_some_and(|b| before_pos.as_ref() == Some(ap) && b.terms.contains(term));
-                if !had {
-                    self.add(term, ap);
+                if !same.is_some_and(|(b, _)| b.terms.contains(term)) {
+                    self.lists.entry(term).or_default().push((ap, true));
                 }
             }
         }
@@ -125,91 +127,115 @@ impl Store {
     pub(super) fn apply_postings(
         &self,
         batch: &mut sled::Batch,
-        edits: PostingEdits,
+        edits: PostingEdits<'_>,
     ) -> Result<u64, StoreError> {
         // Bytes (keys + values) of the blocks read, and of the blocks written in their place.
-        let (mut before, mut after) = (0u64, 0u64);
-        for (prefix, (removes, adds)) in edits.lists {
-            let end = prefix_end(&prefix);
-            // Blocks touched, by their current key (empty = no block yet: the list is empty).
-            let mut blocks: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>> = BTreeMap::new();
-            // The positions, ascending: a block found for one covers the next ones up to its key.
-            let mut all: Vec<(&Vec<u8>, bool)> = removes
-                .iter()
-                .map(|p| (p, false))
-                .chain(adds.iter().map(|p| (p, true)))
-                .collect();
-            all.sort_unstable();
-            let mut covering: Option<Vec<u8>> = None;
-            let mut past_last = false;
-            for (position, add) in all {
-                let full = [prefix.as_slice(), position].concat();
-                let key = match &covering {
-                    Some(k) if past_last || full <= *k => k.clone(),
-                    _ => {
-                        let found = self.tree.range(full.as_slice()..end.as_slice()).next();
-                        let found = match found {
-                            Some(item) => Some(item?),
-                            None => {
-                                // Above every block: the last one (if any) takes it.
-                                past_last = true;
-                                match self
-                                    .tree
-                                    .range(prefix.as_slice()..end.as_slice())
-                                    .next_back()
-                                {
-                                    Some(item) => Some(item?),
-                                    None => None,
-                                }
-                            }
-                        };
-                        let key = match found {
-                            Some((k, v)) => {
-                                let k = k.to_vec();
-                                if !blocks.contains_key(&k) {
-                                    before = before.saturating_add((k.len() + v.len()) as u64);
-                                    let entries = decode_block(&k, &v)?;
-                                    blocks.insert(
-                                        k.clone(),
-                                        entries.into_iter().map(<[u8]>::to_vec).collect(),
-                                    );
-                                }
-                                k
-                            }
-                            None => Vec::new(),
-                        };
-                        covering = Some(key.clone());
-                        key
+        let mut sizes = (0u64, 0u64);
+        for (term, mut list) in edits.lists {
+            if list.len() > 1 {
+                list.sort_unstable();
+                // Defensive: one edit per position, the add if both were given.
+                list.dedup_by(|next, kept| {
+                    let same = next.0 == kept.0;
+                    if same {
+                        kept.1 |= next.1;
                     }
-                };
-                let entries = blocks.entry(key).or_default();
-                if add {
-                    entries.insert(position.clone());
-                } else {
-                    entries.remove(position);
-                }
+                    same
+                });
             }
-            for (old_key, entries) in blocks {
-                if !old_key.is_empty() {
-                    batch.remove(old_key);
+            self.apply_list(batch, term, &list, &mut sizes)?;
+        }
+        Ok(sizes.0.saturating_sub(sizes.1))
+    }
+
+    /// One term's edits (ascending positions): the blocks they fall into are read, merged with
+    /// them and written back. The block holding position `p` is the first one keyed ≥ `p`, or
+    /// the last block when every key is below `p`.
+    fn apply_list(
+        &self,
+        batch: &mut sled::Batch,
+        term: &str,
+        list: &[Edit<'_>],
+        sizes: &mut (u64, u64),
+    ) -> Result<(), StoreError> {
+        let prefix = term_prefix(term);
+        let end = prefix_end(&prefix);
+        let mut full = Vec::with_capacity(prefix.len() + 64);
+        // Which block each run of edits goes to (`None`: the list is empty, new blocks). One
+        // lookup of the list's first block settles the common cases: a new term (no block) and
+        // new traces (the newest positions, which the first block covers).
+        let first = match self.tree.range(prefix.as_slice()..end.as_slice()).next() {
+            Some(item) => Some(item?),
+            None => None,
+        };
+        let mut plan: Vec<(Option<Block>, usize, usize)> = Vec::new();
+        let mut i = 0;
+        while let Some(&(position, _)) = list.get(i) {
+            full.clear();
+            full.extend_from_slice(&prefix);
+            full.extend_from_slice(position);
+            // (block, whether it covers only the positions up to its key)
+            let (block, bounded) = match &first {
+                None => (None, false),
+                Some((key, _)) if full.as_slice() <= key.as_ref() => (first.clone(), true),
+                Some(_) => match self.tree.range(full.as_slice()..end.as_slice()).next() {
+                    Some(item) => (Some(item?), true),
+                    // Above every block: the last one takes the rest.
+                    None => match self
+                        .tree
+                        .range(prefix.as_slice()..full.as_slice())
+                        .next_back()
+                    {
+                        Some(item) => (Some(item?), false),
+                        None => (None, false),
+                    },
+                },
+            };
+            let n = match (&block, bounded) {
+                (Some((key, _)), true) => {
+                    let bound = key.get(prefix.len()..).unwrap_or_default();
+                    list[i..].iter().take_while(|e| e.0 <= bound).count().max(1)
                 }
-                let entries: Vec<Vec<u8>> = entries.into_iter().collect();
-                let mut rest = entries.as_slice();
-                // Full blocks from the old end; the newest remainder is the small one.
-                while !rest.is_empty() {
-                    let cut = rest.len().saturating_sub(BLOCK_POSITIONS);
-                    let (head, piece) = rest.split_at(cut);
-                    if let Some(last) = piece.last() {
-                        let (key, value) =
-                            ([prefix.as_slice(), last].concat(), encode_block(piece));
-                        after = after.saturating_add((key.len() + value.len()) as u64);
-                        batch.insert(key, value);
-                    }
-                    rest = head;
+                _ => list.len() - i,
+            };
+            match plan.last_mut() {
+                // The last block again (it covered earlier positions up to its key too).
+                Some((Some((k, _)), _, run_end))
+                    if block.as_ref().is_some_and(|(bk, _)| bk == k) =>
+                {
+                    *run_end = i + n;
                 }
+                _ => plan.push((block, i, i + n)),
+            }
+            i += n;
+        }
+        for (block, from, to) in &plan {
+            let entries = match block {
+                Some((key, value)) => {
+                    sizes.0 = sizes.0.saturating_add((key.len() + value.len()) as u64);
+                    batch.remove(key.clone());
+                    decode_block(key, value)?
+                }
+                None => Vec::new(),
+            };
+            let merged = merge_positions(&entries, &list[*from..*to]);
+            // Full blocks from the old end; the newest remainder is the small one.
+            let mut left = merged.as_slice();
+            while !left.is_empty() {
+                let cut = left.len().saturating_sub(BLOCK_POSITIONS);
+                let (head, piece) = left.split_at(cut);
+                if let Some(last_position) = piece.last() {
+                    full.clear();
+                    full.extend_from_slice(&prefix);
+                    full.extend_from_slice(last_position);
+                    let value = encode_block(piece);
+                    sizes.1 = sizes.1.saturating_add((full.len() + value.len()) as u64);
+                    batch.insert(full.as_slice(), value);
+                }
+                left = head;
             }
         }
-        Ok(before.saturating_sub(after))
+        Ok(())
     }
 
     /// The first position at or after `from` and before `upper` in the posting list of `prefix`.
@@ -268,4 +294,46 @@ impl Store {
             .as_deref()
             == Some(position))
     }
+}
+
+/// A block's positions (ascending) with `edits` (ascending) applied: added positions merged in,
+/// removed ones left out.
+fn merge_positions<'p>(entries: &[&'p [u8]], edits: &[Edit<'p>]) -> Vec<&'p [u8]> {
+    let mut out = Vec::with_capacity(entries.len() + edits.len());
+    let (mut i, mut j) = (0, 0);
+    while i < entries.len() || j < edits.len() {
+        match (entries.get(i), edits.get(j)) {
+            (Some(&e), Some(&(p, add))) => match e.cmp(p) {
+                std::cmp::Ordering::Less => {
+                    out.push(e);
+                    i += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if add {
+                        out.push(e);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    if add {
+                        out.push(p);
+                    }
+                    j += 1;
+                }
+            },
+            (Some(&e), None) => {
+                out.push(e);
+                i += 1;
+            }
+            (None, Some(&(p, add))) => {
+                if add {
+                    out.push(p);
+                }
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }

@@ -141,9 +141,20 @@ pub(super) fn compact_json(v: &Value) -> String {
 
 /// One line of at most `PREVIEW_CHARS` chars (whitespace runs collapsed, `…` when cut).
 pub(super) fn clip(text: &str) -> Option<String> {
-    let mut out = String::new();
+    let mut out = String::with_capacity(text.len().min(PREVIEW_CHARS) + 4);
     let mut chars = 0;
     for word in text.split_whitespace() {
+        // Fast path: an ASCII word that fits whole (chars are bytes); the same result as the
+        // char-by-char loop below, which also handles the cut.
+        let sep = usize::from(!out.is_empty());
+        if word.is_ascii() && chars + sep + word.len() <= PREVIEW_CHARS {
+            if sep == 1 {
+                out.push(' ');
+            }
+            out.push_str(word);
+            chars += sep + word.len();
+            continue;
+        }
         for c in (!out.is_empty())
             .then_some(' ')
             .into_iter()

@@ -153,9 +153,13 @@ impl Agg {
         pick(&mut self.first_user, true, start, sid, || {
             span.user_id.clone()
         });
+        // The output preview is built at most once (both picks below may want it).
+        let mut out_preview: Option<Option<String>> = None;
         if span.kind == Kind::Llm && !span.output.is_null() {
             pick(&mut self.last_llm_output, false, end, sid, || {
-                output_preview(&span.output)
+                out_preview
+                    .get_or_insert_with(|| output_preview(&span.output))
+                    .clone()
             });
         }
 
@@ -173,7 +177,7 @@ impl Agg {
                 session_id: span.session_id.clone(),
                 user_id: span.user_id.clone(),
                 input_preview: input_preview(&span.input),
-                output_preview: output_preview(&span.output),
+                output_preview: out_preview.unwrap_or_else(|| output_preview(&span.output)),
             });
         }
     }

@@ -78,35 +78,62 @@ impl Store {
             located.insert(span_id, (trace_id, start));
         }
 
-        let mut postings = PostingEdits::default();
+        // Each touched trace's summary before and after this batch (`None` after: its last span
+        // moved to another trace, so the trace is gone), in position order so that each term's
+        // posting edits arrive sorted (sorting them is then one pass).
+        let mut done: Vec<Settled> = Vec::with_capacity(works.len());
         for (trace_id, work) in works {
             let agg = if work.recompute {
                 self.recompute(&trace_id, &work.changes)?
             } else {
                 work.agg
             };
-            let before = work
-                .before
-                .as_ref()
-                .map(Agg::index_keys)
-                .unwrap_or_default();
-            let ukey = summary_key(&trace_id);
-            if agg.span_count == 0 {
-                // Its last span moved to another trace: the trace is gone.
-                for gone in before {
+            let after = (agg.span_count > 0).then_some(agg);
+            done.push(Settled {
+                trace_id,
+                before_position: work.before.as_ref().map(Agg::position),
+                after_position: after.as_ref().map(Agg::position),
+                before: work.before,
+                after,
+            });
+        }
+        done.sort_unstable_by(|x, y| x.position().cmp(&y.position()));
+        let mut postings = PostingEdits::default();
+        for settled in &done {
+            let Settled {
+                trace_id,
+                before,
+                after,
+                ..
+            } = settled;
+            postings.diff(
+                before.as_ref().zip(settled.before_position.as_deref()),
+                after.as_ref().zip(settled.after_position.as_deref()),
+            );
+            let ukey = summary_key(trace_id);
+            let Some(agg) = after else {
+                for gone in before.as_ref().map(Agg::index_keys).unwrap_or_default() {
                     batch.remove(gone);
                 }
-                postings.diff(work.before.as_ref(), None);
                 batch.remove(ukey);
                 continue;
-            }
-            postings.diff(work.before.as_ref(), Some(&agg));
-            let after = agg.index_keys();
-            for gone in before.difference(&after) {
-                batch.remove(gone.clone());
-            }
-            for new in after.difference(&before) {
-                batch.insert(new.clone(), &[][..]);
+            };
+            let after_keys = agg.index_keys();
+            match before {
+                None => {
+                    for new in after_keys {
+                        batch.insert(new, &[][..]);
+                    }
+                }
+                Some(before) => {
+                    let before_keys = before.index_keys();
+                    for gone in before_keys.difference(&after_keys) {
+                        batch.remove(gone.as_slice());
+                    }
+                    for new in after_keys.difference(&before_keys) {
+                        batch.insert(new.as_slice(), &[][..]);
+                    }
+                }
             }
             batch.insert(ukey, agg.encode());
         }
@@ -167,8 +194,9 @@ impl Store {
                 count(&key, 0);
                 batch.remove(key);
             }
+            let position = agg.position();
             let mut postings = PostingEdits::default();
-            postings.diff(Some(agg), None);
+            postings.diff(Some((agg, &position)), None);
             posting_freed = self.apply_postings(&mut batch, postings)?;
         }
         let ukey = summary_key(trace_id);
@@ -191,19 +219,21 @@ impl Store {
         works: &'w mut BTreeMap<String, TraceWork<'a>>,
         trace_id: &str,
     ) -> Result<&'w mut TraceWork<'a>, StoreError> {
-        Ok(match works.entry(trace_id.to_string()) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let before = self.load_agg(trace_id)?;
-                let agg = before.clone().unwrap_or_else(|| Agg::new(trace_id));
-                e.insert(TraceWork {
-                    before,
-                    agg,
-                    recompute: false,
-                    changes: BTreeMap::new(),
-                })
-            }
-        })
+        // Looked up before inserting: most calls find the trace, and need no key copy.
+        if !works.contains_key(trace_id) {
+            let before = self.load_agg(trace_id)?;
+            let agg = before.clone().unwrap_or_else(|| Agg::new(trace_id));
+            let work = TraceWork {
+                before,
+                agg,
+                recompute: false,
+                changes: BTreeMap::new(),
+            };
+            works.insert(trace_id.to_string(), work);
+        }
+        works
+            .get_mut(trace_id)
+            .ok_or_else(|| corrupt(trace_id.as_bytes(), "trace work vanished"))
     }
 
     /// Slow path: the trace's summary from all its spans as they will be once `changes` (this
@@ -237,4 +267,22 @@ pub(super) struct TraceWork<'a> {
     pub(super) recompute: bool,
     /// `s` keys this batch removes (`None`) or writes.
     pub(super) changes: BTreeMap<Vec<u8>, Option<&'a Span>>,
+}
+
+/// One trace at the end of a `put_spans` batch: its summary and position before and after.
+pub(super) struct Settled {
+    trace_id: String,
+    before: Option<Agg>,
+    after: Option<Agg>,
+    before_position: Option<Vec<u8>>,
+    after_position: Option<Vec<u8>>,
+}
+
+impl Settled {
+    /// Where the trace ends up (or was, when it is gone).
+    fn position(&self) -> Option<&Vec<u8>> {
+        self.after_position
+            .as_ref()
+            .or(self.before_position.as_ref())
+    }
 }
