@@ -342,8 +342,8 @@ enum Job {
 /// its own, at a lower scheduling priority than the runtime's threads. One long-lived thread
 /// rather than a blocking-pool thread per batch: no thread churn, one allocator arena.
 ///
-/// It takes one job at a time from a one-slot channel; before waiting for the next it stores
-/// everything spooled, oldest first.
+/// It takes one job at a time from a one-slot channel, fresh calls first; between them it
+/// stores the spool's backlog a batch at a time, oldest first.
 struct Worker {
     tx: mpsc::Sender<Job>,
     done: tokio::sync::oneshot::Receiver<()>,
@@ -390,18 +390,17 @@ impl Worker {
         Self { tx, done }
     }
 
-    /// Hands one write's calls on: to the writer when it is free (and nothing is spooled
-    /// before them), else to the spool; without a spool, or when the spool cannot take them,
+    /// Hands one write's calls on: to the writer when it is free, else to the spool; without a spool, or when the spool cannot take them,
     /// waits for the writer (the queue fills meanwhile, and drops are counted at `offer`).
     async fn submit(&self, raws: Vec<RawCall>, spool: Option<&Appender>, metrics: &Metrics) {
         let count = raws.len() as u64;
         let job = match spool {
-            Some(spool) if spool.is_empty() => match self.tx.try_send(Job::Raw(raws)) {
+            Some(_) => match self.tx.try_send(Job::Raw(raws)) {
                 Ok(()) => return,
                 Err(TrySendError::Full(job)) => job,
                 Err(TrySendError::Closed(_)) => return writer_gone(metrics, count),
             },
-            _ => Job::Raw(raws),
+            None => Job::Raw(raws),
         };
         let job = match (spool, job) {
             (Some(spool), Job::Raw(raws)) => match spool.append(raws).await {
@@ -437,7 +436,6 @@ impl Worker {
 /// up with the traffic, and costs a few microseconds per call), so encoding a batch never
 /// blocks a runtime thread and its allocations stay in one allocator arena.
 struct Appender {
-    spool: Arc<Spool>,
     tx: std::sync::mpsc::Sender<(Vec<RawCall>, tokio::sync::oneshot::Sender<AppendResult>)>,
 }
 
@@ -449,27 +447,22 @@ impl Appender {
         let (tx, rx) =
             std::sync::mpsc::channel::<(Vec<RawCall>, tokio::sync::oneshot::Sender<AppendResult>)>(
             );
-        let for_thread = spool.clone();
         let spawned = std::thread::Builder::new()
             .name("llm-tracer-spool".into())
             .spawn(move || {
                 while let Ok((raws, done)) = rx.recv() {
                     let records: Vec<CallRecord> =
                         raws.into_iter().map(RawCall::into_record).collect();
-                    let _ = done.send(for_thread.append(records));
+                    let _ = done.send(spool.append(records));
                 }
             });
         match spawned {
-            Ok(_) => Some(Appender { spool, tx }),
+            Ok(_) => Some(Appender { tx }),
             Err(e) => {
                 tracing::error!(error = %e, "no spool thread; captures wait in memory only");
                 None
             }
         }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.spool.is_empty()
     }
 
     /// `Err(None)`: the spool thread is gone and the calls with it.
@@ -502,24 +495,30 @@ impl Writer {
     /// stays on disk for the next start.
     fn run(&self, mut rx: mpsc::Receiver<Job>, spool: Option<&Spool>, batch_size: usize) {
         loop {
+            // Fresh calls first, so new traffic shows up promptly while a backlog drains.
+            match rx.try_recv() {
+                Ok(job) => {
+                    self.handle(job);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            // Then one batch of the spool's backlog, oldest first. (After a read error, the
+            // spool is tried again after the next job.)
             if let Some(spool) = spool {
-                self.drain(spool, batch_size, None);
+                if self.store_spooled(spool, batch_size) == Ok(true) {
+                    continue;
+                }
             }
             match rx.blocking_recv() {
-                Some(Job::Raw(raws)) => {
-                    self.store(raws.into_iter().map(RawCall::into_record).collect());
-                }
-                Some(Job::Records(records)) => self.store(records),
-                Some(Job::Wake) => {}
+                Some(job) => self.handle(job),
                 None => break,
             }
         }
         if let Some(spool) = spool {
-            self.drain(
-                spool,
-                batch_size,
-                Some(Instant::now() + SPOOL_DRAIN_AT_SHUTDOWN),
-            );
+            let deadline = Instant::now() + SPOOL_DRAIN_AT_SHUTDOWN;
+            while Instant::now() < deadline && self.store_spooled(spool, batch_size) == Ok(true) {}
             let left = spool.pending();
             if left > 0 {
                 tracing::info!(
@@ -530,27 +529,34 @@ impl Writer {
         }
     }
 
-    /// Stores spooled calls, oldest first, until the spool is empty (or `deadline`).
-    fn drain(&self, spool: &Spool, batch_size: usize, deadline: Option<Instant>) {
-        while deadline.is_none_or(|d| Instant::now() < d) {
-            match spool.take(batch_size, WRITE_MAX_BYTES) {
-                Ok(Some(taken)) => {
-                    if taken.corrupt > 0 {
-                        self.metrics
-                            .captures_dropped_spool_corrupt
-                            .fetch_add(taken.corrupt, Relaxed);
-                    }
-                    let (records, cursor) = taken.into_parts();
-                    self.store(records);
-                    spool.commit(cursor);
+    fn handle(&self, job: Job) {
+        match job {
+            Job::Raw(raws) => self.store(raws.into_iter().map(RawCall::into_record).collect()),
+            Job::Records(records) => self.store(records),
+            Job::Wake => {}
+        }
+    }
+
+    /// Stores the spool's oldest batch: `Ok(false)` when the spool is empty, `Err` when it
+    /// cannot be read (logged and counted).
+    fn store_spooled(&self, spool: &Spool, batch_size: usize) -> Result<bool, ()> {
+        match spool.take(batch_size, WRITE_MAX_BYTES) {
+            Ok(Some(taken)) => {
+                if taken.corrupt > 0 {
+                    self.metrics
+                        .captures_dropped_spool_corrupt
+                        .fetch_add(taken.corrupt, Relaxed);
                 }
-                Ok(None) => return,
-                Err(e) => {
-                    // Unreadable spool file: tried again after the next job.
-                    self.metrics.spool_errors.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, "spool: cannot read spooled calls");
-                    return;
-                }
+                let (records, cursor) = taken.into_parts();
+                self.store(records);
+                spool.commit(cursor);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                self.metrics.spool_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "spool: cannot read spooled calls");
+                Err(())
             }
         }
     }
