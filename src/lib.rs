@@ -25,9 +25,3 @@ pub mod store;
 pub mod tap;
 pub mod upstream;
 mod varint;
-
-/// jemalloc instead of glibc's malloc: the writer allocates and frees many small, short-lived
-/// objects (sled's nodes, span strings), and glibc spent ~40 % of the writer's CPU in
-/// `_int_malloc`, `unlink_chunk` and `malloc_consolidate` (perf, while storing a spooled backlog).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
