@@ -241,8 +241,6 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
-    // Before any other thread exists (see `malloc`): fewer arenas, less memory held after frees.
-    let arenas_limited = llm_tracer::malloc::limit_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -251,7 +249,6 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    tracing::debug!(arenas_limited, "malloc arenas");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,18 +1,19 @@
 //! Malloc: keeps glibc's allocator from holding on to memory the proxy has freed.
 //!
-//! Owns the only `unsafe` in the crate: two calls into glibc (`mallopt`, `malloc_trim`), neither
-//! of which has caller-side invariants. Elsewhere (musl, macOS) every function here does nothing.
+//! Owns the only `unsafe` in the crate: one call into glibc (`malloc_trim`), which has no
+//! caller-side invariants. Elsewhere (musl, macOS) every function here does nothing.
 //!
 //! Why (issue #7, bench/RESULTS.md): glibc gives each thread that allocates under contention an
-//! arena of its own, up to 8 per core. A stream's captured copy is allocated on a runtime
-//! thread's arena and freed by the writer thread, which assembles and stores spans in a third
-//! arena: the memory a finished stream gives back cannot serve the writer, and neither arena
-//! returns its free pages to the kernel. With 256 concurrent streams of 1,000 chunks that was
-//! about 30 MiB of free-but-resident memory at the peak, and RSS never came down after the run.
-//! So: at start-up the arenas are limited to [`ARENA_MAX`] (each thread keeps its own small
-//! cache, tcache, so the request path rarely takes an arena lock), and once the proxy is idle
-//! after traffic (nothing in flight, every capture written) the free pages are handed back
-//! ([`Trimmer`]).
+//! arena of its own (up to 8 per core) and keeps freed memory in that arena, resident. A stream's
+//! captured copy is allocated on a runtime thread's arena and freed by the writer thread, which
+//! assembles and stores spans in an arena of its own: the pages a finished stream gives back do
+//! not serve the writer, and neither arena returns them to the kernel. With 256 concurrent
+//! streams of 1,000 chunks that was about 30 MiB of free-but-resident memory at the peak, and RSS
+//! never came down after the run. So the [`Trimmer`] hands free pages back (`malloc_trim`) when
+//! captures worth [`RELEASED_TRIM_BYTES`] have been freed since the last trim (the writer is
+//! storing a burst of long streams), and once more when the proxy is idle after traffic.
+//! (Fewer arenas, `mallopt(M_ARENA_MAX)`, also lowered the peak but cost 12-17% of capture-on
+//! throughput in `bench/ab.py`: threads then wait on each other's arena lock.)
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -21,23 +22,14 @@ use std::{
 
 use crate::metrics::Metrics;
 
-/// Most malloc arenas (glibc's default is 8 per core). Measured with
-/// `python3 bench/bench.py run --only memory`: 1 gave the lowest peak and no throughput loss on
-/// this 2-core machine (bench/RESULTS.md).
-const ARENA_MAX: i32 = 1;
+/// How often the trimmer looks at the capture budget and the calls in flight.
+const TRIM_POLL: Duration = Duration::from_millis(250);
 
-/// How often the trimmer looks whether the proxy has gone idle after traffic.
-const TRIM_POLL: Duration = Duration::from_secs(1);
-
-/// Limits glibc's malloc arenas to [`ARENA_MAX`]. Call once, first thing in `main`, before any
-/// other thread exists. Leaves the allocator alone when the operator tuned it already
-/// (`MALLOC_ARENA_MAX`, or `GLIBC_TUNABLES` naming `arena_max`): theirs wins. Returns whether
-/// the limit was set.
-pub fn limit_arenas() -> bool {
-    let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some()
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
-    !tuned && glibc::set_arena_max(ARENA_MAX)
-}
+/// Captured bytes freed (written as spans, or dropped) since the last trim that make the next
+/// one due while traffic goes on. Small calls never add up to it between two idle moments in a
+/// way that matters: 8 MiB is thousands of chat calls, and a trim costs well under a millisecond
+/// of one blocking thread.
+const RELEASED_TRIM_BYTES: usize = 8 << 20;
 
 /// Hands freed heap pages back to the kernel (glibc's `malloc_trim(0)`: every arena, free pages
 /// in the middle too, not only the top). Costs a walk of the free lists under each arena's lock,
@@ -47,12 +39,16 @@ pub fn trim() -> bool {
     glibc::trim()
 }
 
-/// Watches for the end of a burst of traffic and then trims once: when no call is in flight,
-/// no capture is held (all written or dropped), and calls were made since the last trim.
+/// Decides when to trim: (a) captures worth [`RELEASED_TRIM_BYTES`] were freed since the last
+/// trim (the capture budget's use fell that far below its high-water mark since then), or (b)
+/// the proxy is idle after traffic: no call in flight, no capture held, calls made since the
+/// last trim.
 pub struct Trimmer {
     metrics: Arc<Metrics>,
     /// Calls seen at the last trim (`requests`).
     trimmed_at: u64,
+    /// Highest capture-budget use seen since the last trim.
+    high_water: usize,
 }
 
 impl Trimmer {
@@ -61,18 +57,23 @@ impl Trimmer {
         Self {
             metrics,
             trimmed_at,
+            high_water: 0,
         }
     }
 
-    /// Whether now is a time to trim (idle after traffic); if so, records it as done.
+    /// Whether now is a time to trim; if so, records it as done.
     pub fn due(&mut self) -> bool {
         let m = &self.metrics;
         let calls = m.requests.load(Relaxed);
-        let idle = m.in_flight.load(Relaxed) == 0 && m.capture_budget.used() == 0;
-        if !idle || calls == self.trimmed_at {
+        let used = m.capture_budget.used();
+        self.high_water = self.high_water.max(used);
+        let released = self.high_water - used >= RELEASED_TRIM_BYTES;
+        let idle = m.in_flight.load(Relaxed) == 0 && used == 0 && calls != self.trimmed_at;
+        if !released && !idle {
             return false;
         }
         self.trimmed_at = calls;
+        self.high_water = used;
         true
     }
 
@@ -93,7 +94,7 @@ impl Trimmer {
             }
             if self.due() {
                 match tokio::task::spawn_blocking(trim).await {
-                    Ok(released) => tracing::debug!(released, "idle: freed heap pages returned"),
+                    Ok(released) => tracing::debug!(released, "freed heap pages returned"),
                     Err(e) => tracing::warn!(error = %e, "malloc_trim task failed"),
                 }
             }
@@ -108,17 +109,8 @@ mod glibc {
 
     pub const PRESENT: bool = true;
 
-    /// `M_ARENA_MAX` from glibc's `<malloc.h>`.
-    const M_ARENA_MAX: c_int = -8;
-
     extern "C" {
-        fn mallopt(param: c_int, value: c_int) -> c_int;
         fn malloc_trim(pad: usize) -> c_int;
-    }
-
-    pub fn set_arena_max(n: i32) -> bool {
-        // SAFETY: mallopt takes two plain integers and only changes allocator parameters.
-        unsafe { mallopt(M_ARENA_MAX, n) == 1 }
     }
 
     pub fn trim() -> bool {
@@ -130,10 +122,6 @@ mod glibc {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod glibc {
     pub const PRESENT: bool = false;
-
-    pub fn set_arena_max(_n: i32) -> bool {
-        false
-    }
 
     pub fn trim() -> bool {
         false
@@ -160,6 +148,23 @@ mod tests {
         assert!(!t.due(), "once per idle period");
         metrics.requests.fetch_add(1, Relaxed);
         assert!(t.due(), "new traffic, idle again: trim again");
+    }
+
+    #[test]
+    fn trims_while_busy_once_enough_captures_were_freed() {
+        let metrics = Arc::new(Metrics::with_capture_budget(64 << 20));
+        let mut t = Trimmer::new(metrics.clone());
+        metrics.requests.fetch_add(1, Relaxed);
+        metrics.in_flight.fetch_add(1, Relaxed); // busy throughout
+        let budget = &metrics.capture_budget;
+        assert!(budget.try_charge(RELEASED_TRIM_BYTES + 4096));
+        assert!(!t.due(), "captures held, nothing freed");
+        budget.release(RELEASED_TRIM_BYTES - 1);
+        assert!(!t.due(), "less than the threshold freed");
+        budget.release(1);
+        assert!(t.due(), "the threshold freed: trim while busy");
+        assert!(!t.due(), "counted from the last trim");
+        budget.release(4096);
     }
 
     #[test]
