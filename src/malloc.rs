@@ -28,7 +28,8 @@ const TRIM_POLL: Duration = Duration::from_millis(100);
 /// Captured bytes freed (written as spans, or dropped) since the last trim that make the next
 /// one due while traffic goes on. Small calls never add up to it between two idle moments in a
 /// way that matters: 2 MiB is about a thousand chat calls. A trim runs on a blocking thread, at most
-/// once per [`TRIM_POLL`]; it took 0.1-2 ms here with a 60 MiB heap (debug log `micros`).
+/// once per [`TRIM_POLL`]; it took 1.7-2.4 ms here during a burst of 256 long streams (debug
+/// log `micros`).
 const RELEASED_TRIM_BYTES: usize = 2 << 20;
 
 /// Hands freed heap pages back to the kernel (glibc's `malloc_trim(0)`: every arena, free pages
