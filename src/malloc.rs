@@ -96,11 +96,14 @@ impl Trimmer {
             if self.due() {
                 let started = std::time::Instant::now();
                 match tokio::task::spawn_blocking(trim).await {
-                    Ok(released) => tracing::debug!(
-                        released,
-                        micros = started.elapsed().as_micros() as u64,
-                        "freed heap pages returned"
-                    ),
+                    Ok(released) => {
+                        self.metrics.malloc_trims.fetch_add(1, Relaxed);
+                        tracing::debug!(
+                            released,
+                            micros = started.elapsed().as_micros() as u64,
+                            "freed heap pages returned"
+                        );
+                    }
                     Err(e) => tracing::warn!(error = %e, "malloc_trim task failed"),
                 }
             }
