@@ -16,7 +16,7 @@ use crate::{
     config::{Config, StoreBackend},
     error::StartError,
     forward::Proxy,
-    listener,
+    listener, malloc,
     metrics::Metrics,
     queue::{self, SpanQueue, StoreFaults, WriterOptions},
     span::{AssembleOptions, Timestamp},
@@ -202,6 +202,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 stop_rx.clone(),
             ))
         });
+
+    // Gives freed heap pages back once a burst of traffic is over (see `malloc`); ends on stop.
+    tokio::spawn(malloc::Trimmer::new(metrics.clone()).run(stop_rx.clone()));
 
     let closing_backend = store.clone();
     let mut stop_signal = stop_rx;

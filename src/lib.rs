@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod idle;
 pub mod listener;
+pub mod malloc;
 pub mod metrics;
 pub mod mock;
 pub mod otlp;

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub capture_budget: Arc<CaptureBudget>,
     /// `llm_tracer_otlp_*`: export and ingest.
     pub otlp: crate::otlp::OtlpMetrics,
+    /// Times freed heap pages were handed back to the kernel (`malloc_trim`, see `malloc`).
+    pub malloc_trims: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -101,6 +103,7 @@ impl Default for Metrics {
             overhead: Histogram::new(&OVERHEAD_BUCKETS),
             capture_budget: Arc::new(CaptureBudget::new(DEFAULT_CAPTURE_BUDGET_BYTES)),
             otlp: crate::otlp::OtlpMetrics::default(),
+            malloc_trims: AtomicU64::new(0),
         }
     }
 }
@@ -190,6 +193,11 @@ impl Metrics {
             "llm_tracer_store_stalls_total",
             "Span batch writes still unfinished after 5 s (store unhealthy meanwhile).",
             self.store_stalls.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_malloc_trims_total",
+            "Times freed heap memory was handed back to the kernel (glibc malloc_trim): after bursts of long streams and when idle.",
+            self.malloc_trims.load(Relaxed),
         );
         counter(
             "llm_tracer_store_reopens_total",
