@@ -680,12 +680,15 @@ def run_suite(args):
         r["rss_after_kib"] = vm_kib(mem.pid, "VmRSS")
         r["hwm_kib"] = vm_kib(mem.pid, "VmHWM")
         r["dropped"] = mem.dropped(mm)
+        r["refused_frames"] = mm.get("llm_tracer_capture_budget_refused_frames_total", 0)
+        r["spooled"] = mm.get("llm_tracer_spooled_calls_total", 0)
         r["truncated_note"] = "see capture.truncated on these spans when over the capture budget"
         mem_runs.append(r)
         log(
             f"  memory run {i + 1}: {r['streams']} streams, {r['frames']} frames, "
             f"{r['multi_event_frames']} multi-event, peak RSS {r['hwm_kib'] / 1024:.1f} MiB, "
-            f"RSS after {r['rss_after_kib'] / 1024:.1f} MiB"
+            f"RSS after {r['rss_after_kib'] / 1024:.1f} MiB, frames not captured (budget) "
+            f"{r['refused_frames']:.0f} (cumulative), spooled calls {r['spooled']:.0f}"
         )
     mem_stored = mem.stats_calls()
     mem.stop()

@@ -45,6 +45,10 @@ const SPOOL_DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(10);
 /// write peaked at 357 MiB of RSS, in writes of 32 at 269 MiB).
 const WRITE_MAX_BYTES: usize = 2 << 20;
 
+/// Most bytes of spooled calls read back for one store write: smaller than a direct write, so
+/// the writer's working set while it drains a backlog of long streams stays small.
+const SPOOL_READ_BYTES: usize = 512 << 10;
+
 /// A failed batch write is retried this many more times, after these pauses, before its spans
 /// are counted as dropped (`captures_dropped_total{reason="store_error"}`).
 const WRITE_RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
@@ -540,7 +544,7 @@ impl Writer {
     /// Stores the spool's oldest batch: `Ok(false)` when the spool is empty, `Err` when it
     /// cannot be read (logged and counted).
     fn store_spooled(&self, spool: &Spool, batch_size: usize) -> Result<bool, ()> {
-        match spool.take(batch_size, WRITE_MAX_BYTES) {
+        match spool.take(batch_size, SPOOL_READ_BYTES) {
             Ok(Some(taken)) => {
                 if taken.corrupt > 0 {
                     self.metrics
