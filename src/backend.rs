@@ -504,7 +504,7 @@ impl Backend {
 }
 
 /// Bytes available to us on the filesystem holding `dir` (`None` when it cannot be asked).
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

@@ -22,32 +22,6 @@ use llm_tracer::{
 };
 use serde_json::Value;
 
-async fn call(proxy: &TestProxy, trace: &str, stream: bool) {
-    let rsp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-tracer-trace-id", trace)
-        .json(&chat_body("gpt-4o-mini", trace, stream))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 200, "a busy writer never fails a call");
-    let body = rsp.text().await.unwrap();
-    assert!(body.contains("Mock"), "the upstream's answer: {body}");
-}
-
-/// Polls `/metrics` until `done` holds (bounded; the deadline is a hang guard).
-async fn wait_metrics(proxy: &TestProxy, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let text = proxy.metrics_text().await;
-        if done(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "never reached: {what}\n{text}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn value(text: &str, name: &str) -> f64 {
     metric_value(text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"))
 }
@@ -77,12 +51,13 @@ async fn calls_that_find_the_writer_busy_are_spooled_and_all_stored_later() {
     faults.stall_writes(); // the writer holds its first batch, the next waits in its slot
 
     for i in 0..CALLS {
-        call(&proxy, &format!("spooled-{i}"), i % 2 == 1).await;
+        proxy.call_traced(&format!("spooled-{i}"), i % 2 == 1).await;
     }
-    let text = wait_metrics(&proxy, "calls spooled", |t| {
-        metric_value(t, "llm_tracer_spooled_calls_total") >= Some((CALLS - 3) as f64)
-    })
-    .await;
+    let text = proxy
+        .wait_metrics("calls spooled", |t| {
+            metric_value(t, "llm_tracer_spooled_calls_total") >= Some((CALLS - 3) as f64)
+        })
+        .await;
     assert!(value(&text, "llm_tracer_spool_bytes") > 0.0, "{text}");
     assert_eq!(
         metric_family_sum(&text, "llm_tracer_captures_dropped_total"),
@@ -115,10 +90,11 @@ async fn calls_that_find_the_writer_busy_are_spooled_and_all_stored_later() {
         }
         assert!(span["llm"]["input_tokens"].as_u64() > Some(0), "{span}");
     }
-    let text = wait_metrics(&proxy, "the spool drained", |t| {
-        metric_value(t, "llm_tracer_spool_bytes") == Some(0.0)
-    })
-    .await;
+    let text = proxy
+        .wait_metrics("the spool drained", |t| {
+            metric_value(t, "llm_tracer_spool_bytes") == Some(0.0)
+        })
+        .await;
     assert_eq!(
         value(&text, "llm_tracer_spans_captured_total"),
         CALLS as f64
@@ -163,12 +139,13 @@ async fn a_burst_beyond_the_writer_loses_no_capture() {
         done.unwrap();
     }
     let served = started.elapsed();
-    let text = wait_metrics(&proxy, "every call stored or counted", |t| {
-        metric_value(t, "llm_tracer_spans_captured_total").unwrap_or(0.0)
-            + metric_family_sum(t, "llm_tracer_captures_dropped_total")
-            >= CALLS as f64
-    })
-    .await;
+    let text = proxy
+        .wait_metrics("every call stored or counted", |t| {
+            metric_value(t, "llm_tracer_spans_captured_total").unwrap_or(0.0)
+                + metric_family_sum(t, "llm_tracer_captures_dropped_total")
+                >= CALLS as f64
+        })
+        .await;
     eprintln!(
         "burst: {CALLS} calls served in {served:?}; spooled {}, refusals {}, dropped {}",
         value(&text, "llm_tracer_spooled_calls_total"),
@@ -196,12 +173,13 @@ async fn shutdown_stores_what_is_spooled() {
     let faults = proxy.running.as_ref().unwrap().faults.clone();
     faults.stall_writes();
     for i in 0..CALLS {
-        call(&proxy, &format!("at-stop-{i}"), false).await;
+        proxy.call_traced(&format!("at-stop-{i}"), false).await;
     }
-    wait_metrics(&proxy, "calls spooled", |t| {
-        metric_value(t, "llm_tracer_spooled_calls_total") >= Some(1.0)
-    })
-    .await;
+    proxy
+        .wait_metrics("calls spooled", |t| {
+            metric_value(t, "llm_tracer_spooled_calls_total") >= Some(1.0)
+        })
+        .await;
     let stopping = proxy.begin_stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     faults.heal(); // the stuck write finishes while shutdown waits for the writer
@@ -310,13 +288,14 @@ async fn calls_a_previous_run_left_in_the_spool_are_stored_at_start_and_a_torn_o
         );
         assert_eq!(span["llm"]["input_tokens"], 9, "{span}");
     }
-    let text = wait_metrics(&proxy, "the torn call is counted", |t| {
-        metric_value(
-            t,
-            "llm_tracer_captures_dropped_total{reason=\"spool_corrupt\"}",
-        ) == Some(1.0)
-    })
-    .await;
+    let text = proxy
+        .wait_metrics("the torn call is counted", |t| {
+            metric_value(
+                t,
+                "llm_tracer_captures_dropped_total{reason=\"spool_corrupt\"}",
+            ) == Some(1.0)
+        })
+        .await;
     assert_eq!(value(&text, "llm_tracer_spool_bytes"), 0.0);
     let (status, _) = proxy.get_json("/api/traces/torn").await;
     assert_eq!(status, 404, "a torn call is never half-stored");
@@ -348,24 +327,26 @@ async fn a_full_spool_falls_back_to_the_queue_and_every_call_is_accounted_for() 
         assert_eq!(rsp.status(), 200, "a full spool never fails a call");
         rsp.bytes().await.unwrap();
     }
-    let text = wait_metrics(&proxy, "the spool refused a batch", |t| {
-        metric_value(t, "llm_tracer_spool_refusals_total") >= Some(1.0)
-            && metric_value(
-                t,
-                "llm_tracer_captures_dropped_total{reason=\"queue_full\"}",
-            ) >= Some(1.0)
-    })
-    .await;
+    let text = proxy
+        .wait_metrics("the spool refused a batch", |t| {
+            metric_value(t, "llm_tracer_spool_refusals_total") >= Some(1.0)
+                && metric_value(
+                    t,
+                    "llm_tracer_captures_dropped_total{reason=\"queue_full\"}",
+                ) >= Some(1.0)
+        })
+        .await;
     let spooled = value(&text, "llm_tracer_spooled_calls_total");
     assert!(spooled >= 1.0, "{text}");
     faults.heal();
-    let text = wait_metrics(&proxy, "every call stored or counted", |t| {
-        metric_value(t, "llm_tracer_spans_captured_total").unwrap_or(0.0)
-            + metric_family_sum(t, "llm_tracer_captures_dropped_total")
-            >= CALLS as f64
-            && metric_value(t, "llm_tracer_spool_bytes") == Some(0.0)
-    })
-    .await;
+    let text = proxy
+        .wait_metrics("every call stored or counted", |t| {
+            metric_value(t, "llm_tracer_spans_captured_total").unwrap_or(0.0)
+                + metric_family_sum(t, "llm_tracer_captures_dropped_total")
+                >= CALLS as f64
+                && metric_value(t, "llm_tracer_spool_bytes") == Some(0.0)
+        })
+        .await;
     assert_eq!(
         value(&text, "llm_tracer_spans_captured_total")
             + metric_family_sum(&text, "llm_tracer_captures_dropped_total"),

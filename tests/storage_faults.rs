@@ -14,35 +14,6 @@ use std::time::{Duration, Instant};
 use common::{chat_body, client, metric_value, MockUpstream, TestProxy};
 use serde_json::Value;
 
-async fn call(proxy: &TestProxy, trace: &str, stream: bool) {
-    let rsp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-tracer-trace-id", trace)
-        .json(&chat_body("gpt-4o-mini", trace, stream))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 200, "a failing store never fails a call");
-    let body = rsp.text().await.unwrap();
-    assert!(
-        body.contains(&format!("Mock reply to: {trace}")) || body.contains("Mock"),
-        "the upstream's answer reaches the app: {body}"
-    );
-}
-
-/// Polls `/metrics` until `done` holds (bounded; the deadline is a hang guard).
-async fn wait_metrics(proxy: &TestProxy, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = proxy.metrics_text().await;
-        if done(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "never reached: {what}\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_store_that_cannot_write_degrades_health_drops_counted_spans_and_recovers() {
     let upstream = MockUpstream::start().await.unwrap();
@@ -53,15 +24,16 @@ async fn a_store_that_cannot_write_degrades_health_drops_counted_spans_and_recov
 
     faults.fail_writes(u64::MAX);
     for (i, stream) in [false, true, false].into_iter().enumerate() {
-        call(&proxy, &format!("store-down-{i}"), stream).await;
+        proxy.call_traced(&format!("store-down-{i}"), stream).await;
     }
-    let text = wait_metrics(&proxy, "three spans dropped for store errors", |t| {
-        metric_value(
-            t,
-            "llm_tracer_captures_dropped_total{reason=\"store_error\"}",
-        ) == Some(3.0)
-    })
-    .await;
+    let text = proxy
+        .wait_metrics("three spans dropped for store errors", |t| {
+            metric_value(
+                t,
+                "llm_tracer_captures_dropped_total{reason=\"store_error\"}",
+            ) == Some(3.0)
+        })
+        .await;
     assert!(
         metric_value(&text, "llm_tracer_store_write_retries_total").unwrap() >= 2.0,
         "each failed batch was retried before being dropped:\n{text}"
@@ -82,7 +54,7 @@ async fn a_store_that_cannot_write_degrades_health_drops_counted_spans_and_recov
 
     // Writes work again: the next span is stored and health recovers without a restart.
     faults.heal();
-    call(&proxy, "store-back", true).await;
+    proxy.call_traced("store-back", true).await;
     let trace = proxy.wait_for_trace("store-back", 1).await;
     assert_eq!(trace["spans"][0]["status"], "ok");
     let (_, health) = proxy.get_json("/healthz").await;
@@ -107,14 +79,16 @@ async fn after_store_io_errors_the_writer_reopens_the_store_and_nothing_stored_i
     let upstream = MockUpstream::start().await.unwrap();
     let proxy = TestProxy::start(&upstream.url()).await;
     let faults = proxy.running.as_ref().unwrap().faults.clone();
-    call(&proxy, "before-io-errors", false).await;
+    proxy.call_traced("before-io-errors", false).await;
     proxy.wait_for_trace("before-io-errors", 1).await;
 
     faults.fail_writes_with_io_errors(u64::MAX);
     let mut n = 0;
     let text = loop {
         n += 1;
-        call(&proxy, &format!("io-error-{n}"), n % 2 == 0).await;
+        proxy
+            .call_traced(&format!("io-error-{n}"), n % 2 == 0)
+            .await;
         let text = proxy.metrics_text().await;
         if metric_value(&text, "llm_tracer_store_reopens_total") >= Some(1.0) {
             break text;
@@ -131,7 +105,7 @@ async fn after_store_io_errors_the_writer_reopens_the_store_and_nothing_stored_i
     assert_eq!(status, 200, "reads work on the reopened store: {trace}");
 
     faults.heal();
-    call(&proxy, "after-reopen", true).await;
+    proxy.call_traced("after-reopen", true).await;
     let trace = proxy.wait_for_trace("after-reopen", 1).await;
     assert_eq!(trace["spans"][0]["status"], "ok");
     let (_, health) = proxy.get_json("/healthz").await;
@@ -161,7 +135,7 @@ async fn a_write_that_fails_once_is_retried_and_nothing_is_lost() {
     let proxy = TestProxy::start(&upstream.url()).await;
     let faults = proxy.running.as_ref().unwrap().faults.clone();
     faults.fail_writes(1);
-    call(&proxy, "store-blip", false).await;
+    proxy.call_traced("store-blip", false).await;
     let trace: Value = proxy.wait_for_trace("store-blip", 1).await;
     assert_eq!(
         trace["spans"][0]["status"], "ok",
@@ -273,7 +247,7 @@ async fn real_full_disk() {
         dropped > 0.0,
         "the captures not stored are counted:\n{text}"
     );
-    call(&proxy, "after-full", true).await;
+    proxy.call_traced("after-full", true).await;
 
     // sled first blocks on the full disk, then (seconds later) its writes fail, and once one
     // has failed every later one does until the store is reopened. Wait (bounded) for failed
@@ -282,7 +256,7 @@ async fn real_full_disk() {
     let mut n = 0;
     while Instant::now() < wait_errors {
         n += 1;
-        call(&proxy, &format!("full-{n}"), false).await;
+        proxy.call_traced(&format!("full-{n}"), false).await;
         let text = proxy.metrics_text().await;
         if metric_value(&text, "llm_tracer_store_errors_total") >= Some(1.0) {
             break;
@@ -305,7 +279,7 @@ async fn real_full_disk() {
     let stored = loop {
         n += 1;
         let trace = format!("after-space-{n}");
-        call(&proxy, &trace, n % 2 == 0).await;
+        proxy.call_traced(&trace, n % 2 == 0).await;
         let (status, _) = proxy.get_json(&format!("/api/traces/{trace}")).await;
         let (_, health) = proxy.get_json("/healthz").await;
         if status == 200 && health["status"] == "ok" {
@@ -328,6 +302,11 @@ async fn real_full_disk() {
     let errors = metric_value(&text, "llm_tracer_store_errors_total").unwrap_or(0.0);
     let stalls = metric_value(&text, "llm_tracer_store_stalls_total").unwrap_or(0.0);
     eprintln!("full disk: {errors} failed batch writes, {stalls} stalls, {reopens} reopens");
+    assert_eq!(
+        metric_value(&text, "llm_tracer_spooled_calls_total"),
+        Some(0.0),
+        "the spool never takes the last free space the store needs (64 MiB reserve):\n{text}"
+    );
     let (status, trace) = proxy.get_json(&format!("/api/traces/{stored}")).await;
     assert_eq!(status, 200);
     assert_eq!(trace["spans"].as_array().map(Vec::len), Some(1), "{trace}");
@@ -343,11 +322,12 @@ async fn a_store_write_that_hangs_degrades_health_until_it_finishes() {
     let proxy = TestProxy::start(&upstream.url()).await;
     let faults = proxy.running.as_ref().unwrap().faults.clone();
     faults.stall_writes(); // the write blocks, as sled does on a full disk
-    call(&proxy, "store-hung", false).await;
-    let text = wait_metrics(&proxy, "the stalled write is noticed", |t| {
-        metric_value(t, "llm_tracer_store_stalls_total") == Some(1.0)
-    })
-    .await;
+    proxy.call_traced("store-hung", false).await;
+    let text = proxy
+        .wait_metrics("the stalled write is noticed", |t| {
+            metric_value(t, "llm_tracer_store_stalls_total") == Some(1.0)
+        })
+        .await;
     assert_eq!(metric_value(&text, "llm_tracer_store_healthy"), Some(0.0));
     let (_, health) = proxy.get_json("/healthz").await;
     assert_eq!(

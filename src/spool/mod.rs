@@ -34,6 +34,11 @@ use crate::{metrics::Metrics, tap::CallRecord, varint::Enc};
 const SEGMENT_BYTES: u64 = if cfg!(test) { 64 << 10 } else { 32 << 20 };
 /// Frame header: payload length and its CRC-32.
 const HEADER: usize = 8;
+/// The spool never takes the last of its filesystem's free space, which the store needs to
+/// recover from a full disk: below this much free, appends are refused (the calls then wait in
+/// memory, as without a spool).
+const MIN_FREE: u64 = 64 << 20;
+
 /// Appends are written in pieces of about this size.
 const WRITE_CHUNK: usize = 256 << 10;
 /// A frame claiming more than this is corrupt (a call is bounded by the capture caps).
@@ -45,6 +50,8 @@ pub enum SpoolError {
     Io { dir: PathBuf, source: io::Error },
     #[error("spool is full ({pending} bytes waiting, spool_max_bytes = {max})")]
     Full { pending: u64, max: u64 },
+    #[error("spool: only {free} bytes free on its disk; the last 64 MiB are left to the store")]
+    DiskLow { free: u64 },
 }
 
 /// The on-disk overflow of the capture queue. One appender (the queue's intake) and one reader
@@ -177,6 +184,9 @@ impl Spool {
                 max: self.max_bytes,
             };
             return Err((err, records));
+        }
+        if let Some(free) = crate::backend::free_bytes(&self.dir).filter(|&f| f < MIN_FREE) {
+            return Err((SpoolError::DiskLow { free }, records));
         }
         match self.write_frames(&mut state, &records) {
             Ok(written) => {

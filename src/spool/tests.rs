@@ -34,6 +34,17 @@ fn segments(dir: &Path) -> usize {
         .count()
 }
 
+/// The one segment file in `dir`.
+fn only_segment(dir: &Path) -> PathBuf {
+    let segs: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs.into_iter().next().unwrap()
+}
+
 /// Takes and commits everything, returning the span ids in the order they came out.
 fn drain(spool: &Spool, batch: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -126,11 +137,7 @@ fn a_torn_last_frame_is_counted_and_the_calls_before_it_are_kept() {
         let (spool, _) = spool(tmp.path(), 1 << 30);
         spool.append(calls(0, 3)).map_err(|(e, _)| e).unwrap();
     }
-    let seg = fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "seg"))
-        .unwrap();
+    let seg = only_segment(tmp.path());
     let len = fs::metadata(&seg).unwrap().len();
     let file = OpenOptions::new().write(true).open(&seg).unwrap();
     file.set_len(len - 5).unwrap(); // a crash cut the last append
@@ -152,11 +159,7 @@ fn a_flipped_byte_fails_the_crc() {
         spool.append(calls(0, 1)).map_err(|(e, _)| e).unwrap();
         spool.append(calls(1, 1)).map_err(|(e, _)| e).unwrap();
     }
-    let seg = fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "seg"))
-        .unwrap();
+    let seg = only_segment(tmp.path());
     let mut bytes = fs::read(&seg).unwrap();
     let last = bytes.len() - 3;
     bytes[last] ^= 0xFF;

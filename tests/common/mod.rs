@@ -205,6 +205,38 @@ pub fn metric_family_sum(text: &str, family: &str) -> f64 {
 }
 
 impl TestProxy {
+    /// One chat call under trace `trace` (streamed or not) that must succeed with the mock's
+    /// answer, whatever happens to its capture.
+    pub async fn call_traced(&self, trace: &str, stream: bool) {
+        let rsp = client()
+            .post(self.url("/v1/chat/completions"))
+            .header("x-tracer-trace-id", trace)
+            .json(&chat_body("gpt-4o-mini", trace, stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 200, "a capture problem never fails a call");
+        let body = rsp.text().await.unwrap();
+        assert!(
+            body.contains("Mock"),
+            "the upstream's answer reaches the app: {body}"
+        );
+    }
+
+    /// Polls `/metrics` until `done` holds (bounded; the deadline is a hang guard, not a timing
+    /// assertion) and returns that text.
+    pub async fn wait_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let text = self.metrics_text().await;
+            if done(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "never reached: {what}\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The admin `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         let rsp = client().get(self.api("/metrics")).send().await.unwrap();
