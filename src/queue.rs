@@ -297,31 +297,34 @@ async fn watch_for_stalls(busy: Arc<Busy>, metrics: Arc<Metrics>) {
 
 /// Which store write is running, and since when (read by the stall watchdog).
 #[derive(Default)]
-struct Busy {
+struct Busy(std::sync::Mutex<BusyState>);
+
+#[derive(Default)]
+struct BusyState {
     /// Writes started so far; the running one is this number.
-    writes: AtomicU64,
-    /// Start of the running write, µs after `epoch` plus one; 0 when idle.
-    since_us: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
+    writes: u64,
+    /// Start of the running write; `None` when idle.
+    since: Option<Instant>,
 }
 
 impl Busy {
-    fn now_us(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(Instant::now);
-        u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    fn state(&self) -> std::sync::MutexGuard<'_, BusyState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
     fn start(&self) {
-        self.writes.fetch_add(1, Relaxed);
-        self.since_us.store(self.now_us() + 1, Relaxed);
+        let mut s = self.state();
+        s.writes += 1;
+        s.since = Some(Instant::now());
     }
     fn end(&self) {
-        self.since_us.store(0, Relaxed);
+        self.state().since = None;
     }
     /// The running write's number and how long it has run.
     fn running(&self) -> Option<(u64, Duration)> {
-        let since = self.since_us.load(Relaxed).checked_sub(1)?;
-        let us = self.now_us().saturating_sub(since);
-        Some((self.writes.load(Relaxed), Duration::from_micros(us)))
+        let s = self.state();
+        s.since.map(|t| (s.writes, t.elapsed()))
     }
 }
 
@@ -399,30 +402,27 @@ impl Worker {
     async fn submit(&self, raws: Vec<RawCall>, spool: Option<&Appender>, metrics: &Metrics) {
         let count = raws.len() as u64;
         let job = match spool {
-            Some(_) => match self.tx.try_send(Job::Raw(raws)) {
-                Ok(()) => return,
-                Err(TrySendError::Full(job)) => job,
-                Err(TrySendError::Closed(_)) => return writer_gone(metrics, count),
-            },
             None => Job::Raw(raws),
-        };
-        let job = match (spool, job) {
-            (Some(spool), Job::Raw(raws)) => match spool.append(raws).await {
-                Ok(()) => {
-                    // A full slot means the writer is about to look anyway.
-                    let _ = self.tx.try_send(Job::Wake);
-                    return;
-                }
-                Err(Some((e, records))) => {
-                    let n = metrics.spool_refusals.fetch_add(1, Relaxed) + 1;
-                    if n.is_power_of_two() {
-                        tracing::warn!(error = %e, refusals = n, "spool refused calls; they wait for the writer in memory");
+            Some(spool) => match self.tx.try_send(Job::Raw(raws)) {
+                Ok(()) => return,
+                Err(TrySendError::Closed(_)) => return writer_gone(metrics, count),
+                Err(TrySendError::Full(Job::Raw(raws))) => match spool.append(raws).await {
+                    Ok(()) => {
+                        // A full slot means the writer is about to look anyway.
+                        let _ = self.tx.try_send(Job::Wake);
+                        return;
                     }
-                    Job::Records(records)
-                }
-                Err(None) => return writer_gone(metrics, count),
+                    Err(Some((e, records))) => {
+                        let n = metrics.spool_refusals.fetch_add(1, Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(error = %e, refusals = n, "spool refused calls; they wait for the writer in memory");
+                        }
+                        Job::Records(records)
+                    }
+                    Err(None) => return writer_gone(metrics, count),
+                },
+                Err(TrySendError::Full(job)) => job,
             },
-            (_, job) => job,
         };
         if self.tx.send(job).await.is_err() {
             writer_gone(metrics, count);

@@ -230,39 +230,8 @@ impl Spool {
         let (Some(file), Some(seg)) = (state.tail.as_mut(), state.segments.back_mut()) else {
             return Err(io::Error::other("spool tail segment missing"));
         };
-        let mut written = 0u64;
-        let mut enc = Enc::with_capacity(WRITE_CHUNK + 4096);
-        let result = (|| {
-            for r in records {
-                let start = enc.0.len();
-                enc.raw(&[0; HEADER]);
-                record::encode(r, &mut enc);
-                let len = enc.0.len() - start - HEADER;
-                let Some(len32) = u32::try_from(len).ok().filter(|&l| l <= MAX_FRAME) else {
-                    // Beyond any capture cap; cannot happen with the config's bounds.
-                    enc.0.truncate(start);
-                    self.metrics.spool_errors.fetch_add(1, Relaxed);
-                    tracing::error!(
-                        bytes = len,
-                        "spool: a call too large to spool is not stored"
-                    );
-                    continue;
-                };
-                let crc = crc32fast::hash(&enc.0[start + HEADER..]);
-                enc.0[start..start + 4].copy_from_slice(&len32.to_le_bytes());
-                enc.0[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
-                if enc.0.len() >= WRITE_CHUNK {
-                    file.write_all(&enc.0)?;
-                    written += enc.0.len() as u64;
-                    enc.0.clear();
-                }
-            }
-            file.write_all(&enc.0)?;
-            written += enc.0.len() as u64;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
+        match self.write_records(file, records) {
+            Ok(written) => {
                 seg.len += written;
                 Ok(written)
             }
@@ -272,6 +241,40 @@ impl Spool {
                 Err(e)
             }
         }
+    }
+
+    /// Encodes one frame per record and writes them to `file` in pieces of about
+    /// [`WRITE_CHUNK`]; the bytes written. A record too large for a frame is left out (counted).
+    fn write_records(&self, file: &mut File, records: &[CallRecord]) -> io::Result<u64> {
+        let mut written = 0u64;
+        let mut enc = Enc::with_capacity(WRITE_CHUNK + 4096);
+        for r in records {
+            let start = enc.0.len();
+            enc.raw(&[0; HEADER]);
+            record::encode(r, &mut enc);
+            let len = enc.0.len() - start - HEADER;
+            let Some(len32) = u32::try_from(len).ok().filter(|&l| l <= MAX_FRAME) else {
+                // Beyond any capture cap; cannot happen with the config's bounds.
+                enc.0.truncate(start);
+                self.metrics.spool_errors.fetch_add(1, Relaxed);
+                tracing::error!(
+                    bytes = len,
+                    "spool: a call too large to spool is not stored"
+                );
+                continue;
+            };
+            let crc = crc32fast::hash(&enc.0[start + HEADER..]);
+            enc.0[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+            enc.0[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+            if enc.0.len() >= WRITE_CHUNK {
+                file.write_all(&enc.0)?;
+                written += enc.0.len() as u64;
+                enc.0.clear();
+            }
+        }
+        file.write_all(&enc.0)?;
+        written += enc.0.len() as u64;
+        Ok(written)
     }
 
     /// Reads up to `max_records` calls (and about `max_bytes` of frames, at least one call)

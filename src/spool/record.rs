@@ -3,7 +3,7 @@
 //! monotonic clock means nothing in another process); on decode they are laid out again from
 //! a fresh `Instant`, so every duration and TTFT the span builder derives is the same.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -94,7 +94,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<CallRecord> {
         response_content_type,
         response_content_encoding,
         status,
-        started: started.max(SystemTime::UNIX_EPOCH),
+        started,
         started_at: base,
         head_at,
         ended_at,

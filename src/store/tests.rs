@@ -1485,31 +1485,7 @@ fn a_schema_1_store_is_migrated_at_open_and_then_searchable() {
         spans.len() as u64,
         "the summary was rebuilt"
     );
-    let report = store.check().expect("check");
-    assert!(
-        report.is_clean(),
-        "a migrated store checks clean: {report:?}"
-    );
-    assert!(
-        report.postings > 0,
-        "postings were built for the migrated spans"
-    );
-    let name = spans[0].name.clone();
-    assert_eq!(
-        list(&store, |q| q.q = Some(name.clone())),
-        ["old-1"],
-        "the migrated trace is found by full-text search"
-    );
-    assert!(
-        !store.db.tree_names().iter().any(|n| n.as_ref() == b"v1"),
-        "the old tree is dropped after the migration"
-    );
-    drop(store);
-    let store = reopen(dir.path()).expect("reopens");
-    assert!(
-        store.get_trace("old-1").expect("get").is_some(),
-        "the migration is durable"
-    );
+    assert_migrated(store, dir.path(), "old-1", &spans, "v1");
 }
 
 /// Writes a schema-2 store the way that layout did (tree `v2`, JSON spans under the same `s`
@@ -1544,30 +1520,43 @@ fn a_schema_2_store_is_migrated_at_open_and_then_searchable() {
         .expect("the migrated trace is there");
     assert_eq!(got.len(), spans.len(), "every span was migrated");
     assert_eq!(summary.span_count, spans.len() as u64);
+    assert!(
+        list(&store, |q| q.q = s("oldterm")).is_empty(),
+        "nothing of the old posting keys is carried over"
+    );
+    assert_migrated(store, dir.path(), "old-2", &spans, "v2");
+}
+
+/// What every migrated store must show: it checks clean with postings built for the migrated
+/// spans, full-text search finds `trace`, the old tree is dropped, and all of it is durable.
+fn assert_migrated(store: Store, dir: &Path, trace: &str, spans: &[Span], old_tree: &str) {
     let report = store.check().expect("check");
     assert!(
         report.is_clean(),
         "a migrated store checks clean: {report:?}"
     );
-    assert!(report.postings > 0, "postings were rebuilt as blocks");
+    assert!(
+        report.postings > 0,
+        "postings were built for the migrated spans"
+    );
     let name = spans[0].name.clone();
     assert_eq!(
         list(&store, |q| q.q = Some(name.clone())),
-        ["old-2"],
+        [trace],
         "the migrated trace is found by full-text search"
     );
     assert!(
-        list(&store, |q| q.q = s("oldterm")).is_empty(),
-        "nothing of the old posting keys is carried over"
-    );
-    assert!(
-        !store.db.tree_names().iter().any(|n| n.as_ref() == b"v2"),
+        !store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == old_tree.as_bytes()),
         "the old tree is dropped after the migration"
     );
     drop(store);
-    let store = reopen(dir.path()).expect("reopens");
+    let store = reopen(dir).expect("reopens");
     assert!(
-        store.get_trace("old-2").expect("get").is_some(),
+        store.get_trace(trace).expect("get").is_some(),
         "the migration is durable"
     );
 }
