@@ -489,8 +489,20 @@ async fn two_instances_sharing_one_clickhouse_show_the_whole_trace() {
     )
     .await;
 
-    let via_a = a.wait_for_trace(trace, 3).await;
-    let via_b = b.wait_for_trace(trace, 3).await;
+    a.wait_for_trace(trace, 3).await;
+    b.wait_for_trace(trace, 3).await;
+    // The spans can be readable a moment before the summary row that counts them (ClickHouse
+    // is eventually consistent): wait (bounded) until both instances' summaries count all three.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (via_a, via_b) = loop {
+        let (_, via_a) = a.get_json(&format!("/api/traces/{trace}")).await;
+        let (_, via_b) = b.get_json(&format!("/api/traces/{trace}")).await;
+        let counted = |v: &Value| v["trace"]["span_count"] == 3;
+        if (counted(&via_a) && counted(&via_b)) || Instant::now() > deadline {
+            break (via_a, via_b);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         via_a, via_b,
         "both instances give the same answer for the shared trace"
