@@ -297,7 +297,12 @@ async fn open_backend(config: &Config) -> Result<Backend, StartError> {
             };
             let dir = config.data_dir.clone();
             let opts = store_opts.clone();
-            let store = tokio::task::spawn_blocking(move || Store::open(&dir, &opts))
+            // Opened on a lowered thread, so sled's flusher (started by the open) inherits
+            // SCHED_IDLE: see `priority`.
+            let open = move || {
+                crate::priority::run_lowered("llm-tracer-open", move || Store::open(&dir, &opts))
+            };
+            let store = tokio::task::spawn_blocking(open)
                 .await
                 .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
             Ok(Backend::Sled(SledBackend::new(

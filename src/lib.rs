@@ -17,6 +17,7 @@ pub mod malloc;
 pub mod metrics;
 pub mod mock;
 pub mod otlp;
+pub mod priority;
 pub mod propagate;
 pub mod queue;
 pub mod route;

@@ -42,12 +42,16 @@ pub fn trim() -> bool {
 
 /// Decides when to trim: (a) captures worth [`RELEASED_TRIM_BYTES`] were freed since the last
 /// trim (the capture budget's use fell that far below its high-water mark since then), or (b)
-/// the proxy is idle after traffic: no call in flight, no capture held, calls made since the
-/// last trim.
+/// the proxy is idle after traffic: no call in flight, no capture held, no call started since
+/// the previous poll, and calls made since the last trim. (A moment with nothing in flight is
+/// not idleness: at a few thousand calls a second it comes at every poll, and a trim then holds
+/// the allocator's locks the request path needs.)
 pub struct Trimmer {
     metrics: Arc<Metrics>,
     /// Calls seen at the last trim (`requests`).
     trimmed_at: u64,
+    /// Calls seen at the previous poll.
+    polled_at: u64,
     /// Highest capture-budget use seen since the last trim.
     high_water: usize,
 }
@@ -58,6 +62,7 @@ impl Trimmer {
         Self {
             metrics,
             trimmed_at,
+            polled_at: trimmed_at,
             high_water: 0,
         }
     }
@@ -69,7 +74,8 @@ impl Trimmer {
         let used = m.capture_budget.used();
         self.high_water = self.high_water.max(used);
         let released = self.high_water - used >= RELEASED_TRIM_BYTES;
-        let idle = m.in_flight.load(Relaxed) == 0 && used == 0 && calls != self.trimmed_at;
+        let quiet = calls == std::mem::replace(&mut self.polled_at, calls);
+        let idle = quiet && m.in_flight.load(Relaxed) == 0 && used == 0 && calls != self.trimmed_at;
         if !released && !idle {
             return false;
         }
@@ -147,6 +153,7 @@ mod tests {
         let mut t = Trimmer::new(metrics.clone());
         assert!(!t.due(), "no traffic yet: nothing to trim");
         metrics.requests.fetch_add(1, Relaxed);
+        assert!(!t.due(), "a call started since the last poll: not idle yet");
         metrics.in_flight.fetch_add(1, Relaxed);
         assert!(!t.due(), "a call in flight: not idle");
         metrics.in_flight.fetch_sub(1, Relaxed);
@@ -156,7 +163,11 @@ mod tests {
         assert!(t.due(), "idle after traffic: trim");
         assert!(!t.due(), "once per idle period");
         metrics.requests.fetch_add(1, Relaxed);
-        assert!(t.due(), "new traffic, idle again: trim again");
+        assert!(
+            !t.due(),
+            "new traffic: nothing in flight at this poll, but not quiet since the last"
+        );
+        assert!(t.due(), "new traffic, then a quiet poll: trim again");
     }
 
     #[test]

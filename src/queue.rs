@@ -330,11 +330,6 @@ impl Busy {
 
 // === Worker ===
 
-/// Nice value of the writer thread: when the request path and the writer want the same CPU,
-/// the request path wins (a span may be stored a little later; a call is never slowed).
-#[cfg(target_os = "linux")]
-const WRITER_NICE: i32 = 10;
-
 /// What the intake hands the writer thread.
 enum Job {
     /// Calls straight from the queue.
@@ -372,7 +367,8 @@ impl Worker {
         let (tx, rx) = mpsc::channel::<Job>(1);
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let work = move || {
-            lower_priority();
+            let lowered = crate::priority::lower_this_thread();
+            tracing::debug!(?lowered, "capture writer priority");
             writer.run(rx, spool.as_deref(), batch_size);
             let _ = done_tx.send(());
         };
@@ -639,14 +635,6 @@ impl Writer {
             self.export.offer(&spans);
         }
         result
-    }
-}
-
-/// Lowers the calling thread's priority (Linux nice values are per thread).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(None, WRITER_NICE) {
-        tracing::debug!(error = %e, "writer thread keeps the default priority");
     }
 }
 
