@@ -71,6 +71,9 @@ pub struct Metrics {
     pub otlp: crate::otlp::OtlpMetrics,
     /// Times freed heap pages were handed back to the kernel (`malloc_trim`, see `malloc`).
     pub malloc_trims: AtomicU64,
+    /// Times the idle-priority writer was given a normal priority because it made no progress
+    /// (see `queue::watch_writer`).
+    pub writer_raises: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -104,6 +107,7 @@ impl Default for Metrics {
             capture_budget: Arc::new(CaptureBudget::new(DEFAULT_CAPTURE_BUDGET_BYTES)),
             otlp: crate::otlp::OtlpMetrics::default(),
             malloc_trims: AtomicU64::new(0),
+            writer_raises: AtomicU64::new(0),
         }
     }
 }
@@ -198,6 +202,11 @@ impl Metrics {
             "llm_tracer_malloc_trims_total",
             "Times freed heap memory was handed back to the kernel (glibc malloc_trim): after bursts of long streams and when idle.",
             self.malloc_trims.load(Relaxed),
+        );
+        counter(
+            "llm_tracer_writer_raises_total",
+            "Times the capture writer (normally idle priority) was raised to nice 10 after a second without progress while captures waited: the CPU is saturated.",
+            self.writer_raises.load(Relaxed),
         );
         counter(
             "llm_tracer_store_reopens_total",

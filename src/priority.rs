@@ -11,8 +11,14 @@
 //! Threads inherit their creator's policy, so a thread that lowers itself before it opens sled
 //! also lowers the flusher sled starts, and the I/O threads it or the flusher start later.
 //!
-//! Owns the crate's second `unsafe`: one libc call (`sched_setscheduler`) that reads a local
-//! struct. Where `SCHED_IDLE` is refused or missing the thread falls back to nice 10.
+//! A thread at `SCHED_IDLE` gets almost no CPU while request threads keep every core busy, so
+//! whoever watches it can [`raise`] it to nice 10 (the old fixed priority) until it has caught
+//! up, and then lower it again. Leaving `SCHED_IDLE` needs privilege (`CAP_SYS_NICE`, or an
+//! `RLIMIT_NICE` of 10 or more); without it the thread stays idle and the spool absorbs the
+//! backlog.
+//!
+//! Owns the crate's second `unsafe`: libc's `sched_setscheduler`, which reads a local struct.
+//! Where `SCHED_IDLE` is refused or missing the thread falls back to nice 10.
 
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +46,87 @@ pub fn lower_this_thread() -> Lowered {
         return Lowered::Nice;
     }
     Lowered::Unchanged
+}
+
+/// The calling thread's id, for [`raise`].
+pub fn this_thread() -> i32 {
+    #[cfg(target_os = "linux")]
+    return rustix::thread::gettid().as_raw_nonzero().get();
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// Name prefixes of sled's own threads (its log flusher, and the I/O pool it starts), which
+/// inherit `SCHED_IDLE` from the thread that opens the store or starts them.
+const STORE_THREADS: [&str; 2] = ["sled-io-", "log flusher"];
+
+/// This process's threads whose name starts with one of [`STORE_THREADS`].
+pub fn store_threads() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            STORE_THREADS
+                .iter()
+                .any(|p| comm.starts_with(p))
+                .then(|| task.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Raises the writer thread `writer` and sled's threads (see [`raise`]); whether the writer
+/// was raised. sled's threads go with it: a raised writer waiting on an idle flusher would
+/// still wait.
+pub fn raise_store_writer(writer: i32) -> bool {
+    let raised = raise(writer);
+    if raised {
+        for tid in store_threads() {
+            raise(tid);
+        }
+    }
+    raised
+}
+
+/// The writer thread `writer` and sled's threads back to `SCHED_IDLE` (always allowed).
+pub fn lower_store_writer(writer: i32) {
+    #[cfg(target_os = "linux")]
+    for tid in std::iter::once(writer).chain(store_threads()) {
+        set_policy(tid, libc::SCHED_IDLE);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = writer;
+}
+
+/// How long thread `tid` of this process has waited, runnable, for a CPU so far (the second
+/// field of `/proc/self/task/<tid>/schedstat`); `None` where the kernel does not say.
+pub fn run_delay(tid: i32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let ns = stat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(ns))
+}
+
+/// Gives thread `tid` (lowered by [`lower_this_thread`]) the normal policy at nice 10. Returns
+/// whether it was allowed.
+pub fn raise(tid: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Some(pid) = rustix::process::Pid::from_raw(tid) else {
+            return false;
+        };
+        // Nice first (always allowed upwards), so the policy switch asks for the least.
+        if rustix::process::setpriority_process(Some(pid), FALLBACK_NICE).is_err() {
+            return false;
+        }
+        set_policy(tid, libc::SCHED_OTHER)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = tid;
+        false
+    }
 }
 
 /// Runs `work` on a short-lived thread lowered by [`lower_this_thread`], and returns its result.
@@ -81,12 +168,19 @@ where
 }
 
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn set_idle_policy() -> bool {
+    set_policy(0, libc::SCHED_IDLE)
+}
+
+/// `sched_setscheduler(tid, policy)` with priority 0 (the only one these policies take); tid 0
+/// is the calling thread.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_policy(tid: i32, policy: i32) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `sched_setscheduler` only reads `param`, a valid local, for the duration of the
-    // call; pid 0 is the calling thread. No memory is handed to the kernel beyond the call.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+    // call. No memory is handed to the kernel beyond the call.
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -110,6 +204,62 @@ mod tests {
         assert_eq!(child, libc::SCHED_IDLE);
         // The caller's own thread is untouched.
         assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_lowered_thread_can_be_raised_and_lowered_again() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            assert_eq!(lower_this_thread(), Lowered::Idle);
+            let _ = tid_tx.send(this_thread());
+            let _ = go_rx.recv();
+            let raised = policy_of_this_thread();
+            let _ = back_rx.recv();
+            (raised, policy_of_this_thread())
+        });
+        let tid = tid_rx.recv().unwrap();
+        // Raising needs privilege; without it the thread stays idle, which is what callers expect.
+        let allowed = raise(tid);
+        let _ = go_tx.send(());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        lower_store_writer(tid); // from another thread, as the watchdog does
+        let _ = back_tx.send(());
+        let (raised, lowered) = thread.join().unwrap();
+        let expected = if allowed {
+            libc::SCHED_OTHER
+        } else {
+            libc::SCHED_IDLE
+        };
+        assert_eq!(raised, expected);
+        assert_eq!(lowered, libc::SCHED_IDLE);
+    }
+
+    #[test]
+    fn store_threads_are_found_by_name() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let named = std::thread::Builder::new()
+            .name("sled-io-test".into())
+            .spawn(move || {
+                let _ = tx.send(this_thread());
+                let _ = stop_rx.recv();
+            })
+            .unwrap();
+        let tid = rx.recv().unwrap();
+        let found = store_threads();
+        let _ = stop_tx.send(());
+        named.join().unwrap();
+        assert!(found.contains(&tid), "{tid} in {found:?}");
+        assert!(!found.contains(&this_thread()));
+    }
+
+    #[test]
+    fn run_delay_is_read_for_a_thread_of_this_process() {
+        let delay = run_delay(this_thread());
+        assert!(delay.is_some(), "schedstat is readable here");
+        assert_eq!(run_delay(-1), None);
     }
 
     #[test]

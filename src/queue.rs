@@ -34,6 +34,14 @@ const FINAL_FLUSH: Duration = Duration::from_secs(10);
 const STALL_AFTER: Duration = Duration::from_secs(5);
 /// How often the stall watchdog looks.
 const STALL_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// The period over which the watchdog judges whether the idle-priority writer is starved (and
+/// then raises it), or has had nothing to do (and then lowers it again); see [`watch_writer`].
+const STARVED_AFTER: Duration = Duration::from_secs(1);
+
+/// Starved: over [`STARVED_AFTER`] with work to do, the writer waited, runnable, for a CPU more
+/// than this share of the time. (At 5,000 calls a second on one core it waits about a third.)
+const STARVED_SHARE: f64 = 0.75;
 /// At shutdown, the writer stores spooled calls for at most this long; the rest stay on disk
 /// and are stored after the next start.
 const SPOOL_DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(10);
@@ -209,7 +217,7 @@ pub async fn run_writer(
         export: opts.export.clone(),
         busy: Arc::new(Busy::default()),
     };
-    let watchdog = tokio::spawn(watch_for_stalls(writer.busy.clone(), metrics.clone()));
+    let watchdog = tokio::spawn(watch_writer(writer.busy.clone(), metrics.clone()));
     let worker = Worker::start(writer, spool.clone(), max);
     let appender = spool.and_then(Appender::start);
     let mut closing = false;
@@ -271,15 +279,56 @@ fn write_len(records: &[RawCall]) -> usize {
     records.len()
 }
 
-/// Marks a store write as stalled once it has run for [`STALL_AFTER`]: a write that does not
-/// finish (sled blocks on a full disk instead of failing) must not leave `/healthz` at "ok"
-/// while nothing is stored. Reported once per write; the write's end sets health again.
-async fn watch_for_stalls(busy: Arc<Busy>, metrics: Arc<Metrics>) {
+/// Watches the writer thread, every [`STALL_CHECK_EVERY`]:
+/// - Marks a store write as stalled once it has run for [`STALL_AFTER`]: a write that does not
+///   finish (sled blocks on a full disk instead of failing) must not leave `/healthz` at "ok"
+///   while nothing is stored. Reported once per write; the write's end sets health again.
+/// - Raises the writer from `SCHED_IDLE` (see `priority`) when, over [`STARVED_AFTER`] while a
+///   write ran or calls waited in the spool, it spent more than [`STARVED_SHARE`] of the time
+///   waiting for a CPU (or, where the kernel does not report that, started no write): request
+///   threads keep every CPU busy, and at idle priority the writer would get almost none of it.
+///   Lowers it again once it has had no work for as long (so a raised writer is not starved
+///   again between two jobs).
+async fn watch_writer(busy: Arc<Busy>, metrics: Arc<Metrics>) {
     let mut reported = 0u64;
     let mut tick = tokio::time::interval(STALL_CHECK_EVERY);
+    // The write count last seen, and since when it has not moved.
+    let mut seen = (busy.writes(), Instant::now());
+    // The start of the current judging period, the writer's run delay then, and whether it had
+    // work all along.
+    let mut period = (Instant::now(), None, true);
     loop {
         tick.tick().await;
-        let Some((write, running)) = busy.running() else {
+        let writes = busy.writes();
+        let running = busy.running();
+        if writes != seen.0 || running.is_some_and(|(w, _)| w != seen.0) {
+            seen = (writes, Instant::now());
+        }
+        let waiting = running.is_some() || metrics.spool_bytes.load(Relaxed) > 0;
+        period.2 &= waiting;
+        let delay = busy.thread().and_then(crate::priority::run_delay);
+        if period.0.elapsed() >= STARVED_AFTER {
+            let starved = match (period.1, delay) {
+                (Some(then), Some(now)) => {
+                    (now.saturating_sub(then)).as_secs_f64()
+                        > STARVED_SHARE * period.0.elapsed().as_secs_f64()
+                }
+                _ => seen.1.elapsed() >= STARVED_AFTER,
+            };
+            if period.2 && starved && !busy.is_raised() && busy.raise() {
+                metrics.writer_raises.fetch_add(1, Relaxed);
+                tracing::debug!("capture writer starved at idle priority: raised to nice 10");
+            }
+            if busy.is_raised() && !waiting && seen.1.elapsed() >= STARVED_AFTER {
+                // Caught up, and nothing new for a while: idle priority again.
+                busy.lower();
+                tracing::debug!("capture writer caught up: idle priority again");
+            }
+            period = (Instant::now(), delay, waiting);
+        } else if period.1.is_none() {
+            period.1 = delay;
+        }
+        let Some((write, running)) = running else {
             continue;
         };
         if running >= STALL_AFTER && write != reported {
@@ -295,7 +344,8 @@ async fn watch_for_stalls(busy: Arc<Busy>, metrics: Arc<Metrics>) {
     }
 }
 
-/// Which store write is running, and since when (read by the stall watchdog).
+/// Which store write is running, and since when (read by the stall watchdog); the writer
+/// thread's id and whether the watchdog raised it.
 #[derive(Default)]
 struct Busy(std::sync::Mutex<BusyState>);
 
@@ -305,6 +355,10 @@ struct BusyState {
     writes: u64,
     /// Start of the running write; `None` when idle.
     since: Option<Instant>,
+    /// The writer thread, once it runs.
+    thread: Option<i32>,
+    /// Raised from `SCHED_IDLE` by the watchdog; the writer lowers itself when caught up.
+    raised: bool,
 }
 
 impl Busy {
@@ -325,6 +379,32 @@ impl Busy {
     fn running(&self) -> Option<(u64, Duration)> {
         let s = self.state();
         s.since.map(|t| (s.writes, t.elapsed()))
+    }
+    fn writes(&self) -> u64 {
+        self.state().writes
+    }
+    fn thread(&self) -> Option<i32> {
+        self.state().thread
+    }
+    fn is_raised(&self) -> bool {
+        self.state().raised
+    }
+    /// Raises the writer thread (see [`watch_writer`]); whether it is raised now.
+    fn raise(&self) -> bool {
+        let mut s = self.state();
+        if !s.raised {
+            s.raised = s.thread.is_some_and(crate::priority::raise_store_writer);
+        }
+        s.raised
+    }
+    /// Back to idle priority, if raised.
+    fn lower(&self) {
+        let mut s = self.state();
+        if std::mem::take(&mut s.raised) {
+            if let Some(tid) = s.thread {
+                crate::priority::lower_store_writer(tid);
+            }
+        }
     }
 }
 
@@ -368,6 +448,7 @@ impl Worker {
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let work = move || {
             let lowered = crate::priority::lower_this_thread();
+            writer.busy.state().thread = Some(crate::priority::this_thread());
             tracing::debug!(?lowered, "capture writer priority");
             writer.run(rx, spool.as_deref(), batch_size);
             let _ = done_tx.send(());

@@ -1,10 +1,10 @@
 //! Upstream: the client that sends a route's requests to its upstream, one per route.
 //!
-//! - `http://` upstreams: a pool of HTTP/1.1 connections of our own over hyper's
-//!   `client::conn::http1`. A connection goes back to the pool when its response body ends (the
-//!   body carries it), so a request costs a mutex pop and push, not hyper-util's keyed pool
-//!   checkout, its per-request boxing and the task it spawns per response to watch for the
-//!   connection's return (about a sixth of the proxy's instructions per request; bench/RESULTS.md).
+//! - `http://` upstreams: a pool of HTTP/1.1 connections of our own, each exchange run inline
+//!   by the task that asked for it (`h1`). A connection goes back to the pool when its response
+//!   body ends (the body carries it), so a request costs a mutex pop and push and no task
+//!   wake-ups of its own: not hyper-util's keyed pool checkout, its per-request boxing and the
+//!   task it spawns per response, nor hyper's per-connection task and channels (bench/RESULTS.md).
 //! - `https://` upstreams: hyper-util's pooled client (rustls, ALPN h2 / http1.1), unchanged.
 //!
 //! The only module that imports the upstream client crates (hyper-util's client, hyper-rustls).
@@ -14,24 +14,25 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex, PoisonError, Weak},
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http::{uri::PathAndQuery, Method, Request, Response, Uri};
-use hyper::{
-    body::{Body, Frame, Incoming, SizeHint},
-    client::conn::http1,
-};
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client as PooledClient},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioTimer},
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer};
 
 use crate::{config::RouteConfig, error::StartError, tap::TapBody};
+
+mod h1;
+use h1::Conn;
+pub use h1::{BodyError, PlainBody};
 
 /// What the proxy sends upstream: the app's body, tapped.
 pub type RequestBody = TapBody<Incoming>;
@@ -43,8 +44,8 @@ const MAX_IDLE: usize = 256;
 /// An idle connection unused this long is closed (as hyper-util's pool does).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// At checkout, at most this many pooled connections are looked at before a new one is opened
-/// (one may still be finishing its previous exchange, e.g. an upload the upstream never read).
+/// At checkout, at most this many pooled connections are looked at (and closed ones dropped)
+/// before a new one is opened.
 const CHECKOUT_SCAN: usize = 8;
 
 /// Why a request got no response head.
@@ -94,10 +95,7 @@ impl Client {
         match self {
             Client::Plain(pool) => pool.send(req).await,
             Client::Tls(client) => match client.request(req).await {
-                Ok(rsp) => Ok(rsp.map(|inner| UpstreamBody {
-                    inner,
-                    checkin: None,
-                })),
+                Ok(rsp) => Ok(rsp.map(UpstreamBody::Pooled)),
                 Err(e) => Err(SendError(error_chain(&e))),
             },
         }
@@ -111,7 +109,7 @@ pub struct Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
-    idle: Mutex<VecDeque<(http1::SendRequest<RequestBody>, Instant)>>,
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
     me: Weak<Pool>,
 }
 
@@ -141,107 +139,65 @@ impl Pool {
         pool
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, VecDeque<(http1::SendRequest<RequestBody>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Conn, Instant)>> {
         // Plain data: a panic elsewhere cannot leave it inconsistent.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Drops connections idle for longer than IDLE_TIMEOUT (the oldest are at the front).
+    /// Drops connections idle for longer than IDLE_TIMEOUT, and ones the upstream closed.
     fn expire(&self, now: Instant) {
-        let mut idle = self.lock();
-        while idle
-            .front()
-            .is_some_and(|(s, at)| s.is_closed() || now.duration_since(*at) > IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
+        self.lock()
+            .retain(|(conn, at)| now.duration_since(*at) <= IDLE_TIMEOUT && conn.is_usable());
     }
 
-    /// The most recently used connection that can take a request now, if any.
-    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+    /// The most recently used idle connection the upstream has not closed, if any.
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
-        let mut busy = 0;
-        let mut found = None;
         for _ in 0..CHECKOUT_SCAN {
-            let Some((sender, at)) = idle.pop_back() else {
-                break;
-            };
-            if sender.is_closed() {
-                continue;
-            }
-            if sender.is_ready() {
-                found = Some(sender);
-                break;
-            }
-            // Still finishing its last exchange: keep it, oldest end, for a later call.
-            idle.push_front((sender, at));
-            busy += 1;
-            if busy >= idle.len() {
-                break;
+            let (conn, _) = idle.pop_back()?;
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
-        found
+        None
     }
 
-    /// A connection whose response body ended goes back for the next call.
-    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    /// A connection whose exchange completed goes back for the next call.
+    fn checkin(&self, conn: Conn) {
         let mut idle = self.lock();
         if idle.len() >= MAX_IDLE {
             idle.pop_front(); // the least recently used one closes
         }
-        idle.push_back((sender, Instant::now()));
+        idle.push_back((conn, Instant::now()));
     }
 
     async fn send(
         &self,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        origin_form(&mut req);
-        // Pooled connections first. One that turns out closed hands the request back unsent
-        // (hyper's `try_send_request`), and the next is tried: bounded by the scan.
+        // Pooled connections first. One that turns out closed before any of the request
+        // reached it hands the request back, and the next is tried: bounded by the scan.
         for _ in 0..CHECKOUT_SCAN {
-            let Some(mut sender) = self.checkout() else {
+            let Some(conn) = self.checkout() else {
                 break;
             };
-            match sender.try_send_request(req).await {
-                Ok(rsp) => return Ok(self.wrap(rsp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError(error_chain(&e.into_error()))),
-                },
+            match h1::exchange(conn, req, self.me.clone()).await {
+                Ok(rsp) => return Ok(rsp.map(UpstreamBody::Plain)),
+                Err(Ok(unsent)) => req = unsent.req,
+                Err(Err(e)) => return Err(SendError(error_chain(&e))),
             }
         }
-        let mut sender = self.connect().await?;
-        match sender.try_send_request(req).await {
-            Ok(rsp) => Ok(self.wrap(rsp, sender)),
-            Err(e) => Err(SendError(error_chain(&e.into_error()))),
+        let conn = self.connect().await?;
+        match h1::exchange(conn, req, self.me.clone()).await {
+            Ok(rsp) => Ok(rsp.map(UpstreamBody::Plain)),
+            Err(Ok(_)) => Err(SendError(h1::ExchangeError::ClosedBeforeHead.to_string())),
+            Err(Err(e)) => Err(SendError(error_chain(&e))),
         }
-    }
-
-    /// The response, carrying its connection back to the pool at the end of its body.
-    fn wrap(
-        &self,
-        rsp: Response<Incoming>,
-        sender: http1::SendRequest<RequestBody>,
-    ) -> Response<UpstreamBody> {
-        let checkin = self.me.upgrade().map(|pool| Checkin { pool, sender });
-        rsp.map(|inner| {
-            let mut body = UpstreamBody { inner, checkin };
-            if body.inner.is_end_stream() {
-                body.release(); // no body to wait for (HEAD, 204, 304, Content-Length: 0)
-            }
-            body
-        })
     }
 
     /// Opens a new connection (resolving the host if it is a name), bounded by the connect
-    /// timeout, and starts its task.
-    async fn connect(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
+    /// timeout.
+    async fn connect(&self) -> Result<Conn, SendError> {
         let connected = tokio::time::timeout(self.connect_timeout, self.tcp()).await;
         let tcp = match connected {
             Ok(Ok(tcp)) => tcp,
@@ -256,16 +212,7 @@ impl Pool {
         let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| SendError(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(tcp))
     }
 
     async fn tcp(&self) -> std::io::Result<tokio::net::TcpStream> {
@@ -285,70 +232,50 @@ impl Pool {
     }
 }
 
-/// HTTP/1.1 requests carry the path only (origin form), CONNECT the authority; `Host` is set
-/// by the handler. As hyper-util's client does for a direct connection.
-fn origin_form(req: &mut Request<RequestBody>) {
-    let uri = if req.method() == Method::CONNECT {
-        req.uri()
-            .authority()
-            .and_then(|a| Uri::try_from(a.as_str()).ok())
-            .unwrap_or_default()
-    } else {
-        match req.uri().path_and_query() {
-            Some(pq) if pq.as_str() != "/" => Uri::from(PathAndQuery::clone(pq)),
-            _ => Uri::default(),
-        }
-    };
-    *req.uri_mut() = uri;
-}
-
 // === UpstreamBody ===
 
-/// The upstream's response body; for the plain pool, it carries its connection back to the
-/// pool when it ends. Dropped before its end, the connection closes (HTTP/1.1 cannot reuse it).
-pub struct UpstreamBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
+/// The upstream's response body: from a plain-http exchange (which hands its connection back
+/// to the pool at its end), or from hyper-util's pooled https client.
+pub enum UpstreamBody {
+    Plain(PlainBody),
+    Pooled(Incoming),
 }
 
-struct Checkin {
-    pool: Arc<Pool>,
-    sender: http1::SendRequest<RequestBody>,
-}
-
-impl UpstreamBody {
-    fn release(&mut self) {
-        if let Some(Checkin { pool, sender }) = self.checkin.take() {
-            pool.checkin(sender);
-        }
-    }
+/// A body read error from either client.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    Plain(#[from] BodyError),
+    #[error(transparent)]
+    Pooled(#[from] hyper::Error),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &polled {
-            None => this.release(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
-            Some(Ok(_)) => {}
-            Some(Err(_)) => this.checkin = None,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Plain(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
-        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            UpstreamBody::Plain(b) => b.is_end_stream(),
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            UpstreamBody::Plain(b) => b.size_hint(),
+            UpstreamBody::Pooled(b) => b.size_hint(),
+        }
     }
 }
 
