@@ -462,7 +462,11 @@ fn body_kind(
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Kind::Length(0));
     }
-    if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    if let Some(te) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
         let last = te
             .to_str()
             .ok()
@@ -738,5 +742,124 @@ impl PlainBody {
                 Err(e) => return this.fail(BodyError::Read(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<Parsed>, ExchangeError> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_head(&mut buf, false)
+    }
+
+    fn final_head(text: &str) -> Head {
+        match head(text) {
+            Ok(Some(Parsed::Final(h))) => h,
+            Ok(Some(Parsed::Interim)) => panic!("interim: {text}"),
+            Ok(None) => panic!("incomplete: {text}"),
+            Err(e) => panic!("{e}: {text}"),
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"1a").ok(), Some(26));
+        assert_eq!(chunk_size(b"1A;name=value").ok(), Some(26));
+        assert_eq!(chunk_size(b"0").ok(), Some(0));
+        assert_eq!(chunk_size(b" 10 ").ok(), Some(16));
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"xyz").is_err());
+        assert!(
+            chunk_size(b"1000000000000000").is_err(),
+            "more than 15 hex digits"
+        );
+    }
+
+    #[test]
+    fn lines_end_at_lf_with_or_without_cr() {
+        let mut buf = BytesMut::from(&b"abc\r\ndef\nrest"[..]);
+        assert_eq!(
+            take_line(&mut buf).ok().flatten().as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            take_line(&mut buf).ok().flatten().as_deref(),
+            Some(&b"def"[..])
+        );
+        assert_eq!(
+            take_line(&mut buf).ok().flatten(),
+            None,
+            "no terminator yet"
+        );
+        assert_eq!(&buf[..], b"rest");
+        let mut long = BytesMut::from(&vec![b'1'; MAX_LINE + 1][..]);
+        assert!(take_line(&mut long).is_err(), "an endless line is refused");
+    }
+
+    #[test]
+    fn the_body_length_follows_rfc_9112() {
+        let chunked = final_head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
+        assert!(matches!(chunked.kind, Kind::Chunked(Chunk::Size)));
+        assert!(chunked.keep_alive);
+        let length = final_head("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n");
+        assert!(matches!(length.kind, Kind::Length(12)));
+        let eof = final_head("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n");
+        assert!(matches!(eof.kind, Kind::Eof));
+        assert!(
+            !eof.keep_alive,
+            "a body delimited by close ends the connection"
+        );
+        let not_chunked = final_head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert!(matches!(not_chunked.kind, Kind::Eof));
+        let no_content = final_head("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n");
+        assert!(matches!(no_content.kind, Kind::Length(0)));
+        let close = final_head("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        assert!(!close.keep_alive);
+        let old = final_head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(!old.keep_alive, "HTTP/1.0 without keep-alive closes");
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"[..]);
+        match parse_head(&mut buf, true) {
+            Ok(Some(Parsed::Final(h))) => assert!(matches!(h.kind, Kind::Length(0)), "HEAD"),
+            _ => panic!("a HEAD answer parses"),
+        }
+    }
+
+    #[test]
+    fn bad_heads_are_refused_with_the_reason() {
+        let conflict = head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n");
+        assert!(matches!(conflict, Err(ExchangeError::Invalid(m)) if m.contains("content-length")));
+        let upgrade = head("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(matches!(upgrade, Err(ExchangeError::Invalid(m)) if m.contains("upgrade")));
+        assert!(head("HTTP/1.1 2000 Nope\r\n\r\n").is_err());
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
+        assert!(
+            matches!(head("HTTP/1.1 200 OK\r\ncontent-le"), Ok(None)),
+            "incomplete"
+        );
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_and_values_share_the_head() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok"[..],
+        );
+        assert!(matches!(
+            parse_head(&mut buf, false),
+            Ok(Some(Parsed::Interim))
+        ));
+        let Ok(Some(Parsed::Final(h))) = parse_head(&mut buf, false) else {
+            panic!("the final head follows");
+        };
+        assert_eq!(h.status, StatusCode::OK);
+        let values: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(
+            values,
+            ["1", "2"],
+            "repeated headers are all kept, in order"
+        );
+        assert_eq!(&buf[..], b"ok", "the body's bytes stay for the body");
     }
 }
