@@ -292,41 +292,28 @@ fn write_len(records: &[RawCall]) -> usize {
 async fn watch_writer(busy: Arc<Busy>, metrics: Arc<Metrics>) {
     let mut reported = 0u64;
     let mut tick = tokio::time::interval(STALL_CHECK_EVERY);
-    // The write count last seen, and since when it has not moved.
-    let mut seen = (busy.writes(), Instant::now());
-    // The start of the current judging period, the writer's run delay then, and whether it had
-    // work all along.
-    let mut period = (Instant::now(), None, true);
+    let mut starving = Starving::new(busy.writes(), Instant::now());
     loop {
         tick.tick().await;
-        let writes = busy.writes();
         let running = busy.running();
-        if writes != seen.0 || running.is_some_and(|(w, _)| w != seen.0) {
-            seen = (writes, Instant::now());
-        }
-        let waiting = running.is_some() || metrics.spool_bytes.load(Relaxed) > 0;
-        period.2 &= waiting;
-        let delay = busy.thread().and_then(crate::priority::run_delay);
-        if period.0.elapsed() >= STARVED_AFTER {
-            let starved = match (period.1, delay) {
-                (Some(then), Some(now)) => {
-                    (now.saturating_sub(then)).as_secs_f64()
-                        > STARVED_SHARE * period.0.elapsed().as_secs_f64()
+        let sample = Sample {
+            at: Instant::now(),
+            writes: busy.writes(),
+            waiting: running.is_some() || metrics.spool_bytes.load(Relaxed) > 0,
+            run_delay: busy.thread().and_then(crate::priority::run_delay),
+        };
+        match starving.observe(sample, busy.is_raised()) {
+            Verdict::Raise => {
+                if busy.raise() {
+                    metrics.writer_raises.fetch_add(1, Relaxed);
+                    tracing::debug!("capture writer starved at idle priority: raised to nice 10");
                 }
-                _ => seen.1.elapsed() >= STARVED_AFTER,
-            };
-            if period.2 && starved && !busy.is_raised() && busy.raise() {
-                metrics.writer_raises.fetch_add(1, Relaxed);
-                tracing::debug!("capture writer starved at idle priority: raised to nice 10");
             }
-            if busy.is_raised() && !waiting && seen.1.elapsed() >= STARVED_AFTER {
-                // Caught up, and nothing new for a while: idle priority again.
+            Verdict::Lower => {
                 busy.lower();
                 tracing::debug!("capture writer caught up: idle priority again");
             }
-            period = (Instant::now(), delay, waiting);
-        } else if period.1.is_none() {
-            period.1 = delay;
+            Verdict::Keep => {}
         }
         let Some((write, running)) = running else {
             continue;
@@ -344,6 +331,82 @@ async fn watch_writer(busy: Arc<Busy>, metrics: Arc<Metrics>) {
     }
 }
 
+/// One look of the watchdog at the writer.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// Writes started so far.
+    writes: u64,
+    /// A write runs, or calls wait in the spool.
+    waiting: bool,
+    /// The writer thread's total wait for a CPU so far, where the kernel reports it.
+    run_delay: Option<Duration>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Raise,
+    Lower,
+    Keep,
+}
+
+/// Judges, one [`STARVED_AFTER`] period at a time, whether the idle-priority writer is starved
+/// (it had work all period and waited for a CPU more than [`STARVED_SHARE`] of it; without
+/// run-delay figures, it started no write all period) or, once raised, has caught up (nothing
+/// waiting and no write started for a period).
+struct Starving {
+    /// The write count last seen, and since when it has not moved.
+    last_write: (u64, Instant),
+    /// The period's start and the run delay then.
+    period: (Instant, Option<Duration>),
+    /// Work waited at every look this period.
+    busy_throughout: bool,
+}
+
+impl Starving {
+    fn new(writes: u64, now: Instant) -> Self {
+        Self {
+            last_write: (writes, now),
+            period: (now, None),
+            busy_throughout: true,
+        }
+    }
+
+    fn observe(&mut self, s: Sample, raised: bool) -> Verdict {
+        if s.writes != self.last_write.0 {
+            self.last_write = (s.writes, s.at);
+        }
+        self.busy_throughout &= s.waiting;
+        if self.period.1.is_none() && s.run_delay.is_some() {
+            // The first run-delay figure (the writer thread has started): a period starts here.
+            self.period = (s.at, s.run_delay);
+            self.busy_throughout = s.waiting;
+            return Verdict::Keep;
+        }
+        let elapsed = s.at.saturating_duration_since(self.period.0);
+        if elapsed < STARVED_AFTER {
+            return Verdict::Keep;
+        }
+        let idle_writes = s.at.saturating_duration_since(self.last_write.1) >= STARVED_AFTER;
+        let starved = match (self.period.1, s.run_delay) {
+            (Some(then), Some(now)) => {
+                now.saturating_sub(then).as_secs_f64() > STARVED_SHARE * elapsed.as_secs_f64()
+            }
+            _ => idle_writes,
+        };
+        let verdict = if !raised && self.busy_throughout && starved {
+            Verdict::Raise
+        } else if raised && !s.waiting && idle_writes {
+            Verdict::Lower
+        } else {
+            Verdict::Keep
+        };
+        self.period = (s.at, s.run_delay);
+        self.busy_throughout = s.waiting;
+        verdict
+    }
+}
+
 /// Which store write is running, and since when (read by the stall watchdog); the writer
 /// thread's id and whether the watchdog raised it.
 #[derive(Default)]
@@ -357,7 +420,7 @@ struct BusyState {
     since: Option<Instant>,
     /// The writer thread, once it runs.
     thread: Option<i32>,
-    /// Raised from `SCHED_IDLE` by the watchdog; the writer lowers itself when caught up.
+    /// Raised from `SCHED_IDLE` by the watchdog, which lowers it again when it has caught up.
     raised: bool,
 }
 
@@ -722,6 +785,65 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Looks every 250 ms from `t0`: `(writes, waiting, run delay in ms)` per look.
+    fn verdicts(raised: bool, looks: &[(u64, bool, Option<u64>)]) -> Vec<Verdict> {
+        let t0 = Instant::now();
+        let mut starving = Starving::new(0, t0);
+        looks
+            .iter()
+            .enumerate()
+            .map(|(i, &(writes, waiting, delay))| {
+                let sample = Sample {
+                    at: t0 + STALL_CHECK_EVERY * (i as u32 + 1),
+                    writes,
+                    waiting,
+                    run_delay: delay.map(Duration::from_millis),
+                };
+                starving.observe(sample, raised)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_writer_waiting_for_cpu_most_of_a_busy_second_is_raised() {
+        // Run delay grows 240 ms per 250 ms look: 96% of the time waiting, work throughout.
+        // The first look starts the period; the fifth closes a full second of it.
+        let looks: Vec<_> = (0..8).map(|i| (i / 3, true, Some(240 * i))).collect();
+        let v = verdicts(false, &looks);
+        assert!(v[..4].iter().all(|v| *v == Verdict::Keep), "{v:?}");
+        assert_eq!(v[4], Verdict::Raise, "after a full second: {v:?}");
+    }
+
+    #[test]
+    fn a_writer_that_gets_its_share_or_has_no_work_is_left_idle() {
+        // A third of the time waiting (requests at a few thousand a second): not starved.
+        let shared: Vec<_> = (0..8).map(|i| (i, true, Some(80 * i))).collect();
+        assert!(verdicts(false, &shared).iter().all(|v| *v == Verdict::Keep));
+        // Waiting for a CPU, but with nothing to do at one look: not starved of work it has.
+        let mut gaps: Vec<_> = (0..5).map(|i| (0, true, Some(240 * i))).collect();
+        gaps[2].1 = false;
+        assert!(verdicts(false, &gaps).iter().all(|v| *v == Verdict::Keep));
+    }
+
+    #[test]
+    fn without_run_delay_no_write_started_for_a_busy_second_means_starved() {
+        let stuck: Vec<_> = (0..4).map(|_| (0, true, None)).collect();
+        assert_eq!(verdicts(false, &stuck)[3], Verdict::Raise);
+        let moving: Vec<_> = (0..4).map(|i| (i, true, None)).collect();
+        assert_eq!(verdicts(false, &moving)[3], Verdict::Keep);
+    }
+
+    #[test]
+    fn a_raised_writer_is_lowered_after_a_quiet_second_only() {
+        let quiet: Vec<_> = (0..5).map(|_| (0, false, Some(0))).collect();
+        assert_eq!(verdicts(true, &quiet)[4], Verdict::Lower);
+        // Still storing (writes move), or calls still spooled: stays raised.
+        let storing: Vec<_> = (0..5).map(|i| (i, false, Some(0))).collect();
+        assert_eq!(verdicts(true, &storing)[4], Verdict::Keep);
+        let spooled: Vec<_> = (0..5).map(|_| (0, true, Some(0))).collect();
+        assert_eq!(verdicts(true, &spooled)[4], Verdict::Keep);
+    }
     use crate::tap::Captured;
     use std::time::{Instant, SystemTime};
 
