@@ -246,14 +246,23 @@ async fn post(proxy: &TestProxy, script: &str, trace: &str) -> reqwest::Response
         .unwrap()
 }
 
+/// A chat call answered with `script` that must come back whole: 200 and the scripted body.
+async fn chat_ok(proxy: &TestProxy, script: &str, trace: &str) {
+    let rsp = post(proxy, script, trace).await;
+    assert_eq!(rsp.status(), 200, "{script}");
+    assert_eq!(
+        rsp.text().await.unwrap(),
+        CHAT,
+        "{script}: the body arrives whole"
+    );
+}
+
 #[tokio::test]
 async fn keep_alive_connections_are_reused_and_close_means_close() {
     let upstream = Upstream::start().await;
     let proxy = TestProxy::start(&upstream.url).await;
     for i in 0..3 {
-        let rsp = post(&proxy, "keep", &format!("wire-keep-{i}")).await;
-        assert_eq!(rsp.status(), 200);
-        assert_eq!(rsp.text().await.unwrap(), CHAT);
+        chat_ok(&proxy, "keep", &format!("wire-keep-{i}")).await;
     }
     assert_eq!(
         upstream.connections(),
@@ -283,11 +292,9 @@ async fn keep_alive_connections_are_reused_and_close_means_close() {
     );
 
     for i in 0..2 {
-        let rsp = post(&proxy, "close", &format!("wire-close-{i}")).await;
-        assert_eq!(rsp.status(), 200);
-        assert_eq!(rsp.text().await.unwrap(), CHAT);
+        chat_ok(&proxy, "close", &format!("wire-close-{i}")).await;
     }
-    // The first /close reused the kept connection; the second needed a new one.
+    // The first `close` call reused the kept connection; the second needed a new one.
     assert_eq!(
         upstream.connections(),
         2,
@@ -304,8 +311,7 @@ async fn keep_alive_connections_are_reused_and_close_means_close() {
         .unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["content-length"], CHAT.len().to_string());
-    let rsp = post(&proxy, "keep", "wire-after-head").await;
-    assert_eq!(rsp.text().await.unwrap(), CHAT);
+    chat_ok(&proxy, "keep", "wire-after-head").await;
     assert_eq!(
         upstream.connections(),
         before + 1,
@@ -317,8 +323,7 @@ async fn keep_alive_connections_are_reused_and_close_means_close() {
 async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
     let upstream = Upstream::start().await;
     let proxy = TestProxy::start(&upstream.url).await;
-    let rsp = post(&proxy, "idle-close", "wire-idle-1").await;
-    assert_eq!(rsp.text().await.unwrap(), CHAT);
+    chat_ok(&proxy, "idle-close", "wire-idle-1").await;
     // The upstream closes its side 50 ms after answering.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rsp = post(&proxy, "keep", "wire-idle-2").await;
@@ -342,13 +347,7 @@ async fn chunked_eof_delimited_and_interim_responses_arrive_whole_and_are_captur
         ("eof", "wire-eof"),
         ("continue", "wire-continue"),
     ] {
-        let rsp = post(&proxy, path, trace).await;
-        assert_eq!(rsp.status(), 200, "{path}");
-        assert_eq!(
-            rsp.text().await.unwrap(),
-            CHAT,
-            "{path}: the body arrives whole"
-        );
+        chat_ok(&proxy, path, trace).await;
         let trace = proxy.wait_for_trace(trace, 1).await;
         let span = &trace["spans"][0];
         assert_eq!(span["status"], "ok", "{path}: {span}");
@@ -408,8 +407,7 @@ async fn upgrades_and_garbage_are_502s_naming_the_problem() {
         );
     }
     // The proxy keeps serving.
-    let rsp = post(&proxy, "keep", "wire-after-garbage").await;
-    assert_eq!(rsp.text().await.unwrap(), CHAT);
+    chat_ok(&proxy, "keep", "wire-after-garbage").await;
 }
 
 #[tokio::test]
@@ -439,6 +437,5 @@ async fn an_upstream_that_refuses_an_upload_early_is_answered_not_hung() {
         ),
         Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
     }
-    let rsp = post(&proxy, "keep", "wire-after-early").await;
-    assert_eq!(rsp.text().await.unwrap(), CHAT, "the proxy keeps serving");
+    chat_ok(&proxy, "keep", "wire-after-early").await; // the proxy keeps serving
 }
