@@ -21,10 +21,8 @@ a_bin, b_bin, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 capture = len(sys.argv) > 4 and sys.argv[4] == "on"
 work = tempfile.mkdtemp(prefix="llm-tracer-ab-")
 atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
-chat_json = bench.compact_json(bench.fixture("tests/fixtures/openai_chat.json"))
-chat_sse = bench.fixture("tests/fixtures/openai_chat_stream.sse")
 port = bench.free_port()
-bench.start_mock_nginx(work, port, chat_json, chat_sse)
+bench.start_mock_nginx(work, port)
 up = f"http://127.0.0.1:{port}"
 nport = bench.free_port()
 bench.start_proxy_nginx(work, nport, port)

@@ -234,7 +234,12 @@ def start_nginx(name, dir_, body):
     return PROCS.add(name, proc)
 
 
-def start_mock_nginx(dir_, port, chat_json, chat_sse):
+def start_mock_nginx(dir_, port, chat_json=None, chat_sse=None):
+    """nginx answering the chat JSON and SSE stream (by default the fixtures every bench uses)."""
+    if chat_json is None:
+        chat_json = compact_json(fixture("tests/fixtures/openai_chat.json"))
+    if chat_sse is None:
+        chat_sse = fixture("tests/fixtures/openai_chat_stream.sse")
     body = f"""
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -954,14 +959,12 @@ def callgrind(args):
     loadgen = args.loadgen or os.path.join(ROOT, "target/release/examples/loadgen")
     work = tempfile.mkdtemp(prefix="llm-tracer-callgrind-")
     atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
-    chat_json = compact_json(fixture("tests/fixtures/openai_chat.json"))
-    chat_sse = fixture("tests/fixtures/openai_chat_stream.sse")
     body_file = os.path.join(ROOT, "bench/fixtures/chat_request.json")
     stream_body = os.path.join(work, "stream.json")
     with open(stream_body, "w") as f:
         f.write(compact_json(fixture("bench/fixtures/chat_request.json"))[:-1] + ',"stream":true}')
     mock_port = free_port()
-    start_mock_nginx(work, mock_port, chat_json, chat_sse)
+    start_mock_nginx(work, mock_port)
     upstream = f"http://127.0.0.1:{mock_port}"
     out = {}
     for capture in args.capture:

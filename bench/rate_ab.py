@@ -28,10 +28,8 @@ rounds, seconds, binaries = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
 capture = os.environ.get("CAPTURE", "1") == "1"
 work = tempfile.mkdtemp(prefix="llm-tracer-rate-ab-")
 atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
-chat_json = bench.compact_json(bench.fixture("tests/fixtures/openai_chat.json"))
-chat_sse = bench.fixture("tests/fixtures/openai_chat_stream.sse")
 port = bench.free_port()
-bench.start_mock_nginx(work, port, chat_json, chat_sse)
+bench.start_mock_nginx(work, port)
 upstream = f"http://127.0.0.1:{port}"
 body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
 loadgen = os.path.join(bench.ROOT, "target/release/examples/loadgen")

@@ -712,34 +712,33 @@ impl Body for PlainBody {
 
 impl PlainBody {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self;
         loop {
-            match this.take_buffered() {
+            match self.take_buffered() {
                 Ok(Some(data)) => {
-                    this.release_if_done();
+                    self.release_if_done();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Ok(None) if this.done() => {
-                    this.release_if_done();
+                Ok(None) if self.done() => {
+                    self.release_if_done();
                     return Poll::Ready(None);
                 }
                 Ok(None) => {}
-                Err(e) => return this.fail(e),
+                Err(e) => return self.fail(e),
             }
-            let Some(conn) = this.conn.as_mut() else {
+            let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
             match ready!(poll_read(conn, cx)) {
                 Ok(0) => {
-                    if matches!(this.kind, Kind::Eof) {
-                        this.conn = None;
-                        this.kind = Kind::Length(0);
+                    if matches!(self.kind, Kind::Eof) {
+                        self.conn = None;
+                        self.kind = Kind::Length(0);
                         return Poll::Ready(None);
                     }
-                    return this.fail(BodyError::Incomplete);
+                    return self.fail(BodyError::Incomplete);
                 }
                 Ok(_) => {}
-                Err(e) => return this.fail(BodyError::Read(e)),
+                Err(e) => return self.fail(BodyError::Read(e)),
             }
         }
     }
