@@ -289,11 +289,13 @@ async fn calls_a_previous_run_left_in_the_spool_are_stored_at_start_and_a_torn_o
         assert_eq!(span["llm"]["input_tokens"], 9, "{span}");
     }
     let text = proxy
-        .wait_metrics("the torn call is counted", |t| {
+        // The drop is counted a moment before the spool's byte gauge reaches 0: wait for both.
+        .wait_metrics("the torn call is counted and the spool emptied", |t| {
             metric_value(
                 t,
                 "llm_tracer_captures_dropped_total{reason=\"spool_corrupt\"}",
             ) == Some(1.0)
+                && metric_value(t, "llm_tracer_spool_bytes") == Some(0.0)
         })
         .await;
     assert_eq!(value(&text, "llm_tracer_spool_bytes"), 0.0);
