@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod hop;
 pub mod idle;
 pub mod listener;
 pub mod malloc;

@@ -17,6 +17,7 @@
 use std::{
     future::poll_fn,
     io::IoSlice,
+    mem::MaybeUninit,
     pin::Pin,
     sync::Weak,
     task::{ready, Context, Poll},
@@ -379,14 +380,94 @@ enum Parsed {
     Final(Head),
 }
 
+/// What a response head's framing headers say, read in one pass over the parsed names.
+#[derive(Default)]
+struct Framings {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// `Connection` names some other header, which is then hop-by-hop too: the head keeps
+    /// every header and the forwarder's full strip removes them.
+    names_others: bool,
+    /// The last token of the last `Transfer-Encoding` value, when there is one.
+    transfer_coding: Option<bool>,
+    length: Option<u64>,
+    /// Why `Content-Length` is unusable (reported only when it decides the framing).
+    bad_length: Option<&'static str>,
+}
+
+impl Framings {
+    fn read(headers: &[httparse::Header<'_>]) -> Self {
+        let mut f = Self::default();
+        for h in headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"connection") {
+                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        f.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        f.keep_alive = true;
+                    } else if !token.is_empty() {
+                        f.names_others = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = h
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .map(<[u8]>::trim_ascii);
+                f.transfer_coding = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+                match (n, f.length) {
+                    (None, _) => f.bad_length = Some("content-length"),
+                    (Some(n), Some(l)) if l != n => {
+                        f.bad_length = Some("conflicting content-length values");
+                    }
+                    (Some(n), _) => f.length = Some(n),
+                }
+            }
+        }
+        f
+    }
+
+    fn keep_alive(&self, version: http::Version) -> bool {
+        !self.close && (version == http::Version::HTTP_11 || self.keep_alive)
+    }
+
+    /// How the response body is delimited (RFC 9112 §6.3).
+    fn body_kind(&self, status: StatusCode, head_only: bool) -> Result<Kind, ExchangeError> {
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok(Kind::Length(0));
+        }
+        Ok(match (self.transfer_coding, self.bad_length) {
+            (Some(true), _) => Kind::Chunked(Chunk::Size),
+            (Some(false), _) => Kind::Eof,
+            (None, Some(why)) => return Err(ExchangeError::Invalid(why.into())),
+            (None, None) => self.length.map_or(Kind::Eof, Kind::Length),
+        })
+    }
+}
+
 /// Parses a complete head at the front of `buf` and removes it; `None` when incomplete.
+///
+/// The framing headers are read here, and hop-by-hop headers are left out of the map (unless
+/// `Connection` names other headers: then all stay, for the forwarder's full strip).
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, ExchangeError> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
@@ -408,27 +489,39 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
     } else {
         http::Version::HTTP_11
     };
-    // Header values share the head's bytes: one allocation for the head, none per value.
+    let framings = Framings::read(parsed.headers);
+    // Where each kept header's name and value sit in the head: the map is built after the
+    // head is split off, with values sharing its bytes (one allocation for the head).
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| ExchangeError::Invalid(format!("header name {:?}", h.name)))?;
-            let start = h.value.as_ptr() as usize - base;
-            Ok((name, start..start + h.value.len()))
-        })
-        .collect::<Result<_, ExchangeError>>()?;
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let mut kept = [[0u32; 4]; MAX_HEADERS];
+    let mut n = 0;
+    for h in parsed.headers.iter() {
+        if !framings.names_others && crate::hop::is_hop_by_hop(h.name.as_bytes()) {
+            continue;
+        }
+        kept[n] = [
+            offset(h.name.as_bytes()),
+            h.name.len() as u32,
+            offset(h.value),
+            h.value.len() as u32,
+        ];
+        n += 1;
+    }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, range) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
+    let mut headers = HeaderMap::with_capacity(n);
+    for &[name_at, name_len, value_at, value_len] in &kept[..n] {
+        let name = &head[name_at as usize..(name_at + name_len) as usize];
+        let name = HeaderName::from_bytes(name).map_err(|_| {
+            ExchangeError::Invalid(format!("header name {:?}", String::from_utf8_lossy(name)))
+        })?;
+        let value = head.slice(value_at as usize..(value_at + value_len) as usize);
+        let value = HeaderValue::from_maybe_shared(value)
             .map_err(|_| ExchangeError::Invalid(format!("value of header {name}")))?;
         headers.append(name, value);
     }
-    let keep_alive = keep_alive(version, &headers);
-    let kind = body_kind(status, head_only, &headers)?;
+    let keep_alive = framings.keep_alive(version);
+    let kind = framings.body_kind(status, head_only)?;
     let keep_alive = keep_alive && !matches!(kind, Kind::Eof);
     Ok(Some(Parsed::Final(Head {
         status,
@@ -437,61 +530,6 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
         keep_alive,
         kind,
     })))
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
-fn keep_alive(version: http::Version, headers: &HeaderMap) -> bool {
-    if has_token(headers, header::CONNECTION, "close") {
-        return false;
-    }
-    version == http::Version::HTTP_11 || has_token(headers, header::CONNECTION, "keep-alive")
-}
-
-/// How the response body is delimited (RFC 9112 §6.3).
-fn body_kind(
-    status: StatusCode,
-    head_only: bool,
-    headers: &HeaderMap,
-) -> Result<Kind, ExchangeError> {
-    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Kind::Length(0));
-    }
-    if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let last = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Kind::Chunked(Chunk::Size),
-            _ => Kind::Eof,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n = value
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| ExchangeError::Invalid("content-length".into()))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(ExchangeError::Invalid(
-                "conflicting content-length values".into(),
-            ));
-        }
-        length = Some(n);
-    }
-    Ok(length.map_or(Kind::Eof, Kind::Length))
 }
 
 // === Response body ===
@@ -837,6 +875,35 @@ mod tests {
         assert!(
             matches!(head("HTTP/1.1 200 OK\r\ncontent-le"), Ok(None)),
             "incomplete"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out_unless_connection_names_others() {
+        let h = final_head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: chunked\r\nServer: up\r\n\r\n",
+        );
+        assert!(
+            matches!(h.kind, Kind::Chunked(Chunk::Size)),
+            "framing still read"
+        );
+        let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["server"], "hop-by-hop headers are not in the map");
+        let h = final_head(
+            "HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+        );
+        assert!(!h.keep_alive);
+        assert!(
+            h.headers.contains_key("connection") && h.headers.contains_key("x-hop"),
+            "kept for the forwarder's full strip, which needs the list"
+        );
+        let h = final_head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: nope\r\n\r\n",
+        );
+        assert!(
+            matches!(h.kind, Kind::Chunked(_)),
+            "Transfer-Encoding overrides a bad Content-Length"
         );
     }
 
