@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::{
@@ -18,9 +18,12 @@ use tokio::{
     sync::{watch, Semaphore},
 };
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::{config::TlsFiles, error::StartError};
+
+mod drain;
+
+use drain::{Drain, Tracked};
 
 /// Largest request head (request line + headers) a client may send over HTTP/1.1.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -125,8 +128,7 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
-    let abort = CancellationToken::new();
+    let drain = Drain::new();
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
@@ -180,32 +182,31 @@ pub async fn serve<S, B>(
                     }
                 };
                 let _ = tcp.set_nodelay(true); // Nagle + delayed ACK would stall multi-write responses
-                let watcher = graceful.watcher();
-                let abort = abort.clone();
+                let mut tracked = drain.track();
                 let http = http.clone();
                 let service = service.clone();
                 let tls = opts.tls.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     match tls {
-                        None => run_connection(&http, TokioIo::new(tcp), service, watcher, &abort, peer).await,
+                        None => run_connection(&http, TokioIo::new(tcp), service, &mut tracked, peer).await,
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                            let tls_stream = tokio::select! {
-                                done = handshake => match done {
-                                    Ok(Ok(s)) => s,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!(%peer, "TLS handshake timed out");
-                                        return;
-                                    }
-                                },
-                                _ = abort.cancelled() => return,
+                            // A drain lets the handshake finish (the connection then closes after
+                            // at most one request); an abort drops it.
+                            let tls_stream = match tracked.run(handshake, |_| {}).await {
+                                Some(Ok(Ok(s))) => s,
+                                Some(Ok(Err(e))) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Some(Err(_)) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                                None => return,
                             };
-                            run_connection(&http, TokioIo::new(tls_stream), service, watcher, &abort, peer).await;
+                            run_connection(&http, TokioIo::new(tls_stream), service, &mut tracked, peer).await;
                         }
                     }
                 });
@@ -218,15 +219,11 @@ pub async fn serve<S, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !drain.shutdown(grace).await {
         tracing::warn!(
             ?grace,
             "dropping connections still open after the shutdown grace period"
         );
-        abort.cancel();
     }
 }
 
@@ -236,8 +233,7 @@ async fn run_connection<I, S, B>(
     http: &auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
     service: S,
-    watcher: hyper_util::server::graceful::Watcher,
-    abort: &CancellationToken,
+    tracked: &mut Tracked,
     peer: SocketAddr,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -249,14 +245,11 @@ async fn run_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = watcher.watch(http.serve_connection(io, service).into_owned());
-    tokio::select! {
-        ended = conn => {
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
-        _ = abort.cancelled() => {
+    let conn = http.serve_connection(io, service);
+    match tracked.run(conn, |conn| conn.graceful_shutdown()).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        None => {
             tracing::debug!(%peer, "connection dropped at the end of the shutdown grace period");
         }
     }
