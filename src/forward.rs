@@ -199,14 +199,15 @@ impl Proxy {
         *upstream_req.headers_mut() = headers;
 
         let sent_at = Instant::now();
-        let sent = tokio::time::timeout(self.header_timeout, client.send(upstream_req)).await;
-        let rsp = match sent {
-            Ok(Ok(rsp)) => rsp,
-            Ok(Err(SendError(message))) => {
+        // The config bounds the timeout to an hour, so this cannot overflow.
+        let deadline = sent_at.checked_add(self.header_timeout).unwrap_or(sent_at);
+        let rsp = match client.send(upstream_req, deadline).await {
+            Ok(rsp) => rsp,
+            Err(SendError::Failed(message)) => {
                 let upstream = pending.upstream();
                 return pending.fail(ProxyError::UpstreamConnect { upstream, message });
             }
-            Err(_) => {
+            Err(SendError::TimedOut) => {
                 let upstream = pending.upstream();
                 return pending.fail(ProxyError::UpstreamTimeout {
                     upstream,

@@ -11,10 +11,10 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use common::{chat_body, client, TestProxy};
+use common::{chat_body, client, test_config, TestProxy};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -139,6 +139,10 @@ async fn serve(mut socket: TcpStream, log: Arc<std::sync::Mutex<Vec<Seen>>>) {
             head,
             body,
         });
+        if script == "slow" {
+            // Answers late: after any reasonable response-head timeout in these tests.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         if socket.write_all(&answer).await.is_err() {
             return;
         }
@@ -167,7 +171,7 @@ fn answer(script: &str, method: &str, body_len: usize) -> Vec<u8> {
         .into_bytes()
     };
     match script {
-        "keep" | "idle-close" => json(""),
+        "keep" | "idle-close" | "slow" => json(""),
         "close" => json("connection: close\r\n"),
         "chunked" => {
             // Uneven chunks, a chunk extension and a trailer.
@@ -438,4 +442,47 @@ async fn an_upstream_that_refuses_an_upload_early_is_answered_not_hung() {
         Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
     }
     chat_ok(&proxy, "keep", "wire-after-early").await; // the proxy keeps serving
+}
+
+#[tokio::test]
+async fn the_response_head_deadline_is_each_calls_own_on_a_reused_connection() {
+    let upstream = Upstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(tmp.path(), &upstream.url);
+    config.response_header_timeout = Duration::from_millis(300);
+    let proxy = TestProxy::start_with(config).await;
+
+    chat_ok(&proxy, "keep", "wire-deadline-0").await;
+    // The first call's deadline passes while its connection waits in the pool.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    chat_ok(&proxy, "keep", "wire-deadline-1").await;
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "the second call reused the connection and was not held to the first call's deadline"
+    );
+
+    let started = Instant::now();
+    let rsp = post(&proxy, "slow", "wire-deadline-slow").await;
+    let waited = started.elapsed();
+    assert_eq!(
+        rsp.status(),
+        504,
+        "no head within 300 ms on a reused connection"
+    );
+    assert_eq!(rsp.headers()["x-tracer-error"], "upstream_timeout");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "not before its own deadline: {waited:?}"
+    );
+    let trace = proxy.wait_for_trace("wire-deadline-slow", 1).await;
+    assert_eq!(trace["spans"][0]["error"]["type"], "upstream_timeout");
+
+    // The timed-out connection was closed (its late answer must not reach another call).
+    chat_ok(&proxy, "keep", "wire-deadline-2").await;
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "a new connection after the timeout"
+    );
 }

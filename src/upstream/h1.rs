@@ -15,12 +15,13 @@
 //! The connection goes back to the pool only after a complete exchange with keep-alive.
 
 use std::{
-    future::poll_fn,
+    future::{poll_fn, Future},
     io::IoSlice,
     mem::MaybeUninit,
     pin::Pin,
     sync::Weak,
     task::{ready, Context, Poll},
+    time::Instant,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -42,18 +43,23 @@ const MAX_LINE: usize = 4096;
 /// Read size for response bytes.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// A pooled connection: the socket and what was read past the last exchange (always empty for
-/// a connection in the pool: one with spare bytes is not reused).
+/// A pooled connection: the socket, what was read past the last exchange (always empty for
+/// a connection in the pool: one with spare bytes is not reused), and the response-head timer.
 pub(super) struct Conn {
     pub(super) io: tokio::net::TcpStream,
     buf: BytesMut,
+    /// Re-armed per exchange. Moving a registered timer's deadline later is a compare-and-swap
+    /// in tokio (the wheel re-files it only when the old deadline comes round), where a new
+    /// timer per request took the driver's lock twice.
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Conn {
-    pub(super) fn new(io: tokio::net::TcpStream) -> Self {
+    pub(super) fn new(io: tokio::net::TcpStream, deadline: Instant) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
+            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
         }
     }
 
@@ -78,6 +84,8 @@ pub enum ExchangeError {
     Invalid(String),
     #[error("request body error: {0}")]
     RequestBody(String),
+    #[error("no response head by the deadline")]
+    TimedOut,
 }
 
 /// The upstream's response body on a plain-http connection.
@@ -97,13 +105,15 @@ pub(super) struct Unsent {
     pub(super) req: Request<RequestBody>,
 }
 
-/// Sends `req` on `conn` and reads the response head. `Err(Ok(unsent))`: nothing of the request
-/// reached the connection, and it may go on another.
+/// Sends `req` on `conn` and reads the response head, until `deadline`. `Err(Ok(unsent))`:
+/// nothing of the request reached the connection, and it may go on another.
 pub(super) async fn exchange(
     mut conn: Conn,
     req: Request<RequestBody>,
     pool: Weak<Pool>,
+    deadline: Instant,
 ) -> Result<Response<PlainBody>, Result<Unsent, ExchangeError>> {
+    conn.timer.as_mut().reset(deadline.into());
     let head_only = req.method() == Method::HEAD;
     let (parts, mut body) = req.into_parts();
     let framing = Framing::of(&parts.headers, &body);
@@ -143,6 +153,9 @@ pub(super) async fn exchange(
                 // unless the upstream already sent one, so stop waiting for it.
                 Poll::Pending => match out.failed.take() {
                     Some(e) => return Poll::Ready(Err(e)),
+                    None if conn.timer.as_mut().poll(cx).is_ready() => {
+                        return Poll::Ready(Err(ExchangeError::TimedOut))
+                    }
                     None => return Poll::Pending,
                 },
             };
