@@ -143,6 +143,13 @@ impl Proxy {
             .as_ref()
             .and_then(|t| self.table.routes().get(t.route).cloned());
         let method = parts.method;
+        // What only a span needs (the body's type and encoding) is copied only when capturing.
+        let capturing = self.queue.is_some();
+        let span_header = |name: header::HeaderName| {
+            capturing
+                .then(|| parts.headers.get(name).map(detach))
+                .flatten()
+        };
         let start = CallStart {
             method: method.clone(),
             path_and_query: parts
@@ -151,8 +158,8 @@ impl Proxy {
                 .map_or("/", |pq| pq.as_str())
                 .to_string(),
             route,
-            request_content_type: parts.headers.get(header::CONTENT_TYPE).map(detach),
-            request_content_encoding: parts.headers.get(header::CONTENT_ENCODING).map(detach),
+            request_content_type: span_header(header::CONTENT_TYPE),
+            request_content_encoding: span_header(header::CONTENT_ENCODING),
             ctx,
             started,
             started_at,

@@ -11,8 +11,11 @@
 //! - any other body cannot end cleanly without looking complete (a cut JSON body would parse as a
 //!   different answer), so it fails: HTTP/1.1 closes the connection, h2 resets the stream.
 //!
-//! Hot path: one `Instant::now()` per frame. The timer is armed lazily, at the first time the
-//! upstream has nothing to give, and re-armed only when it fires early.
+//! Hot path: no clock read per frame. A silence starts at the first poll that finds nothing
+//! after a frame (microseconds after it, or later if the app reads slowly and hyper polls late:
+//! then the upstream is not the one holding things up). The timer is armed lazily, at the first
+//! silence, and re-armed only when it fires early. A body that is already complete when first
+//! polled (most JSON answers) never reads the clock.
 
 use std::{
     future::Future,
@@ -44,7 +47,8 @@ pub struct IdleGuard<B: 'static> {
     /// `None`: no limit (`idle_stream_timeout_ms = 0`).
     limit: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
-    last: Instant,
+    /// When the current silence began; `None` right after a frame.
+    silent_since: Option<Instant>,
     /// The body is an event stream: end it with an error event instead of failing it.
     sse: bool,
     state: State,
@@ -66,7 +70,7 @@ where
             inner,
             limit,
             sleep: None,
-            last: Instant::now(),
+            silent_since: None,
             sse,
             state: State::Open,
         }
@@ -121,15 +125,13 @@ where
             return Poll::Ready(None);
         }
         if let Poll::Ready(polled) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if this.limit.is_some() {
-                this.last = Instant::now();
-            }
+            this.silent_since = None;
             return Poll::Ready(polled.map(|r| r.map_err(Into::into)));
         }
         let Some(limit) = this.limit else {
             return Poll::Pending;
         };
-        let deadline = this.last + limit;
+        let deadline = *this.silent_since.get_or_insert_with(Instant::now) + limit;
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
