@@ -6,6 +6,8 @@ machine's noise hits all three alike; prints req/s and each proxy's CPU µs per 
 
     python3 bench/ab.py BEFORE_BINARY AFTER_BINARY ROUNDS [on]
 
+`WORKLOAD=sse` measures the SSE fixture (/stream/v1/chat/completions) instead of the chat JSON.
+
 Standard library only; every process it starts is killed on exit (bench.py's process table).
 """
 import atexit
@@ -29,16 +31,21 @@ bench.start_proxy_nginx(work, nport, port)
 ta = bench.Tracer(a_bin, work, "a", capture, up, up)
 tb = bench.Tracer(b_bin, work, "b", capture, up, up)
 lua = os.path.join(work, "chat.lua")
-open(lua, "w").write(bench.WRK_LUA.format(body=bench.fixture("bench/fixtures/chat_request.json").strip()))
+request = bench.fixture("bench/fixtures/chat_request.json").strip()
+path = "/v1/chat/completions"
+if os.environ.get("WORKLOAD") == "sse":
+    request = bench.compact_json(request)[:-1] + ',"stream":true}'
+    path = "/stream/v1/chat/completions"
+open(lua, "w").write(bench.WRK_LUA.format(body=request))
 res = {"base": [], "new": [], "nginx": []}
 cpu = {"base": [], "new": [], "nginx": []}
 pids = {"base": ta.pid, "new": tb.pid}
 for url in (ta.proxy, tb.proxy, f"http://127.0.0.1:{nport}"):
-    bench.run_wrk(url + "/v1/chat/completions", lua, 32, 1)
+    bench.run_wrk(url + path, lua, 32, 1)
 for i in range(rounds):
     for name, url in (("base", ta.proxy), ("new", tb.proxy), ("nginx", f"http://127.0.0.1:{nport}")):
         t0 = bench.proc_ticks(pids[name]) if name in pids else 0
-        r = bench.run_wrk(url + "/v1/chat/completions", lua, 32, 3)
+        r = bench.run_wrk(url + path, lua, 32, 3)
         res[name].append(r["rps"])
         if name in pids:
             cpu[name].append(1e6 * (bench.proc_ticks(pids[name]) - t0) / bench.CLK / r["requests"])

@@ -225,7 +225,10 @@ impl Proxy {
 
         let head_at = Instant::now();
         let (mut rsp_parts, rsp_body) = rsp.into_parts();
-        hop::strip(&mut rsp_parts.headers);
+        if !matches!(rsp_body, UpstreamBody::Plain(_)) {
+            // The plain-http client's heads come without hop-by-hop headers.
+            hop::strip(&mut rsp_parts.headers);
+        }
         if rsp_parts.status.as_u16() >= 400 {
             self.metrics.upstream_error_responses.fetch_add(1, Relaxed);
         }

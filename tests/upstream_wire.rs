@@ -172,6 +172,9 @@ fn answer(script: &str, method: &str, body_len: usize) -> Vec<u8> {
     };
     match script {
         "keep" | "idle-close" | "slow" => json(""),
+        "hop" => json(
+            "connection: keep-alive, x-hop-secret\r\nx-hop-secret: 1\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nx-end-to-end: kept\r\n",
+        ),
         "close" => json("connection: close\r\n"),
         "chunked" => {
             // Uneven chunks, a chunk extension and a trailer.
@@ -484,5 +487,30 @@ async fn the_response_head_deadline_is_each_calls_own_on_a_reused_connection() {
         upstream.connections(),
         2,
         "a new connection after the timeout"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_never_reach_the_app() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(&upstream.url).await;
+    for i in 0..2 {
+        let rsp = post(&proxy, "hop", &format!("wire-hop-{i}")).await;
+        assert_eq!(rsp.status(), 200);
+        let h = rsp.headers().clone();
+        for name in ["x-hop-secret", "keep-alive", "proxy-connection"] {
+            assert!(!h.contains_key(name), "{name} is hop-by-hop: {h:?}");
+        }
+        assert_eq!(
+            h["x-end-to-end"], "kept",
+            "end-to-end headers are forwarded"
+        );
+        assert_eq!(h["x-tracer-trace-id"], format!("wire-hop-{i}").as_str());
+        assert_eq!(rsp.text().await.unwrap(), CHAT);
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "`Connection: keep-alive, x-hop-secret` still keeps the connection"
     );
 }

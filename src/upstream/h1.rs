@@ -400,8 +400,8 @@ struct Framings {
     close: bool,
     /// `Connection: keep-alive`.
     keep_alive: bool,
-    /// `Connection` names some other header, which is then hop-by-hop too: the head keeps
-    /// every header and the forwarder's full strip removes them.
+    /// `Connection` names some other header, which is then hop-by-hop too: the map is built
+    /// whole and then given the full strip.
     names_others: bool,
     /// The last token of the last `Transfer-Encoding` value, when there is one.
     transfer_coding: Option<bool>,
@@ -468,8 +468,9 @@ impl Framings {
 
 /// Parses a complete head at the front of `buf` and removes it; `None` when incomplete.
 ///
-/// The framing headers are read here, and hop-by-hop headers are left out of the map (unless
-/// `Connection` names other headers: then all stay, for the forwarder's full strip).
+/// The framing headers are read here, and hop-by-hop headers are left out of the map (when
+/// `Connection` names other headers, the map gets the full strip instead): the forwarder need
+/// not look for them again.
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, ExchangeError> {
     if buf.is_empty() {
         return Ok(None);
@@ -532,6 +533,11 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
         let value = HeaderValue::from_maybe_shared(value)
             .map_err(|_| ExchangeError::Invalid(format!("value of header {name}")))?;
         headers.append(name, value);
+    }
+    if framings.names_others {
+        // The rare head whose `Connection` lists more names: stripped here too, so a plain
+        // response never carries a hop-by-hop header.
+        crate::hop::strip(&mut headers);
     }
     let keep_alive = framings.keep_alive(version);
     let kind = framings.body_kind(status, head_only)?;
@@ -892,7 +898,7 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_are_left_out_unless_connection_names_others() {
+    fn hop_by_hop_headers_never_reach_the_map() {
         let h = final_head(
             "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
              Transfer-Encoding: chunked\r\nServer: up\r\n\r\n",
@@ -907,9 +913,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
         );
         assert!(!h.keep_alive);
-        assert!(
-            h.headers.contains_key("connection") && h.headers.contains_key("x-hop"),
-            "kept for the forwarder's full strip, which needs the list"
+        let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-length"],
+            "a header named in Connection is hop-by-hop too"
         );
         let h = final_head(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: nope\r\n\r\n",
