@@ -161,9 +161,11 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let mut startups = Vec::new();
+    let mut opens = Vec::new();
     for _ in 0..3 {
-        let (server, admin, took) = start_server(&args.bin, &dir)?;
+        let (server, admin, took, open_took) = start_server(&args.bin, &dir)?;
         startups.push(took);
+        opens.push(open_took);
         let last = startups.len() == 3;
         if last {
             let report = rt.block_on(queries(&args, admin, &ids, deadline))?;
@@ -171,15 +173,24 @@ fn main() -> Result<(), BoxError> {
         }
         stop(server);
     }
-    startups.sort();
-    out.push(format!(
-        "start-up to a /healthz answer: median {:.0} ms (runs: {}) (target ≤ 200)",
-        ms(startups[1]),
-        startups
-            .iter()
+    let runs = |v: &[Duration]| {
+        v.iter()
             .map(|d| format!("{:.0}", ms(*d)))
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    let order = (runs(&startups), runs(&opens));
+    startups.sort();
+    opens.sort();
+    out.push(format!(
+        "start-up to a /healthz answer (proxy serving): median {:.0} ms (runs: {}) (target ≤ 200)",
+        ms(startups[1]),
+        order.0
+    ));
+    out.push(format!(
+        "start-up until the store is open (queries answer): median {:.0} ms (runs: {})",
+        ms(opens[1]),
+        order.1
     ));
     out.push(format!("(took {:.0} s)", started.elapsed().as_secs_f64()));
     for line in out {
@@ -287,7 +298,13 @@ fn mix(x: u64) -> u64 {
 
 // === server ===
 
-fn start_server(bin: &Path, dir: &Path) -> Result<(Child, SocketAddr, Duration), BoxError> {
+/// Starts the server; returns it with the time to its first `/healthz` answer (listeners up,
+/// proxy serving) and to `/healthz` reporting the store open (a large store's recovery runs
+/// in the background; queries answer 503 until then).
+fn start_server(
+    bin: &Path,
+    dir: &Path,
+) -> Result<(Child, SocketAddr, Duration, Duration), BoxError> {
     let t = Instant::now();
     let mut child = Command::new(bin)
         .args([
@@ -321,19 +338,23 @@ fn start_server(bin: &Path, dir: &Path) -> Result<(Child, SocketAddr, Duration),
         stop(child);
         return Err("the server did not print its admin address".into());
     };
-    // Ready = answers GET /healthz.
-    while t.elapsed() < Duration::from_secs(60) {
-        if healthz(admin).is_ok() {
-            return Ok((child, admin, t.elapsed()));
+    // Serving = answers GET /healthz; then the store is open when /healthz says so.
+    let mut serving = None;
+    while t.elapsed() < Duration::from_secs(120) {
+        if let Ok(answer) = healthz(admin) {
+            let serving = *serving.get_or_insert(t.elapsed());
+            if answer.contains("\"state\":\"open\"") {
+                return Ok((child, admin, serving, t.elapsed()));
+            }
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     stop(child);
-    Err("the server never answered /healthz".into())
+    Err("the server never answered /healthz with its store open".into())
 }
 
-/// One blocking `GET /healthz` (loopback Host, as the admin listener requires).
-fn healthz(admin: SocketAddr) -> Result<(), BoxError> {
+/// One blocking `GET /healthz` (loopback Host, as the admin listener requires): the answer.
+fn healthz(admin: SocketAddr) -> Result<String, BoxError> {
     use std::io::{Read, Write};
     let mut tcp = std::net::TcpStream::connect(admin)?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -344,7 +365,7 @@ fn healthz(admin: SocketAddr) -> Result<(), BoxError> {
     let mut answer = String::new();
     tcp.read_to_string(&mut answer)?;
     if answer.starts_with("HTTP/1.1 200") {
-        Ok(())
+        Ok(answer)
     } else {
         Err("not ready".into())
     }

@@ -32,6 +32,10 @@ const WRITER_GRACE: Duration = Duration::from_secs(30);
 const BACKEND_CLOSE: Duration = Duration::from_secs(2);
 /// Admin connections get this long to finish once the writer has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
+/// Start-up waits this long for the sled store to open. Most opens take a few milliseconds,
+/// and their errors (a locked or unwritable `data_dir`) stay start-up errors; a large store's
+/// recovery can take seconds, and then the listeners start without waiting for it.
+const OPEN_WAIT: Duration = Duration::from_millis(150);
 
 /// A started server.
 pub struct Running {
@@ -297,19 +301,47 @@ async fn open_backend(config: &Config) -> Result<Backend, StartError> {
             };
             let dir = config.data_dir.clone();
             let opts = store_opts.clone();
+            let delay = config.store_open_delay;
             // Opened on a lowered thread, so sled's flusher (started by the open) inherits
             // SCHED_IDLE: see `priority`.
             let open = move || {
+                std::thread::sleep(delay);
                 crate::priority::run_lowered("llm-tracer-open", move || Store::open(&dir, &opts))
             };
-            let store = tokio::task::spawn_blocking(open)
+            let task_failed = |e: tokio::task::JoinError| {
+                StartError::Internal(format!("store open task failed: {e}"))
+            };
+            // A store another process holds is a start-up error, however long recovery takes.
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || Store::wait_unlocked(&dir))
                 .await
-                .map_err(|e| StartError::Internal(format!("store open task failed: {e}")))??;
-            Ok(Backend::Sled(SledBackend::new(
-                store,
-                &config.data_dir,
-                &store_opts,
-            )))
+                .map_err(task_failed)??;
+            let mut opening = tokio::task::spawn_blocking(open);
+            if let Ok(opened) = tokio::time::timeout(OPEN_WAIT, &mut opening).await {
+                let store = opened.map_err(task_failed)??;
+                return Ok(Backend::Sled(SledBackend::new(
+                    store,
+                    &config.data_dir,
+                    &store_opts,
+                )));
+            }
+            // Still recovering: traffic is not held up by it (see `backend`).
+            tracing::info!(
+                dir = %config.data_dir.display(),
+                "store: still opening (recovering its log); serving meanwhile: queries answer 503 store_opening, captures wait"
+            );
+            let backend = SledBackend::opening(&config.data_dir, &store_opts);
+            let when_open = backend.clone();
+            tokio::spawn(async move {
+                let result = match opening.await {
+                    Ok(result) => result,
+                    Err(e) => Err(crate::store::StoreError::io(std::io::Error::other(
+                        format!("store open task failed: {e}"),
+                    ))),
+                };
+                when_open.opened(result);
+            });
+            Ok(Backend::Sled(backend))
         }
         StoreBackend::Clickhouse => {
             let opts = ClickHouseOptions::new(&config.clickhouse_url, &config.clickhouse_database);

@@ -17,6 +17,10 @@
 //! old handle is dropped first (sled locks its directory) and the store opened again; if that
 //! open fails, calls answer 503 until a later attempt succeeds.
 //!
+//! The first open may still be running when the server starts (a large store's recovery can take
+//! seconds; see `app`): until it ends, calls answer 503 `store_opening` and the capture writer
+//! waits ([`Backend::wait_opened`]) while captures collect in the queue and the spool.
+//!
 //! ClickHouse: reads are SQL queries; captured spans go to the [`ClickHouseWriter`] (bounded
 //! buffer, retries with backoff, never blocks the caller); ingested spans (`POST /api/spans`,
 //! `/v1/traces`) are inserted directly, so a 200 means written and a 503 means "send again". A
@@ -27,7 +31,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Condvar, Mutex, PoisonError, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -72,6 +76,8 @@ pub enum BackendError {
     NotDrained { left: usize, waited: Duration },
     #[error("store: closed after a write error and not yet reopened (see the log)")]
     Reopening,
+    #[error("store: still opening (recovering its log after a restart); try again shortly")]
+    Opening,
 }
 
 impl BackendError {
@@ -115,6 +121,20 @@ pub struct SledBackend {
     last_reopen: Arc<Mutex<Option<Instant>>>,
     /// Retention deletions counted by stores since replaced (each store counts from its open).
     retention_carried: Arc<AtomicU64>,
+    first_open: Arc<FirstOpen>,
+}
+
+/// Whether the first open is still running, and a way to wait for its end.
+#[derive(Default)]
+struct FirstOpen {
+    running: Mutex<bool>,
+    ended: Condvar,
+}
+
+impl FirstOpen {
+    fn running(&self) -> bool {
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl SledBackend {
@@ -126,21 +146,101 @@ impl SledBackend {
             opts: opts.clone(),
             last_reopen: Arc::new(Mutex::new(None)),
             retention_carried: Arc::new(AtomicU64::new(0)),
+            first_open: Arc::default(),
+        }
+    }
+
+    /// A store whose first open of `dir` is still running: hand its outcome to
+    /// [`SledBackend::opened`].
+    pub fn opening(dir: &Path, opts: &StoreOptions) -> Self {
+        let backend = Self {
+            store: Arc::new(RwLock::new(None)),
+            dir: dir.to_owned(),
+            opts: opts.clone(),
+            last_reopen: Arc::new(Mutex::new(None)),
+            retention_carried: Arc::new(AtomicU64::new(0)),
+            first_open: Arc::default(),
+        };
+        *backend
+            .first_open
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        backend
+    }
+
+    /// The first open ended: the store is in use from now on; or it failed, and the store stays
+    /// closed (503) until the writer's reopen after a failed write succeeds.
+    pub fn opened(&self, result: Result<Store, StoreError>) {
+        match result {
+            Ok(store) => {
+                *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(store);
+                tracing::info!(dir = %self.dir.display(), "store: open");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, dir = %self.dir.display(), "store: open failed; queries answer 503 and captures wait in the spool until a reopen succeeds");
+            }
+        }
+        *self
+            .first_open
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.first_open.ended.notify_all();
+    }
+
+    /// Blocks until the first open has ended (at once when it has).
+    pub fn wait_opened(&self) {
+        let mut running = self
+            .first_open
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *running {
+            running = self
+                .first_open
+                .ended
+                .wait(running)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// `"open"`, `"opening"` (the first open is running) or `"closed"` (after a write error).
+    pub fn state(&self) -> &'static str {
+        if self
+            .store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            "open"
+        } else if self.first_open.running() {
+            "opening"
+        } else {
+            "closed"
         }
     }
 
     /// The current store. The ONLY way to reach it: keep it so (the store may be reopened).
     pub fn sled(&self) -> Result<Store, BackendError> {
-        self.store
+        let store = self
+            .store
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(BackendError::Reopening)
+            .clone();
+        match store {
+            Some(store) => Ok(store),
+            None if self.first_open.running() => Err(BackendError::Opening),
+            None => Err(BackendError::Reopening),
+        }
     }
 
     /// After a write failed with an error that [`BackendError::wants_reopen`]: drops the store
     /// and opens it again (blocking: call from the writer thread). See the module docs.
     pub fn reopen_after_write_error(&self) -> Reopen {
+        if self.first_open.running() {
+            return Reopen::NotNow;
+        }
         {
             let mut last = self
                 .last_reopen
@@ -301,12 +401,31 @@ impl Backend {
         }
     }
 
-    /// Whether the store itself can be reached (sled: always; the writer's own health is in
+    /// Whether the store itself can be reached (sled: its first open has ended; the writer's
+    /// own health, which a closed store after a write error degrades, is in
     /// `Metrics::store_ok`). ClickHouse: the last probe answered and the writer is not failing.
     pub fn healthy(&self) -> bool {
         match self {
-            Backend::Sled(_) => true,
+            Backend::Sled(s) => s.state() != "opening",
             Backend::ClickHouse(c) => c.reachable.load(Relaxed) && c.writer.is_healthy(),
+        }
+    }
+
+    /// For `/healthz`: sled `"open"`, `"opening"` or `"closed"`; ClickHouse `"open"` while its
+    /// probe answers, else `"unreachable"`.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Backend::Sled(s) => s.state(),
+            Backend::ClickHouse(c) if c.reachable.load(Relaxed) => "open",
+            Backend::ClickHouse(_) => "unreachable",
+        }
+    }
+
+    /// Blocks until sled's first open has ended (the capture writer's first step; ClickHouse:
+    /// at once).
+    pub fn wait_opened(&self) {
+        if let Backend::Sled(s) = self {
+            s.wait_opened();
         }
     }
 

@@ -124,6 +124,9 @@ pub struct Config {
     pub redactor: Arc<Redactor>,
     /// `[otlp]`: export every stored span to an OpenTelemetry collector; `None` = off.
     pub otlp: Option<crate::otlp::OtlpConfig>,
+    /// Not a config key: a test hook that makes the first store open take at least this long
+    /// (what recovering a large store does), to exercise serving while the store opens.
+    pub store_open_delay: Duration,
 }
 
 /// The admin bearer token. `Debug` never shows it, so a logged `Config` cannot leak it.
@@ -785,6 +788,7 @@ pub fn load(
         redact_headers,
         redactor: Arc::new(Redactor::new(rules)),
         otlp,
+        store_open_delay: Duration::ZERO,
     })
 }
 

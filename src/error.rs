@@ -149,6 +149,7 @@ impl ApiError {
             Self::ForbiddenHost(_) => "forbidden_host",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Store(crate::backend::BackendError::Opening) => "store_opening",
             Self::Store(_) => "store_error",
             Self::Internal(_) => "internal",
         }
@@ -171,7 +172,7 @@ impl ApiError {
 
     /// The only place an `ApiError` becomes bytes.
     pub fn to_response(&self) -> Response<Bytes> {
-        if self.status().is_server_error() {
+        if self.status().is_server_error() && self.code() != "store_opening" {
             tracing::error!(error = %self, "admin API request failed");
         }
         let body =

@@ -510,6 +510,8 @@ impl Worker {
         let (tx, rx) = mpsc::channel::<Job>(1);
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let work = move || {
+            // A large store may still be recovering: captures wait in the queue and the spool.
+            writer.backend.wait_opened();
             let lowered = crate::priority::lower_this_thread();
             writer.busy.state().thread = Some(crate::priority::this_thread());
             tracing::debug!(?lowered, "capture writer priority");

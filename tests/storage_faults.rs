@@ -343,3 +343,67 @@ async fn a_store_write_that_hangs_degrades_health_until_it_finishes() {
     let (_, health) = proxy.get_json("/healthz").await;
     assert_eq!(health["status"], "ok", "health recovers: {health}");
 }
+
+#[tokio::test]
+async fn a_store_still_opening_holds_up_neither_start_up_nor_traffic_and_loses_no_capture() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(tmp.path(), &upstream.url());
+    // What recovering a large store's log does to the first open.
+    let delay = Duration::from_secs(3);
+    config.store_open_delay = delay;
+    let started = Instant::now();
+    let proxy = TestProxy::start_with(config).await;
+    assert!(
+        started.elapsed() < delay,
+        "start-up returned before the store was open"
+    );
+
+    proxy.call_traced("while-opening", false).await;
+    proxy.call_traced("while-opening-stream", true).await;
+    let (status, body) = proxy.get_json("/api/traces").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_opening");
+    let (status, health) = proxy.get_json("/healthz").await;
+    assert_eq!(status, 200, "alive while the store opens");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["store"]["state"], "opening");
+
+    // Once open, the calls made meanwhile are stored: none was lost waiting.
+    for trace in ["while-opening", "while-opening-stream"] {
+        let stored = proxy.wait_for_trace(trace, 1).await;
+        assert_eq!(stored["spans"][0]["status"], "ok");
+    }
+    let (_, health) = proxy.get_json("/healthz").await;
+    assert_eq!(health["store"]["state"], "open");
+    assert_eq!(health["status"], "ok");
+    let text = proxy.metrics_text().await;
+    assert_eq!(
+        common::metric_family_sum(&text, "llm_tracer_captures_dropped_total"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_another_server_holds_is_still_a_start_up_error() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let first = TestProxy::start(&upstream.url()).await;
+    let config = common::test_config(&first.dir, &upstream.url());
+    common::install_crypto();
+    let started = Instant::now();
+    let Err(e) = llm_tracer::app::start(config).await else {
+        panic!("a second server on the same data_dir must not start");
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("data_dir") && message.contains("lock"),
+        "the error names the key and the cause: {message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "reported, not hung"
+    );
+    // The first server is untouched.
+    first.call_traced("first-still-serving", false).await;
+    first.wait_for_trace("first-still-serving", 1).await;
+}

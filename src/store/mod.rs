@@ -203,6 +203,34 @@ impl Store {
         Self::open_waiting(dir, opts, LOCK_WAIT)
     }
 
+    /// Waits (up to [`Store::open`]'s 2 s) until no other handle holds the directory lock that
+    /// sled takes on `<dir>/db`, without opening the store; fails as `open` would if it is
+    /// still held. Lets start-up report a store in use by another process at once, before a
+    /// long recovery starts in the background (`app`).
+    pub fn wait_unlocked(dir: &Path) -> Result<(), StoreError> {
+        use rustix::fs::{flock, FlockOperation};
+        let db = dir.join("db");
+        let Ok(file) = std::fs::File::open(&db) else {
+            return Ok(()); // a new store (or one sled will report on itself)
+        };
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                // Released with the file at the end of this call, before sled takes it.
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(StoreError::Open {
+                        dir: dir.to_owned(),
+                        source: sled::Error::Io(std::io::Error::other(format!(
+                            "could not acquire lock on {db:?}: {e} (is another llm-tracer using this data_dir?)"
+                        ))),
+                    })
+                }
+                Err(_) => std::thread::sleep(LOCK_RETRY_EVERY),
+            }
+        }
+    }
+
     /// [`Store::open`] with the lock wait as a parameter.
     fn open_waiting(dir: &Path, opts: &StoreOptions, wait: Duration) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
