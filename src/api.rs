@@ -274,7 +274,7 @@ impl Admin {
         let store_ok = self.metrics.store_ok.load(Relaxed) && self.backend.healthy();
         let mut store = json!({
             "backend": self.backend.name(),
-            "state": self.backend.state(),
+            "state": self.backend.state().as_str(),
             "ok": store_ok,
             "size_bytes": self.backend.size().await,
         });

@@ -48,6 +48,10 @@ use crate::{
     },
 };
 
+/// A store call made while sled's first open is running waits this long for it, then answers
+/// 503 `store_opening`.
+pub const OPENING_WAIT: Duration = Duration::from_secs(30);
+
 /// At most one sled reopen per this interval (a reopen of a large store reads its snapshot).
 pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
 /// A reopen is tried only when the data dir's filesystem has this much free: two of sled's
@@ -76,7 +80,7 @@ pub enum BackendError {
     NotDrained { left: usize, waited: Duration },
     #[error("store: closed after a write error and not yet reopened (see the log)")]
     Reopening,
-    #[error("store: still opening (recovering its log after a restart); try again shortly")]
+    #[error("still opening (recovering its log after a restart); try again shortly")]
     Opening,
 }
 
@@ -88,6 +92,29 @@ impl BackendError {
             BackendError::Reopening => true,
             BackendError::Sled(e) => e.is_io(),
             _ => false,
+        }
+    }
+}
+
+/// Where the store stands, as `/healthz` reports it (`store.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreState {
+    Open,
+    /// sled's first open is still running (a large store recovering its log).
+    Opening,
+    /// sled, closed after a write error until the writer's reopen succeeds.
+    Closed,
+    /// ClickHouse's last probe got no answer.
+    Unreachable,
+}
+
+impl StoreState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreState::Open => "open",
+            StoreState::Opening => "opening",
+            StoreState::Closed => "closed",
+            StoreState::Unreachable => "unreachable",
         }
     }
 }
@@ -122,10 +149,11 @@ pub struct SledBackend {
     /// Retention deletions counted by stores since replaced (each store counts from its open).
     retention_carried: Arc<AtomicU64>,
     first_open: Arc<FirstOpen>,
+    /// How long a store call waits for the first open ([`OPENING_WAIT`]).
+    opening_wait: Duration,
 }
 
 /// Whether the first open is still running, and a way to wait for its end.
-#[derive(Default)]
 struct FirstOpen {
     running: Mutex<bool>,
     ended: Condvar,
@@ -140,33 +168,34 @@ impl FirstOpen {
 impl SledBackend {
     /// `store` was opened from `dir` with `opts` (what a reopen uses again).
     pub fn new(store: Store, dir: &Path, opts: &StoreOptions) -> Self {
-        Self {
-            store: Arc::new(RwLock::new(Some(store))),
-            dir: dir.to_owned(),
-            opts: opts.clone(),
-            last_reopen: Arc::new(Mutex::new(None)),
-            retention_carried: Arc::new(AtomicU64::new(0)),
-            first_open: Arc::default(),
-        }
+        Self::with(Some(store), dir, opts)
     }
 
     /// A store whose first open of `dir` is still running: hand its outcome to
     /// [`SledBackend::opened`].
     pub fn opening(dir: &Path, opts: &StoreOptions) -> Self {
-        let backend = Self {
-            store: Arc::new(RwLock::new(None)),
+        Self::with(None, dir, opts)
+    }
+
+    fn with(store: Option<Store>, dir: &Path, opts: &StoreOptions) -> Self {
+        Self {
+            first_open: Arc::new(FirstOpen {
+                running: Mutex::new(store.is_none()),
+                ended: Condvar::new(),
+            }),
+            store: Arc::new(RwLock::new(store)),
             dir: dir.to_owned(),
             opts: opts.clone(),
             last_reopen: Arc::new(Mutex::new(None)),
             retention_carried: Arc::new(AtomicU64::new(0)),
-            first_open: Arc::default(),
-        };
-        *backend
-            .first_open
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = true;
-        backend
+            opening_wait: OPENING_WAIT,
+        }
+    }
+
+    /// How long store calls wait for the first open (tests).
+    pub fn with_opening_wait(mut self, wait: Duration) -> Self {
+        self.opening_wait = wait;
+        self
     }
 
     /// The first open ended: the store is in use from now on; or it failed, and the store stays
@@ -191,33 +220,51 @@ impl SledBackend {
 
     /// Blocks until the first open has ended (at once when it has).
     pub fn wait_opened(&self) {
+        self.wait_opened_for(None);
+    }
+
+    /// [`SledBackend::wait_opened`], for at most `limit`.
+    fn wait_opened_for(&self, limit: Option<Duration>) {
+        let deadline = limit.map(|l| Instant::now() + l);
         let mut running = self
             .first_open
             .running
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         while *running {
-            running = self
-                .first_open
-                .ended
-                .wait(running)
-                .unwrap_or_else(PoisonError::into_inner);
+            running = match deadline {
+                None => self
+                    .first_open
+                    .ended
+                    .wait(running)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    self.first_open
+                        .ended
+                        .wait_timeout(running, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 
-    /// `"open"`, `"opening"` (the first open is running) or `"closed"` (after a write error).
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> StoreState {
         if self
             .store
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
         {
-            "open"
+            StoreState::Open
         } else if self.first_open.running() {
-            "opening"
+            StoreState::Opening
         } else {
-            "closed"
+            StoreState::Closed
         }
     }
 
@@ -284,16 +331,29 @@ impl SledBackend {
         }
     }
 
-    /// Runs a store call on a blocking thread.
+    /// Runs a store call on a blocking thread. While the first open runs, the call waits for it
+    /// (up to `opening_wait`, on the same blocking thread) rather than failing at once.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, BackendError> {
-        let store = self.sled()?;
-        tokio::task::spawn_blocking(move || f(store))
-            .await
-            .map_err(|e| BackendError::Task(e.to_string()))?
-            .map_err(BackendError::from)
+        let store = match self.sled() {
+            Err(BackendError::Opening) => None,
+            other => Some(other?),
+        };
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = match store {
+                Some(store) => store,
+                None => {
+                    me.wait_opened_for(Some(me.opening_wait));
+                    me.sled()?
+                }
+            };
+            f(store).map_err(BackendError::from)
+        })
+        .await
+        .map_err(|e| BackendError::Task(e.to_string()))?
     }
 }
 
@@ -406,18 +466,17 @@ impl Backend {
     /// `Metrics::store_ok`). ClickHouse: the last probe answered and the writer is not failing.
     pub fn healthy(&self) -> bool {
         match self {
-            Backend::Sled(s) => s.state() != "opening",
+            Backend::Sled(s) => s.state() != StoreState::Opening,
             Backend::ClickHouse(c) => c.reachable.load(Relaxed) && c.writer.is_healthy(),
         }
     }
 
-    /// For `/healthz`: sled `"open"`, `"opening"` or `"closed"`; ClickHouse `"open"` while its
-    /// probe answers, else `"unreachable"`.
-    pub fn state(&self) -> &'static str {
+    /// For `/healthz`.
+    pub fn state(&self) -> StoreState {
         match self {
             Backend::Sled(s) => s.state(),
-            Backend::ClickHouse(c) if c.reachable.load(Relaxed) => "open",
-            Backend::ClickHouse(_) => "unreachable",
+            Backend::ClickHouse(c) if c.reachable.load(Relaxed) => StoreState::Open,
+            Backend::ClickHouse(_) => StoreState::Unreachable,
         }
     }
 
@@ -626,4 +685,45 @@ impl Backend {
 pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_calls_wait_for_the_first_open_then_answer_store_opening() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let opts = StoreOptions::default();
+        let sled =
+            SledBackend::opening(tmp.path(), &opts).with_opening_wait(Duration::from_millis(100));
+        let backend = Backend::Sled(sled.clone());
+        assert_eq!(backend.state(), StoreState::Opening);
+        assert!(!backend.healthy());
+
+        let started = Instant::now();
+        let early = backend.get_span("0123456789abcdef".into()).await;
+        assert!(
+            matches!(early, Err(BackendError::Opening)),
+            "after its wait, a call answers store_opening: {early:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "it waited first"
+        );
+
+        // A call made during the open is answered once the open ends.
+        let waiting = tokio::spawn({
+            let backend = backend.clone();
+            async move { backend.get_span("0123456789abcdef".into()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let store = Store::open(tmp.path(), &opts).expect("store opens");
+        sled.opened(Ok(store));
+        let answered = waiting.await.expect("task");
+        assert!(matches!(answered, Ok(None)), "{answered:?}");
+        assert_eq!(backend.state(), StoreState::Open);
+        assert!(backend.healthy());
+        backend.wait_opened(); // at once
+    }
 }
