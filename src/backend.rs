@@ -712,11 +712,11 @@ mod tests {
             "it waited first"
         );
 
-        // A call made during the open is answered once the open ends.
-        let waiting = tokio::spawn({
-            let backend = backend.clone();
-            async move { backend.get_span("0123456789abcdef".into()).await }
-        });
+        // A call made during the open is answered once the open ends (a long wait here: the
+        // open below may take a while on a loaded machine).
+        let patient = Backend::Sled(sled.clone().with_opening_wait(Duration::from_secs(120)));
+        let waiting =
+            tokio::spawn(async move { patient.get_span("0123456789abcdef".into()).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let store = Store::open(tmp.path(), &opts).expect("store opens");
         sled.opened(Ok(store));

@@ -350,7 +350,7 @@ async fn a_store_still_opening_holds_up_neither_start_up_nor_traffic_and_loses_n
     let tmp = tempfile::tempdir().unwrap();
     let mut config = common::test_config(tmp.path(), &upstream.url());
     // What recovering a large store's log does to the first open.
-    let delay = Duration::from_secs(3);
+    let delay = Duration::from_secs(5);
     config.store_open_delay = delay;
     let started = Instant::now();
     let proxy = TestProxy::start_with(config).await;
