@@ -298,15 +298,20 @@ async fn open_backend(config: &Config) -> Result<Backend, StartError> {
             let store_opts = StoreOptions {
                 cache_capacity: config.cache_capacity_bytes,
                 flush_every_ms: config.flush_every_ms,
+                min_free_bytes: config.store_min_free_bytes,
             };
             let dir = config.data_dir.clone();
             let opts = store_opts.clone();
             let delay = config.store_open_delay;
-            // Opened on a lowered thread, so sled's flusher (started by the open) inherits
-            // SCHED_IDLE: see `priority`.
+            // Opened at normal priority: captures wait for the open, which must not starve
+            // behind request threads (it once ran at SCHED_IDLE and, on a busy machine, never
+            // finished). The threads it started (sled's flusher) are lowered afterwards: see
+            // `priority`.
             let open = move || {
                 std::thread::sleep(delay);
-                crate::priority::run_lowered("llm-tracer-open", move || Store::open(&dir, &opts))
+                let opened = Store::open(&dir, &opts);
+                crate::priority::lower_store_threads();
+                opened
             };
             let task_failed = |e: tokio::task::JoinError| {
                 StartError::Internal(format!("store open task failed: {e}"))

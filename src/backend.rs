@@ -57,6 +57,8 @@ pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
 /// A reopen is tried only when the data dir's filesystem has this much free: two of sled's
 /// 512 KiB log segments.
 pub const REOPEN_MIN_FREE: u64 = 1024 * 1024;
+/// How long a reopen waits for the failed store to close before it tries to open it again.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Probe interval while ClickHouse answers.
 const PROBE_HEALTHY: Duration = Duration::from_secs(2);
@@ -82,6 +84,8 @@ pub enum BackendError {
     Reopening,
     #[error("still opening (recovering its log after a restart); try again shortly")]
     Opening,
+    #[error("disk nearly full: {free} bytes free for data_dir, under store_min_free_bytes ({min}); writes pause until space is freed")]
+    DiskFull { free: u64, min: u64 },
 }
 
 impl BackendError {
@@ -104,6 +108,8 @@ pub enum StoreState {
     Opening,
     /// sled, closed after a write error until the writer's reopen succeeds.
     Closed,
+    /// sled, open, but the last write was refused: less free disk than `store_min_free_bytes`.
+    DiskFull,
     /// ClickHouse's last probe got no answer.
     Unreachable,
 }
@@ -114,6 +120,7 @@ impl StoreState {
             StoreState::Open => "open",
             StoreState::Opening => "opening",
             StoreState::Closed => "closed",
+            StoreState::DiskFull => "disk_full",
             StoreState::Unreachable => "unreachable",
         }
     }
@@ -151,6 +158,8 @@ pub struct SledBackend {
     first_open: Arc<FirstOpen>,
     /// How long a store call waits for the first open ([`OPENING_WAIT`]).
     opening_wait: Duration,
+    /// The last write was refused for want of free disk ([`SledBackend::check_space`]).
+    disk_full: Arc<AtomicBool>,
 }
 
 /// Whether the first open is still running, and a way to wait for its end.
@@ -189,6 +198,7 @@ impl SledBackend {
             last_reopen: Arc::new(Mutex::new(None)),
             retention_carried: Arc::new(AtomicU64::new(0)),
             opening_wait: OPENING_WAIT,
+            disk_full: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -260,12 +270,49 @@ impl SledBackend {
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
         {
-            StoreState::Open
+            if self.disk_full.load(Relaxed) {
+                StoreState::DiskFull
+            } else {
+                StoreState::Open
+            }
         } else if self.first_open.running() {
             StoreState::Opening
         } else {
             StoreState::Closed
         }
+    }
+
+    /// Refuses a write while the data directory has less than `store_min_free_bytes` free: sled
+    /// must not meet a full disk, where it can fail for good or hang (see
+    /// [`Store::close_after_failure`]). One `statvfs` per write batch.
+    fn check_space(&self) -> Result<(), BackendError> {
+        let min = self.opts.min_free_bytes;
+        let full = match free_bytes(&self.dir) {
+            Some(free) if min > 0 && free < min => Some(free),
+            _ => None,
+        };
+        let was_full = self.disk_full.swap(full.is_some(), Relaxed);
+        match full {
+            Some(free) => {
+                if !was_full {
+                    tracing::error!(free, min, dir = %self.dir.display(), "store: disk nearly full; writes pause (captures are dropped and counted) until space is freed (store_min_free_bytes)");
+                }
+                Err(BackendError::DiskFull { free, min })
+            }
+            None => {
+                if was_full {
+                    tracing::info!(dir = %self.dir.display(), "store: free space is back above store_min_free_bytes; writes resume");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The current store, for a write: also refused while the disk is nearly full.
+    fn sled_for_write(&self) -> Result<Store, BackendError> {
+        let store = self.sled()?;
+        self.check_space()?;
+        Ok(store)
     }
 
     /// The current store. The ONLY way to reach it: keep it so (the store may be reopened).
@@ -315,7 +362,9 @@ impl SledBackend {
             self.retention_carried
                 .fetch_add(old.retention_deleted(), Relaxed);
             // Other clones (calls in flight) let go when they finish; `open` waits for the lock.
-            drop(old);
+            if !old.close_after_failure(CLOSE_WAIT) {
+                tracing::warn!("store: the failed store is still closing; the reopen may find it locked and is tried again later");
+            }
         }
         tracing::warn!(dir = %self.dir.display(), "store: reopening after a write error");
         match Store::open(&self.dir, &self.opts) {
@@ -466,7 +515,7 @@ impl Backend {
     /// `Metrics::store_ok`). ClickHouse: the last probe answered and the writer is not failing.
     pub fn healthy(&self) -> bool {
         match self {
-            Backend::Sled(s) => s.state() != StoreState::Opening,
+            Backend::Sled(s) => !matches!(s.state(), StoreState::Opening | StoreState::DiskFull),
             Backend::ClickHouse(c) => c.reachable.load(Relaxed) && c.writer.is_healthy(),
         }
     }
@@ -508,6 +557,7 @@ impl Backend {
     pub async fn put_spans(&self, spans: Vec<Span>) -> Result<Vec<Span>, BackendError> {
         match self {
             Backend::Sled(s) => {
+                s.sled_for_write()?;
                 s.blocking(move |st| st.put_spans(&spans).map(|()| spans))
                     .await
             }
@@ -524,7 +574,7 @@ impl Backend {
     pub fn write_captured(&self, spans: &[Span]) -> Result<usize, BackendError> {
         match self {
             Backend::Sled(s) => {
-                s.sled()?.put_spans(spans)?;
+                s.sled_for_write()?.put_spans(spans)?;
                 Ok(spans.len())
             }
             Backend::ClickHouse(c) => Ok(c.writer.offer(spans)),
@@ -725,5 +775,41 @@ mod tests {
         assert_eq!(backend.state(), StoreState::Open);
         assert!(backend.healthy());
         backend.wait_opened(); // at once
+    }
+
+    #[test]
+    fn writes_pause_below_the_free_space_threshold_and_resume_above_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let free = free_bytes(tmp.path()).expect("statvfs works here");
+        let open = |min_free_bytes| {
+            let opts = StoreOptions {
+                min_free_bytes,
+                ..StoreOptions::default()
+            };
+            let store = Store::open(tmp.path(), &opts).expect("store opens");
+            SledBackend::new(store, tmp.path(), &opts)
+        };
+        // More than the filesystem has free: every write is refused, nothing reaches sled.
+        let full = Backend::Sled(open(free.saturating_mul(2)));
+        let refused = full.write_captured(&[]);
+        assert!(
+            matches!(refused, Err(BackendError::DiskFull { min, .. }) if min == free.saturating_mul(2)),
+            "{refused:?}"
+        );
+        assert!(
+            !refused.is_err_and(|e| e.wants_reopen()),
+            "no reopen for a full disk"
+        );
+        assert_eq!(full.state(), StoreState::DiskFull);
+        assert_eq!(full.state().as_str(), "disk_full");
+        assert!(!full.healthy());
+        drop(full);
+        // The guard off (0): the same write goes through and the state is open again.
+        let sled = open(0);
+        sled.disk_full.store(true, Relaxed); // as a refused write left it
+        let backend = Backend::Sled(sled);
+        assert_eq!(backend.write_captured(&[]).expect("written"), 0);
+        assert_eq!(backend.state(), StoreState::Open);
+        assert!(backend.healthy());
     }
 }

@@ -96,6 +96,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub flush_every_ms: Option<u64>,
     pub cache_capacity_bytes: u64,
+    /// Store writes pause below this much free disk for `data_dir` (0 = never).
+    pub store_min_free_bytes: u64,
     pub store_backend: StoreBackend,
     /// `[store] clickhouse_url`, used when `store_backend` is ClickHouse.
     pub clickhouse_url: String,
@@ -181,6 +183,7 @@ pub struct Flags {
     pub shutdown_timeout_ms: Option<String>,
     pub flush_every_ms: Option<String>,
     pub cache_capacity_bytes: Option<String>,
+    pub store_min_free_bytes: Option<String>,
     pub store_backend: Option<String>,
     pub clickhouse_url: Option<String>,
     pub clickhouse_database: Option<String>,
@@ -232,6 +235,7 @@ struct FileConfig {
     shutdown_timeout_ms: Option<u64>,
     flush_every_ms: Option<u64>,
     cache_capacity_bytes: Option<u64>,
+    store_min_free_bytes: Option<u64>,
     capture_embeddings: Option<bool>,
     pricing_file: Option<String>,
     admin_token: Option<String>,
@@ -510,6 +514,15 @@ pub fn load(
             3_600_000,
         )?
         .unwrap_or(500);
+    let store_min_free_bytes = l
+        .pick_num(
+            "store_min_free_bytes",
+            &flags.store_min_free_bytes,
+            raw.store_min_free_bytes,
+            0,
+            1 << 50,
+        )?
+        .unwrap_or(crate::store::DEFAULT_MIN_FREE_BYTES);
     let cache_capacity_bytes = l
         .pick_num(
             "cache_capacity_bytes",
@@ -775,6 +788,7 @@ pub fn load(
         shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
         flush_every_ms: (flush_every_ms > 0).then_some(flush_every_ms),
         cache_capacity_bytes,
+        store_min_free_bytes,
         store_backend: backend,
         clickhouse_url,
         clickhouse_database,
@@ -970,6 +984,7 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "flush_every_ms",
     "cache_capacity_bytes",
+    "store_min_free_bytes",
     "store.backend",
     "store.clickhouse_url",
     "store.clickhouse_database",
@@ -1330,6 +1345,36 @@ mod tests {
                 e.contains("capture_budget_bytes"),
                 "a bad budget names its key: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn store_min_free_bytes_defaults_to_64_mib_allows_0_and_is_validated() {
+        let c = load_str("", &Flags::default(), &[]).unwrap();
+        assert_eq!(c.store_min_free_bytes, 64 * 1024 * 1024, "the default");
+        let c = load_str("store_min_free_bytes = 0\n", &Flags::default(), &[]).unwrap();
+        assert_eq!(c.store_min_free_bytes, 0, "0 turns the guard off");
+        let c = load_str(
+            "store_min_free_bytes = 1\n",
+            &Flags::default(),
+            &[("LLM_TRACER_STORE_MIN_FREE_BYTES", "2048")],
+        )
+        .unwrap();
+        assert_eq!(c.store_min_free_bytes, 2048, "env wins over the file");
+        let flags = Flags {
+            store_min_free_bytes: Some("4096".into()),
+            ..Flags::default()
+        };
+        let c = load_str("", &flags, &[("LLM_TRACER_STORE_MIN_FREE_BYTES", "2048")]).unwrap();
+        assert_eq!(c.store_min_free_bytes, 4096, "the flag wins over env");
+        for bad in [
+            "store_min_free_bytes = -1\n",
+            "store_min_free_bytes = \"lots\"\n",
+        ] {
+            let e = load_str(bad, &Flags::default(), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("store_min_free_bytes"), "names its key: {e}");
         }
     }
 

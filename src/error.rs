@@ -150,6 +150,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unauthorized(_) => "unauthorized",
             Self::Store(crate::backend::BackendError::Opening) => "store_opening",
+            Self::Store(crate::backend::BackendError::DiskFull { .. }) => "store_disk_full",
             Self::Store(_) => "store_error",
             Self::Internal(_) => "internal",
         }
@@ -165,6 +166,9 @@ impl ApiError {
             Self::ForbiddenHost(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Store(crate::backend::BackendError::DiskFull { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

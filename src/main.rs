@@ -133,6 +133,9 @@ struct ServeArgs {
     /// Store page cache (default 67108864).
     #[arg(long, value_name = "BYTES")]
     cache_capacity_bytes: Option<String>,
+    /// Store writes pause below this much free disk for data_dir; 0 = never (default 67108864).
+    #[arg(long, value_name = "BYTES")]
+    store_min_free_bytes: Option<String>,
     /// Store backend: sled (default, embedded) or clickhouse (shared by many instances).
     #[arg(long, value_name = "NAME")]
     store_backend: Option<String>,
@@ -219,6 +222,7 @@ impl ServeArgs {
             shutdown_timeout_ms: self.shutdown_timeout_ms.clone(),
             flush_every_ms: self.flush_every_ms.clone(),
             cache_capacity_bytes: self.cache_capacity_bytes.clone(),
+            store_min_free_bytes: self.store_min_free_bytes.clone(),
             store_backend: self.store_backend.clone(),
             clickhouse_url: self.clickhouse_url.clone(),
             clickhouse_database: self.clickhouse_database.clone(),
@@ -347,6 +351,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     let opts = store::StoreOptions {
         cache_capacity: config.cache_capacity_bytes,
         flush_every_ms: None,
+        min_free_bytes: config.store_min_free_bytes,
     };
     let report = match store::Store::open(&config.data_dir, &opts).and_then(|s| s.check()) {
         Ok(r) => r,

@@ -20,8 +20,6 @@
 //! Owns the crate's second `unsafe`: libc's `sched_setscheduler`, which reads a local struct.
 //! Where `SCHED_IDLE` is refused or missing the thread falls back to nice 10.
 
-use std::sync::{Arc, Mutex};
-
 /// The nice value used where `SCHED_IDLE` is not available.
 const FALLBACK_NICE: i32 = 10;
 
@@ -93,11 +91,10 @@ pub fn raise_store_writer(writer: i32) -> bool {
 /// The writer thread `writer` and sled's threads back to `SCHED_IDLE` (always allowed).
 pub fn lower_store_writer(writer: i32) {
     #[cfg(target_os = "linux")]
-    for tid in std::iter::once(writer).chain(store_threads()) {
-        set_policy(tid, libc::SCHED_IDLE);
-    }
+    set_policy(writer, libc::SCHED_IDLE);
     #[cfg(not(target_os = "linux"))]
     let _ = writer;
+    lower_store_threads();
 }
 
 /// How long thread `tid` of this process has waited, runnable, for a CPU so far (the second
@@ -129,41 +126,15 @@ pub fn raise(tid: i32) -> bool {
     }
 }
 
-/// Runs `work` on a short-lived thread lowered by [`lower_this_thread`], and returns its result.
-/// Threads that `work` starts (sled's flusher, when it opens a store) inherit the lowered policy,
-/// which the caller's thread (for instance one of the runtime's blocking pool, reused later for
-/// queries) does not. Runs `work` on the calling thread when no thread can be started; a panic in
-/// `work` is resumed on the caller's thread.
-pub fn run_lowered<T, F>(name: &str, work: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    // `spawn` consumes its closure even when it fails, so the work waits in a slot either side
-    // can take it from.
-    let slot = Arc::new(Mutex::new(Some(work)));
-    let for_thread = slot.clone();
-    let spawned = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            lower_this_thread();
-            let work = for_thread.lock().ok().and_then(|mut w| w.take());
-            work.map(|w| w())
-        });
-    match spawned.map(|handle| handle.join()) {
-        Ok(Ok(Some(out))) => return out,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Ok(Ok(None)) => {}
-        Err(e) => tracing::debug!(error = %e, "{name}: no thread; runs at the caller's priority"),
-    }
-    let work = match slot.lock() {
-        Ok(mut w) => w.take(),
-        Err(poisoned) => poisoned.into_inner().take(),
-    };
-    match work {
-        Some(work) => work(),
-        // Only the thread takes the work, and then it returns its result or panics (above).
-        None => unreachable!("{name}: the lowered thread took the work and returned nothing"),
+/// Lowers sled's threads (its log flusher and I/O pool; every store's in this process) to
+/// `SCHED_IDLE`, always allowed. Called after a store is opened on a thread of normal priority:
+/// the open itself (a log recovery that can take seconds) must not starve while requests keep
+/// the CPUs busy, since captures wait for it, but the threads it started must not compete with
+/// requests afterwards.
+pub fn lower_store_threads() {
+    #[cfg(target_os = "linux")]
+    for tid in store_threads() {
+        set_policy(tid, libc::SCHED_IDLE);
     }
 }
 
@@ -194,12 +165,15 @@ mod tests {
 
     #[test]
     fn a_lowered_thread_is_idle_and_its_children_inherit_it() {
-        let (mine, child) = run_lowered("priority-test", || {
+        let (mine, child) = std::thread::spawn(|| {
+            assert_eq!(lower_this_thread(), Lowered::Idle);
             let child = std::thread::spawn(policy_of_this_thread)
                 .join()
                 .unwrap_or(-1);
             (policy_of_this_thread(), child)
-        });
+        })
+        .join()
+        .unwrap();
         assert_eq!(mine, libc::SCHED_IDLE);
         assert_eq!(child, libc::SCHED_IDLE);
         // The caller's own thread is untouched.
@@ -262,14 +236,37 @@ mod tests {
         assert_eq!(run_delay(-1), None);
     }
 
+    /// A store opened on a normal thread (which is not lowered, so the open is not starved):
+    /// the flusher it started is idle once `lower_store_threads` ran.
     #[test]
-    fn run_lowered_returns_the_work_result() {
-        assert_eq!(run_lowered("priority-test", || 6 * 7), 42);
+    fn a_store_opened_at_normal_priority_leaves_its_flusher_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(dir.path(), &crate::store::StoreOptions::default()).unwrap();
+        let flushers: Vec<i32> = store_threads()
+            .into_iter()
+            .filter(|&tid| name_of(tid).starts_with("log flusher"))
+            .collect();
+        assert!(!flushers.is_empty(), "sled started its flusher");
+        lower_store_threads();
+        for tid in flushers {
+            assert_eq!(policy_of(tid), libc::SCHED_IDLE, "flusher {tid}");
+        }
+        assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
+        drop(store);
+    }
+
+    fn name_of(tid: i32) -> String {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default()
+    }
+
+    fn policy_of_this_thread() -> i32 {
+        policy_of(0)
     }
 
     #[allow(unsafe_code)]
-    fn policy_of_this_thread() -> i32 {
-        // SAFETY: no arguments; pid 0 is the calling thread.
-        unsafe { libc::sched_getscheduler(0) }
+    fn policy_of(tid: i32) -> i32 {
+        // SAFETY: no memory is passed; an unknown tid is an error return (-1), not UB.
+        unsafe { libc::sched_getscheduler(tid) }
     }
 }

@@ -728,7 +728,11 @@ impl Writer {
                     .captures_dropped_store_error
                     .fetch_add(count, Relaxed);
                 self.metrics.store_ok.store(false, Relaxed);
-                tracing::error!(error = %e, spans = count, "span batch not stored; traffic unaffected");
+                if matches!(e, WriteError::Store(BackendError::DiskFull { .. })) {
+                    tracing::debug!(error = %e, spans = count, "span batch not stored; traffic unaffected");
+                } else {
+                    tracing::error!(error = %e, spans = count, "span batch not stored; traffic unaffected");
+                }
             }
             Err(_) => {
                 self.metrics.store_errors.fetch_add(1, Relaxed);
@@ -760,6 +764,11 @@ impl Writer {
             let Err(e) = &result else { break };
             // Degraded from the first failure on; the next stored batch clears it.
             self.metrics.store_ok.store(false, Relaxed);
+            // A nearly full disk is not cured in half a second: the batch is dropped at once
+            // (the backend logged it once; every batch checks the space again).
+            if matches!(e, WriteError::Store(BackendError::DiskFull { .. })) {
+                break;
+            }
             self.metrics.store_write_retries.fetch_add(1, Relaxed);
             tracing::warn!(error = %e, spans = spans.len(), ?pause, "span batch not stored; retrying");
             std::thread::sleep(pause);

@@ -122,13 +122,21 @@ pub struct StoreOptions {
     pub cache_capacity: u64,
     /// sled's background fsync interval; `None` = only on explicit flush.
     pub flush_every_ms: Option<u64>,
+    /// Writes pause while the data directory's filesystem has less free space than this
+    /// (`store_min_free_bytes`; 0 = never). Checked by the backend before each write, not by
+    /// the store.
+    pub min_free_bytes: u64,
 }
+
+/// `store_min_free_bytes`' default: 64 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             cache_capacity: 64 * 1024 * 1024,
             flush_every_ms: Some(500),
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -229,6 +237,32 @@ impl Store {
                 Err(_) => std::thread::sleep(LOCK_RETRY_EVERY),
             }
         }
+    }
+
+    /// Closes a store whose writes failed (a full or failing disk), for a reopen: returns
+    /// whether it closed within `wait`. sled flushes when its last handle drops, and after
+    /// failed log writes that flush can wait for good (sled 0.34 leaves a log buffer that is
+    /// never written: seen on a full tmpfs, issue #7), which hung the capture writer. So the
+    /// handle drops on its own thread; past `wait` the caller goes on, and a reopen finds the
+    /// directory still locked, fails, and is tried again later (the store stays closed, traffic
+    /// is unaffected). `store_min_free_bytes` keeps sled from reaching a full disk at all.
+    pub fn close_after_failure(self, wait: Duration) -> bool {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("llm-tracer-close".into())
+            .spawn(move || {
+                drop(self);
+                drop(done_tx);
+            });
+        if let Err(e) = spawned {
+            // The closure (and the store in it) was dropped by the failed spawn.
+            tracing::warn!(error = %e, "store: no thread to close the store on");
+            return true;
+        }
+        !matches!(
+            done_rx.recv_timeout(wait),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        )
     }
 
     /// [`Store::open`] with the lock wait as a parameter.
