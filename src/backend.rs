@@ -270,7 +270,8 @@ impl SledBackend {
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
         {
-            if self.disk_full.load(Relaxed) {
+            // Looked at again (one `statvfs`) so an idle server reports freed space too.
+            if self.disk_full.load(Relaxed) && self.write_paused() {
                 StoreState::DiskFull
             } else {
                 StoreState::Open
@@ -313,6 +314,11 @@ impl SledBackend {
         let store = self.sled()?;
         self.check_space()?;
         Ok(store)
+    }
+
+    /// Whether writes are paused for want of disk space, looked at again now (one `statvfs`).
+    pub fn write_paused(&self) -> bool {
+        self.check_space().is_err()
     }
 
     /// The current store. The ONLY way to reach it: keep it so (the store may be reopened).
@@ -382,9 +388,9 @@ impl SledBackend {
 
     /// Runs a store call on a blocking thread. While the first open runs, the call waits for it
     /// (up to `opening_wait`, on the same blocking thread) rather than failing at once.
-    async fn blocking<T: Send + 'static>(
+    async fn blocking<T: Send + 'static, E: Into<BackendError>>(
         &self,
-        f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(Store) -> Result<T, E> + Send + 'static,
     ) -> Result<T, BackendError> {
         let store = match self.sled() {
             Err(BackendError::Opening) => None,
@@ -399,7 +405,7 @@ impl SledBackend {
                     me.sled()?
                 }
             };
-            f(store).map_err(BackendError::from)
+            f(store).map_err(Into::into)
         })
         .await
         .map_err(|e| BackendError::Task(e.to_string()))?
@@ -545,6 +551,16 @@ impl Backend {
         }
     }
 
+    /// Whether store writes are paused for want of disk space (sled's `store_min_free_bytes`;
+    /// looked at again now). The writer then leaves spooled calls on disk rather than have them
+    /// refused.
+    pub fn write_paused(&self) -> bool {
+        match self {
+            Backend::Sled(s) => s.write_paused(),
+            Backend::ClickHouse(_) => false,
+        }
+    }
+
     /// The writer's counters (ClickHouse only).
     pub fn writer_stats(&self) -> Option<WriterStats> {
         match self {
@@ -557,9 +573,15 @@ impl Backend {
     pub async fn put_spans(&self, spans: Vec<Span>) -> Result<Vec<Span>, BackendError> {
         match self {
             Backend::Sled(s) => {
-                s.sled_for_write()?;
-                s.blocking(move |st| st.put_spans(&spans).map(|()| spans))
-                    .await
+                // Checked on the blocking thread, once the first open has ended (ingest waits
+                // for it like every store call).
+                let me = s.clone();
+                s.blocking(move |st| {
+                    me.check_space()?;
+                    st.put_spans(&spans)?;
+                    Ok::<_, BackendError>(spans)
+                })
+                .await
             }
             Backend::ClickHouse(c) => {
                 c.ready().await?.put_spans(&spans).await?;

@@ -176,7 +176,10 @@ impl ApiError {
 
     /// The only place an `ApiError` becomes bytes.
     pub fn to_response(&self) -> Response<Bytes> {
-        if self.status().is_server_error() && self.code() != "store_opening" {
+        // Expected states, reported by /healthz and logged once by the backend.
+        if self.status().is_server_error()
+            && !matches!(self.code(), "store_opening" | "store_disk_full")
+        {
             tracing::error!(error = %self, "admin API request failed");
         }
         let body =

@@ -5,11 +5,14 @@
 //! merely lowered priority (nice 10) the kernel lets such a thread finish its time slice before a
 //! woken request thread runs, which showed up as milliseconds of added p99 at a fixed request
 //! rate (issue #7, bench/RESULTS.md). Under `SCHED_IDLE` a request thread that wakes preempts
-//! them immediately, and they only use CPU nothing else wants; the capture spool absorbs what
-//! they cannot store while the proxy is saturated.
+//! them immediately, and they mostly use CPU nothing else wants; the capture spool absorbs what
+//! they cannot store while the proxy is saturated. (Not always: when a request thread is already
+//! queued, the scheduler can still pick an idle thread that waited long and let it run to the
+//! next tick; bench/RESULTS.md, session 7.)
 //!
-//! Threads inherit their creator's policy, so a thread that lowers itself before it opens sled
-//! also lowers the flusher sled starts, and the I/O threads it or the flusher start later.
+//! The store is opened at normal priority (an open that starves delays every capture), then
+//! [`lower_store_threads`] lowers the threads it started. Threads inherit their creator's policy,
+//! so the I/O threads that the lowered flusher or writer start later are idle too.
 //!
 //! A thread at `SCHED_IDLE` gets almost no CPU while request threads keep every core busy, so
 //! whoever watches it can [`raise`] it to nice 10 (the old fixed priority) until it has caught
@@ -54,8 +57,8 @@ pub fn this_thread() -> i32 {
     0
 }
 
-/// Name prefixes of sled's own threads (its log flusher, and the I/O pool it starts), which
-/// inherit `SCHED_IDLE` from the thread that opens the store or starts them.
+/// Name prefixes of sled's own threads (its log flusher, and the I/O pool it starts), lowered
+/// by name after an open ([`lower_store_threads`]).
 const STORE_THREADS: [&str; 2] = ["sled-io-", "log flusher"];
 
 /// This process's threads whose name starts with one of [`STORE_THREADS`].
@@ -237,21 +240,30 @@ mod tests {
     }
 
     /// A store opened on a normal thread (which is not lowered, so the open is not starved):
-    /// the flusher it started is idle once `lower_store_threads` ran.
+    /// the flusher it started is idle once `lower_store_threads` ran. (Other tests' stores
+    /// come and go meanwhile: a thread gone by the time it is looked at is skipped.)
     #[test]
     fn a_store_opened_at_normal_priority_leaves_its_flusher_idle() {
+        let before = store_threads();
         let dir = tempfile::tempdir().unwrap();
         let store =
             crate::store::Store::open(dir.path(), &crate::store::StoreOptions::default()).unwrap();
         let flushers: Vec<i32> = store_threads()
             .into_iter()
-            .filter(|&tid| name_of(tid).starts_with("log flusher"))
+            .filter(|tid| !before.contains(tid) && name_of(*tid).starts_with("log flusher"))
             .collect();
         assert!(!flushers.is_empty(), "sled started its flusher");
         lower_store_threads();
-        for tid in flushers {
-            assert_eq!(policy_of(tid), libc::SCHED_IDLE, "flusher {tid}");
-        }
+        let alive: Vec<i32> = flushers
+            .iter()
+            .map(|&tid| policy_of(tid))
+            .filter(|&p| p != -1)
+            .collect();
+        assert!(
+            !alive.is_empty(),
+            "this test's flusher is alive: its store is held"
+        );
+        assert!(alive.iter().all(|&p| p == libc::SCHED_IDLE), "{alive:?}");
         assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
         drop(store);
     }

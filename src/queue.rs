@@ -685,7 +685,12 @@ impl Writer {
 
     /// Stores the spool's oldest batch: `Ok(false)` when the spool is empty, `Err` when it
     /// cannot be read (logged and counted).
+    /// While the disk is nearly full (`store_min_free_bytes`) the spool is left alone: its calls
+    /// are safe on disk, and a write would only be refused and drop them.
     fn store_spooled(&self, spool: &Spool, batch_size: usize) -> Result<bool, ()> {
+        if !spool.is_empty() && self.backend.write_paused() {
+            return Ok(false);
+        }
         match spool.take(batch_size, SPOOL_READ_BYTES) {
             Ok(Some(taken)) => {
                 if taken.corrupt > 0 {

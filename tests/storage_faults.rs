@@ -171,6 +171,54 @@ impl Drop for Mount {
     }
 }
 
+/// The free-space guard through the API, on any machine: a threshold above what any disk has
+/// free refuses every write. Traffic is untouched, the writer's refused batch is counted (not
+/// retried), ingest answers 507 `store_disk_full` naming the key, `/healthz` says why, and
+/// queries still answer from what is stored.
+#[tokio::test]
+async fn below_store_min_free_bytes_writes_pause_ingest_is_507_and_traffic_flows() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(&tmp.path().join("data"), &upstream.url());
+    config.store_min_free_bytes = 1 << 50;
+    let proxy = TestProxy::start_with(config).await;
+
+    proxy.call_traced("while-paused", true).await;
+    let text = proxy
+        .wait_metrics("the refused batch is counted", |t| {
+            metric_value(t, "llm_tracer_store_errors_total") >= Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        metric_value(&text, "llm_tracer_store_write_retries_total"),
+        Some(0.0),
+        "a full disk is not retried:\n{text}"
+    );
+    assert_eq!(metric_value(&text, "llm_tracer_store_healthy"), Some(0.0));
+    assert!(common::metric_family_sum(&text, "llm_tracer_captures_dropped_total") >= 1.0);
+    let (_, health) = proxy.get_json("/healthz").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["store"]["state"], "disk_full", "{health}");
+
+    let rsp = client()
+        .post(proxy.api("/api/spans"))
+        .json(&serde_json::json!([{
+            "trace_id": "ingest-paused", "span_id": "00000000000000ab", "name": "step",
+            "kind": "chain", "start_time": "2026-11-27T10:00:00Z", "end_time": "2026-11-27T10:00:01Z"
+        }]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 507);
+    let body: Value = rsp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_disk_full", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("store_min_free_bytes"), "{message}");
+    let (status, page) = proxy.get_json("/api/traces").await;
+    assert_eq!(status, 200, "queries still answer: {page}");
+    assert_eq!(page["traces"].as_array().map(Vec::len), Some(0), "{page}");
+}
+
 /// A real, small disk, where the machine allows mounting a tmpfs (root with CAP_SYS_ADMIN;
 /// otherwise the test says so on stderr and checks nothing). The store fills it until less than
 /// `store_min_free_bytes` is free: writes pause (sled never meets ENOSPC, where it can fail for
@@ -321,6 +369,18 @@ async fn nearly_full_disk() {
     };
     let text = proxy.metrics_text().await;
     assert_eq!(metric_value(&text, "llm_tracer_store_healthy"), Some(1.0));
+    // sled never met the full disk: no write failed inside it, so nothing was retried or
+    // reopened (a refused write is neither).
+    assert_eq!(
+        metric_value(&text, "llm_tracer_store_write_retries_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "llm_tracer_store_reopens_total"),
+        Some(0.0),
+        "{text}"
+    );
     let (status, trace) = proxy.get_json(&format!("/api/traces/{stored}")).await;
     assert_eq!(status, 200);
     assert_eq!(trace["spans"].as_array().map(Vec::len), Some(1), "{trace}");
@@ -383,14 +443,28 @@ async fn a_store_still_opening_holds_up_neither_start_up_nor_traffic_and_loses_n
         started.elapsed() < delay,
         "all of the above before the store opened"
     );
-    // A query made meanwhile waits for the open (up to 30 s; then 503 store_opening, see
-    // `backend`'s unit test) and is answered.
-    let (status, body) = proxy.get_json("/api/traces").await;
+    // An ingest call and a query made meanwhile wait for the open (up to 30 s; then 503
+    // store_opening, see `backend`'s unit test) and are answered.
+    let ingest = client()
+        .post(proxy.api("/api/spans"))
+        .json(&serde_json::json!([{
+            "trace_id": "ingested-while-opening", "span_id": "00000000000000ac", "name": "step",
+            "kind": "chain", "start_time": "2026-11-27T10:00:00Z", "end_time": "2026-11-27T10:00:01Z"
+        }]))
+        .send();
+    let (ingested, (status, body)) = tokio::join!(ingest, proxy.get_json("/api/traces"));
     assert_eq!(status, 200, "{body}");
+    let ingested = ingested.unwrap();
+    assert!(
+        ingested.status().is_success(),
+        "ingest waits for the open: {}",
+        ingested.status()
+    );
     assert!(
         started.elapsed() >= delay,
         "answered once the store was open"
     );
+    proxy.wait_for_trace("ingested-while-opening", 1).await;
 
     // Once open, the calls made meanwhile are stored: none was lost waiting.
     for trace in ["while-opening", "while-opening-stream"] {

@@ -184,7 +184,11 @@ pub async fn handle(req: Request<Incoming>, ctx: IngestContext<'_>) -> Rsp {
         match ctx.backend.put_spans(spans).await {
             Ok(spans) => ctx.export.offer(&spans),
             Err(e) => {
-                tracing::error!(error = %e, spans = count, "OTLP ingest: spans not stored");
+                if matches!(e, crate::backend::BackendError::DiskFull { .. }) {
+                    tracing::debug!(error = %e, spans = count, "OTLP ingest: spans not stored");
+                } else {
+                    tracing::error!(error = %e, spans = count, "OTLP ingest: spans not stored");
+                }
                 return status_response(
                     format,
                     StatusCode::SERVICE_UNAVAILABLE,

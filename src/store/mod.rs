@@ -255,7 +255,8 @@ impl Store {
                 drop(done_tx);
             });
         if let Err(e) = spawned {
-            // The closure (and the store in it) was dropped by the failed spawn.
+            // The closure, and the store in it, was dropped by the failed spawn, on this
+            // thread (where the drop could hang: no thread left to run it elsewhere).
             tracing::warn!(error = %e, "store: no thread to close the store on");
             return true;
         }
