@@ -57,6 +57,8 @@ pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
 /// A reopen is tried only when the data dir's filesystem has this much free: two of sled's
 /// 512 KiB log segments.
 pub const REOPEN_MIN_FREE: u64 = 1024 * 1024;
+/// How long one look at the free space (`store_min_free_bytes`) serves the writes after it.
+const SPACE_EVERY: Duration = Duration::from_millis(100);
 /// How long a reopen waits for the failed store to close before it tries to open it again.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -158,8 +160,21 @@ pub struct SledBackend {
     first_open: Arc<FirstOpen>,
     /// How long a store call waits for the first open ([`OPENING_WAIT`]).
     opening_wait: Duration,
-    /// The last write was refused for want of free disk ([`SledBackend::check_space`]).
-    disk_full: Arc<AtomicBool>,
+    /// Free space against `store_min_free_bytes` ([`SledBackend::check_space`]).
+    space: Arc<SpaceGuard>,
+}
+
+/// The free-space guard's last look: `statvfs` is cheap alone but not once per write batch
+/// under load (it doubled `tests/crash.rs`' run time), so a look is reused for [`SPACE_EVERY`].
+struct SpaceGuard {
+    /// When the guard was made; `next_look` counts from it.
+    base: Instant,
+    /// Nanoseconds after `base` from which the next write looks again.
+    next_look: AtomicU64,
+    /// The last look found less than the minimum free (writes are refused).
+    full: AtomicBool,
+    /// Bytes free at the last look.
+    free: AtomicU64,
 }
 
 /// Whether the first open is still running, and a way to wait for its end.
@@ -198,7 +213,12 @@ impl SledBackend {
             last_reopen: Arc::new(Mutex::new(None)),
             retention_carried: Arc::new(AtomicU64::new(0)),
             opening_wait: OPENING_WAIT,
-            disk_full: Arc::new(AtomicBool::new(false)),
+            space: Arc::new(SpaceGuard {
+                base: Instant::now(),
+                next_look: AtomicU64::new(0),
+                full: AtomicBool::new(false),
+                free: AtomicU64::new(u64::MAX),
+            }),
         }
     }
 
@@ -271,7 +291,7 @@ impl SledBackend {
             .is_some()
         {
             // Looked at again (one `statvfs`) so an idle server reports freed space too.
-            if self.disk_full.load(Relaxed) && self.write_paused() {
+            if self.space.full.load(Relaxed) && self.look_at_space().is_err() {
                 StoreState::DiskFull
             } else {
                 StoreState::Open
@@ -285,28 +305,47 @@ impl SledBackend {
 
     /// Refuses a write while the data directory has less than `store_min_free_bytes` free: sled
     /// must not meet a full disk, where it can fail for good or hang (see
-    /// [`Store::close_after_failure`]). One `statvfs` per write batch.
+    /// [`Store::close_after_failure`]). Looks (one `statvfs`) at most every [`SPACE_EVERY`];
+    /// in between, the last look answers.
     fn check_space(&self) -> Result<(), BackendError> {
         let min = self.opts.min_free_bytes;
-        let full = match free_bytes(&self.dir) {
-            Some(free) if min > 0 && free < min => Some(free),
-            _ => None,
-        };
-        let was_full = self.disk_full.swap(full.is_some(), Relaxed);
-        match full {
-            Some(free) => {
-                if !was_full {
-                    tracing::error!(free, min, dir = %self.dir.display(), "store: disk nearly full; writes pause (captures are dropped and counted) until space is freed (store_min_free_bytes)");
-                }
-                Err(BackendError::DiskFull { free, min })
-            }
-            None => {
-                if was_full {
-                    tracing::info!(dir = %self.dir.display(), "store: free space is back above store_min_free_bytes; writes resume");
-                }
-                Ok(())
-            }
+        if min == 0 {
+            return Ok(()); // the guard is off
         }
+        let now = u64::try_from(self.space.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if now < self.space.next_look.load(Relaxed) {
+            return match self.space.full.load(Relaxed) {
+                true => Err(BackendError::DiskFull {
+                    free: self.space.free.load(Relaxed),
+                    min,
+                }),
+                false => Ok(()),
+            };
+        }
+        let every = u64::try_from(SPACE_EVERY.as_nanos()).unwrap_or(u64::MAX);
+        self.space
+            .next_look
+            .store(now.saturating_add(every), Relaxed);
+        self.look_at_space()
+    }
+
+    /// Looks at the free space now and records it for [`SledBackend::check_space`].
+    fn look_at_space(&self) -> Result<(), BackendError> {
+        let min = self.opts.min_free_bytes;
+        let free = free_bytes(&self.dir).unwrap_or(u64::MAX);
+        self.space.free.store(free, Relaxed);
+        let full = min > 0 && free < min;
+        let was_full = self.space.full.swap(full, Relaxed);
+        if full {
+            if !was_full {
+                tracing::error!(free, min, dir = %self.dir.display(), "store: disk nearly full; writes pause (captures are dropped and counted) until space is freed (store_min_free_bytes)");
+            }
+            return Err(BackendError::DiskFull { free, min });
+        }
+        if was_full {
+            tracing::info!(dir = %self.dir.display(), "store: free space is back above store_min_free_bytes; writes resume");
+        }
+        Ok(())
     }
 
     /// The current store, for a write: also refused while the disk is nearly full.
@@ -828,7 +867,7 @@ mod tests {
         drop(full);
         // The guard off (0): the same write goes through and the state is open again.
         let sled = open(0);
-        sled.disk_full.store(true, Relaxed); // as a refused write left it
+        sled.space.full.store(true, Relaxed); // as a refused write left it
         let backend = Backend::Sled(sled);
         assert_eq!(backend.write_captured(&[]).expect("written"), 0);
         assert_eq!(backend.state(), StoreState::Open);
