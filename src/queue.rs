@@ -685,6 +685,7 @@ impl Writer {
 
     /// Stores the spool's oldest batch: `Ok(false)` when the spool is empty, `Err` when it
     /// cannot be read (logged and counted).
+    ///
     /// While the disk is nearly full (`store_min_free_bytes`) the spool is left alone: its calls
     /// are safe on disk, and a write would only be refused and drop them.
     fn store_spooled(&self, spool: &Spool, batch_size: usize) -> Result<bool, ()> {
@@ -770,7 +771,7 @@ impl Writer {
             // Degraded from the first failure on; the next stored batch clears it.
             self.metrics.store_ok.store(false, Relaxed);
             // A nearly full disk is not cured in half a second: the batch is dropped at once
-            // (the backend logged it once; every batch checks the space again).
+            // (the backend logs the pause once, and looks at the space again every 100 ms).
             if matches!(e, WriteError::Store(BackendError::DiskFull { .. })) {
                 break;
             }
