@@ -298,7 +298,6 @@ async fn open_backend(config: &Config) -> Result<Backend, StartError> {
             let store_opts = StoreOptions {
                 cache_capacity: config.cache_capacity_bytes,
                 flush_every_ms: config.flush_every_ms,
-                min_free_bytes: config.store_min_free_bytes,
             };
             let dir = config.data_dir.clone();
             let opts = store_opts.clone();
@@ -324,18 +323,18 @@ async fn open_backend(config: &Config) -> Result<Backend, StartError> {
             let mut opening = tokio::task::spawn_blocking(open);
             if let Ok(opened) = tokio::time::timeout(OPEN_WAIT, &mut opening).await {
                 let store = opened.map_err(task_failed)??;
-                return Ok(Backend::Sled(SledBackend::new(
-                    store,
-                    &config.data_dir,
-                    &store_opts,
-                )));
+                return Ok(Backend::Sled(
+                    SledBackend::new(store, &config.data_dir, &store_opts)
+                        .with_min_free_bytes(config.store_min_free_bytes),
+                ));
             }
             // Still recovering: traffic is not held up by it (see `backend`).
             tracing::info!(
                 dir = %config.data_dir.display(),
                 "store: still opening (recovering its log); serving meanwhile: queries answer 503 store_opening, captures wait"
             );
-            let backend = SledBackend::opening(&config.data_dir, &store_opts);
+            let backend = SledBackend::opening(&config.data_dir, &store_opts)
+                .with_min_free_bytes(config.store_min_free_bytes);
             let when_open = backend.clone();
             tokio::spawn(async move {
                 let result = match opening.await {

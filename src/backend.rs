@@ -100,6 +100,13 @@ impl BackendError {
             _ => false,
         }
     }
+
+    /// A state the store is in rather than a failure of this call (its first open still
+    /// running, or writes paused on a nearly full disk): `/healthz` reports it and the backend
+    /// logs it once, so callers neither retry it nor log it per call.
+    pub fn is_store_state(&self) -> bool {
+        matches!(self, BackendError::Opening | BackendError::DiskFull { .. })
+    }
 }
 
 /// Where the store stands, as `/healthz` reports it (`store.state`).
@@ -160,7 +167,9 @@ pub struct SledBackend {
     first_open: Arc<FirstOpen>,
     /// How long a store call waits for the first open ([`OPENING_WAIT`]).
     opening_wait: Duration,
-    /// Free space against `store_min_free_bytes` ([`SledBackend::check_space`]).
+    /// `store_min_free_bytes`: writes pause below this much free disk (0 = never).
+    min_free_bytes: u64,
+    /// The last look at the free space ([`SledBackend::check_space`]).
     space: Arc<SpaceGuard>,
 }
 
@@ -171,9 +180,8 @@ struct SpaceGuard {
     base: Instant,
     /// Nanoseconds after `base` from which the next write looks again.
     next_look: AtomicU64,
-    /// The last look found less than the minimum free (writes are refused).
-    full: AtomicBool,
-    /// Bytes free at the last look.
+    /// Bytes free at the last look (`u64::MAX` before the first); under the minimum, writes
+    /// are refused.
     free: AtomicU64,
 }
 
@@ -213,13 +221,20 @@ impl SledBackend {
             last_reopen: Arc::new(Mutex::new(None)),
             retention_carried: Arc::new(AtomicU64::new(0)),
             opening_wait: OPENING_WAIT,
+            min_free_bytes: 0,
             space: Arc::new(SpaceGuard {
                 base: Instant::now(),
                 next_look: AtomicU64::new(0),
-                full: AtomicBool::new(false),
                 free: AtomicU64::new(u64::MAX),
             }),
         }
+    }
+
+    /// Writes pause while `dir`'s filesystem has less than `bytes` free (`store_min_free_bytes`;
+    /// 0, the default here, = never).
+    pub fn with_min_free_bytes(mut self, bytes: u64) -> Self {
+        self.min_free_bytes = bytes;
+        self
     }
 
     /// How long store calls wait for the first open (tests).
@@ -291,7 +306,7 @@ impl SledBackend {
             .is_some()
         {
             // Looked at again (one `statvfs`) so an idle server reports freed space too.
-            if self.space.full.load(Relaxed) && self.look_at_space().is_err() {
+            if self.disk_full() && self.look_at_space().is_err() {
                 StoreState::DiskFull
             } else {
                 StoreState::Open
@@ -308,19 +323,12 @@ impl SledBackend {
     /// [`Store::close_after_failure`]). Looks (one `statvfs`) at most every [`SPACE_EVERY`];
     /// in between, the last look answers.
     fn check_space(&self) -> Result<(), BackendError> {
-        let min = self.opts.min_free_bytes;
-        if min == 0 {
+        if self.min_free_bytes == 0 {
             return Ok(()); // the guard is off
         }
         let now = u64::try_from(self.space.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
         if now < self.space.next_look.load(Relaxed) {
-            return match self.space.full.load(Relaxed) {
-                true => Err(BackendError::DiskFull {
-                    free: self.space.free.load(Relaxed),
-                    min,
-                }),
-                false => Ok(()),
-            };
+            return self.refuse_below_min(self.space.free.load(Relaxed));
         }
         let every = u64::try_from(SPACE_EVERY.as_nanos()).unwrap_or(u64::MAX);
         self.space
@@ -331,21 +339,33 @@ impl SledBackend {
 
     /// Looks at the free space now and records it for [`SledBackend::check_space`].
     fn look_at_space(&self) -> Result<(), BackendError> {
-        let min = self.opts.min_free_bytes;
+        let min = self.min_free_bytes;
         let free = free_bytes(&self.dir).unwrap_or(u64::MAX);
-        self.space.free.store(free, Relaxed);
-        let full = min > 0 && free < min;
-        let was_full = self.space.full.swap(full, Relaxed);
-        if full {
-            if !was_full {
+        let was = self.space.free.swap(free, Relaxed);
+        match (was < min, free < min) {
+            (false, true) => {
                 tracing::error!(free, min, dir = %self.dir.display(), "store: disk nearly full; writes pause (captures are dropped and counted) until space is freed (store_min_free_bytes)");
             }
-            return Err(BackendError::DiskFull { free, min });
+            (true, false) => {
+                tracing::info!(dir = %self.dir.display(), "store: free space is back above store_min_free_bytes; writes resume");
+            }
+            _ => {}
         }
-        if was_full {
-            tracing::info!(dir = %self.dir.display(), "store: free space is back above store_min_free_bytes; writes resume");
+        self.refuse_below_min(free)
+    }
+
+    /// `DiskFull` when `free` is under `store_min_free_bytes`.
+    fn refuse_below_min(&self, free: u64) -> Result<(), BackendError> {
+        let min = self.min_free_bytes;
+        match free < min {
+            true => Err(BackendError::DiskFull { free, min }),
+            false => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The last look found less than `store_min_free_bytes` free.
+    fn disk_full(&self) -> bool {
+        self.space.free.load(Relaxed) < self.min_free_bytes
     }
 
     /// The current store, for a write: also refused while the disk is nearly full.
@@ -355,7 +375,7 @@ impl SledBackend {
         Ok(store)
     }
 
-    /// Whether writes are paused for want of disk space, looked at again now (one `statvfs`).
+    /// Whether writes are paused for want of disk space ([`SledBackend::check_space`]).
     pub fn write_paused(&self) -> bool {
         self.check_space().is_err()
     }
@@ -590,9 +610,8 @@ impl Backend {
         }
     }
 
-    /// Whether store writes are paused for want of disk space (sled's `store_min_free_bytes`;
-    /// looked at again now). The writer then leaves spooled calls on disk rather than have them
-    /// refused.
+    /// Whether store writes are paused for want of disk space (sled's `store_min_free_bytes`).
+    /// The writer then leaves spooled calls on disk rather than have them refused.
     pub fn write_paused(&self) -> bool {
         match self {
             Backend::Sled(s) => s.write_paused(),
@@ -843,12 +862,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let free = free_bytes(tmp.path()).expect("statvfs works here");
         let open = |min_free_bytes| {
-            let opts = StoreOptions {
-                min_free_bytes,
-                ..StoreOptions::default()
-            };
+            let opts = StoreOptions::default();
             let store = Store::open(tmp.path(), &opts).expect("store opens");
-            SledBackend::new(store, tmp.path(), &opts)
+            SledBackend::new(store, tmp.path(), &opts).with_min_free_bytes(min_free_bytes)
         };
         // More than the filesystem has free: every write is refused, nothing reaches sled.
         let full = Backend::Sled(open(free.saturating_mul(2)));
@@ -867,7 +883,7 @@ mod tests {
         drop(full);
         // The guard off (0): the same write goes through and the state is open again.
         let sled = open(0);
-        sled.space.full.store(true, Relaxed); // as a refused write left it
+        sled.space.free.store(0, Relaxed); // as a refused write left it
         let backend = Backend::Sled(sled);
         assert_eq!(backend.write_captured(&[]).expect("written"), 0);
         assert_eq!(backend.state(), StoreState::Open);

@@ -147,6 +147,9 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// Default `store_min_free_bytes`: store writes pause with less than 64 MiB free.
+pub const DEFAULT_STORE_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Default `spool_max_bytes`: 1 GiB of captured calls may wait on disk for the writer.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 
@@ -522,7 +525,7 @@ pub fn load(
             0,
             1 << 50,
         )?
-        .unwrap_or(crate::store::DEFAULT_MIN_FREE_BYTES);
+        .unwrap_or(DEFAULT_STORE_MIN_FREE_BYTES);
     let cache_capacity_bytes = l
         .pick_num(
             "cache_capacity_bytes",

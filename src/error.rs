@@ -176,9 +176,8 @@ impl ApiError {
 
     /// The only place an `ApiError` becomes bytes.
     pub fn to_response(&self) -> Response<Bytes> {
-        // Expected states, reported by /healthz and logged once by the backend.
-        if self.status().is_server_error()
-            && !matches!(self.code(), "store_opening" | "store_disk_full")
+        // A store state (still opening, disk nearly full) is reported by /healthz, not an error.
+        if self.status().is_server_error() && !matches!(self, Self::Store(e) if e.is_store_state())
         {
             tracing::error!(error = %self, "admin API request failed");
         }

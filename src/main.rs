@@ -351,7 +351,6 @@ fn check(args: &CheckArgs) -> ExitCode {
     let opts = store::StoreOptions {
         cache_capacity: config.cache_capacity_bytes,
         flush_every_ms: None,
-        min_free_bytes: config.store_min_free_bytes,
     };
     let report = match store::Store::open(&config.data_dir, &opts).and_then(|s| s.check()) {
         Ok(r) => r,

@@ -143,6 +143,13 @@ enum WriteError {
     Injected,
 }
 
+impl WriteError {
+    /// See [`BackendError::is_store_state`].
+    fn is_store_state(&self) -> bool {
+        matches!(self, WriteError::Store(e) if e.is_store_state())
+    }
+}
+
 /// The sending side, held by the proxy. Cheap to clone.
 #[derive(Clone)]
 pub struct SpanQueue {
@@ -734,7 +741,7 @@ impl Writer {
                     .captures_dropped_store_error
                     .fetch_add(count, Relaxed);
                 self.metrics.store_ok.store(false, Relaxed);
-                if matches!(e, WriteError::Store(BackendError::DiskFull { .. })) {
+                if e.is_store_state() {
                     tracing::debug!(error = %e, spans = count, "span batch not stored; traffic unaffected");
                 } else {
                     tracing::error!(error = %e, spans = count, "span batch not stored; traffic unaffected");
@@ -772,7 +779,7 @@ impl Writer {
             self.metrics.store_ok.store(false, Relaxed);
             // A nearly full disk is not cured in half a second: the batch is dropped at once
             // (the backend logs the pause once, and looks at the space again every 100 ms).
-            if matches!(e, WriteError::Store(BackendError::DiskFull { .. })) {
+            if e.is_store_state() {
                 break;
             }
             self.metrics.store_write_retries.fetch_add(1, Relaxed);

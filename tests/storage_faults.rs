@@ -171,6 +171,31 @@ impl Drop for Mount {
     }
 }
 
+/// `POST /api/spans` of one app-side span in trace `trace_id`.
+async fn ingest_one_span(proxy: &TestProxy, trace_id: &str) -> reqwest::Result<reqwest::Response> {
+    client()
+        .post(proxy.api("/api/spans"))
+        .json(&serde_json::json!([{
+            "trace_id": trace_id, "span_id": "00000000000000ab", "name": "step",
+            "kind": "chain", "start_time": "2026-11-27T10:00:00Z", "end_time": "2026-11-27T10:00:01Z"
+        }]))
+        .send()
+        .await
+}
+
+/// Ingest while writes are paused: `507 store_disk_full`, and the message names the key.
+async fn ingest_is_refused_for_disk_space(proxy: &TestProxy, trace_id: &str) {
+    let rsp = ingest_one_span(proxy, trace_id).await.unwrap();
+    assert_eq!(rsp.status(), 507);
+    let body: Value = rsp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_disk_full", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("store_min_free_bytes"),
+        "the message names the key: {message}"
+    );
+}
+
 /// The free-space guard through the API, on any machine: a threshold above what any disk has
 /// free refuses every write. Traffic is untouched, the writer's refused batch is counted (not
 /// retried), ingest answers 507 `store_disk_full` naming the key, `/healthz` says why, and
@@ -200,20 +225,7 @@ async fn below_store_min_free_bytes_writes_pause_ingest_is_507_and_traffic_flows
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["store"]["state"], "disk_full", "{health}");
 
-    let rsp = client()
-        .post(proxy.api("/api/spans"))
-        .json(&serde_json::json!([{
-            "trace_id": "ingest-paused", "span_id": "00000000000000ab", "name": "step",
-            "kind": "chain", "start_time": "2026-11-27T10:00:00Z", "end_time": "2026-11-27T10:00:01Z"
-        }]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 507);
-    let body: Value = rsp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "store_disk_full", "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("store_min_free_bytes"), "{message}");
+    ingest_is_refused_for_disk_space(&proxy, "ingest-paused").await;
     let (status, page) = proxy.get_json("/api/traces").await;
     assert_eq!(status, 200, "queries still answer: {page}");
     assert_eq!(page["traces"].as_array().map(Vec::len), Some(0), "{page}");
@@ -320,24 +332,7 @@ async fn nearly_full_disk() {
 
     // A call made now is still forwarded; ingest says why nothing is written, with a 507.
     proxy.call_traced("while-full", false).await;
-    let rsp = client()
-        .post(proxy.api("/api/spans"))
-        .json(&serde_json::json!([{
-            "trace_id": "ingest-while-full", "span_id": "00000000000000aa", "name": "step",
-            "kind": "chain", "start_time": "2026-11-27T10:00:00Z", "end_time": "2026-11-27T10:00:01Z"
-        }]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 507);
-    let body: serde_json::Value = rsp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "store_disk_full", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("store_min_free_bytes")),
-        "the message names the key: {body}"
-    );
+    ingest_is_refused_for_disk_space(&proxy, "ingest-while-full").await;
 
     // Free space: the ballast goes and the filesystem grows (an operator cleaning up and
     // resizing). Writes resume by themselves, no restart.
@@ -445,13 +440,7 @@ async fn a_store_still_opening_holds_up_neither_start_up_nor_traffic_and_loses_n
     );
     // An ingest call and a query made meanwhile wait for the open (up to 30 s; then 503
     // store_opening, see `backend`'s unit test) and are answered.
-    let ingest = client()
-        .post(proxy.api("/api/spans"))
-        .json(&serde_json::json!([{
-            "trace_id": "ingested-while-opening", "span_id": "00000000000000ac", "name": "step",
-            "kind": "chain", "start_time": "2026-11-27T10:00:00Z", "end_time": "2026-11-27T10:00:01Z"
-        }]))
-        .send();
+    let ingest = ingest_one_span(&proxy, "ingested-while-opening");
     let (ingested, (status, body)) = tokio::join!(ingest, proxy.get_json("/api/traces"));
     assert_eq!(status, 200, "{body}");
     let ingested = ingested.unwrap();

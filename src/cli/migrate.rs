@@ -80,7 +80,6 @@ async fn run(args: &MigrateArgs) -> Result<(), Fatal> {
     let opts = StoreOptions {
         cache_capacity: config.cache_capacity_bytes,
         flush_every_ms: None,
-        min_free_bytes: config.store_min_free_bytes,
     };
     let open_dir = dir.clone();
     let sled = tokio::task::spawn_blocking(move || Store::open(&open_dir, &opts))

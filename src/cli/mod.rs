@@ -372,7 +372,6 @@ fn open_store(
     let opts = StoreOptions {
         cache_capacity: config.cache_capacity_bytes,
         flush_every_ms: None,
-        min_free_bytes: config.store_min_free_bytes,
     };
     Store::open(&dir, &opts).map_err(|e| {
         let text = e.to_string();

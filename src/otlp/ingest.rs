@@ -184,7 +184,7 @@ pub async fn handle(req: Request<Incoming>, ctx: IngestContext<'_>) -> Rsp {
         match ctx.backend.put_spans(spans).await {
             Ok(spans) => ctx.export.offer(&spans),
             Err(e) => {
-                if matches!(e, crate::backend::BackendError::DiskFull { .. }) {
+                if e.is_store_state() {
                     tracing::debug!(error = %e, spans = count, "OTLP ingest: spans not stored");
                 } else {
                     tracing::error!(error = %e, spans = count, "OTLP ingest: spans not stored");

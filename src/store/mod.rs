@@ -122,21 +122,13 @@ pub struct StoreOptions {
     pub cache_capacity: u64,
     /// sled's background fsync interval; `None` = only on explicit flush.
     pub flush_every_ms: Option<u64>,
-    /// Writes pause while the data directory's filesystem has less free space than this
-    /// (`store_min_free_bytes`; 0 = never). Checked by the backend before each write, not by
-    /// the store.
-    pub min_free_bytes: u64,
 }
-
-/// `store_min_free_bytes`' default: 64 MiB.
-pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             cache_capacity: 64 * 1024 * 1024,
             flush_every_ms: Some(500),
-            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
