@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Who makes requests wait for the CPU: one llm-tracer at a fixed request rate, pinned as bench.py
+pins (servers on CPU 0, load generator on CPU 1), with `perf sched record -a` over a window in the
+middle of the load. From `perf sched timehist` on the servers' CPU it prints:
+
+- the scheduling delay (runnable, not running) of the proxy's runtime threads and of the nginx
+  mock: p50 / p99 / max, in ms;
+- for every delay above --over ms, the task that had the CPU just before the waiting thread got
+  it (the usual culprit), counted and summed;
+- each task's CPU time in the window and its longest single run.
+
+    python3 bench/sched_waits.py target/release/llm-tracer
+    python3 bench/sched_waits.py BIN --rate 5000 --seconds 8 --window 3 --over 0.3
+    CAPTURE=0 python3 bench/sched_waits.py BIN
+
+Needs `perf` (Debian: linux-perf) and permission to trace the scheduler (root, or
+kernel.perf_event_paranoid ≤ -1). Not part of CI; bench/RESULTS.md (session 8) shows its use.
+"""
+import argparse
+import atexit
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+# `perf sched timehist` rows: time, [cpu], task[tid/pid], wait, sch delay, run time (ms).
+ROW = re.compile(r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+# Threads whose waits are a request's waits.
+REQUEST_THREADS = ("tokio-rt-worker", "nginx")
+
+
+def args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("binary")
+    p.add_argument("--rate", type=int, default=5000)
+    p.add_argument("--seconds", type=float, default=8.0, help="load duration")
+    p.add_argument("--window", type=float, default=3.0, help="seconds recorded, centred in the load")
+    p.add_argument("--over", type=float, default=0.3, help="delays above this (ms) are attributed")
+    return p.parse_args()
+
+
+def task_name(field):
+    """`sled-io-3[31952/31944]` → `sled-io-*`; numbered thread pools fold into one row."""
+    name = field.split("[")[0]
+    return re.sub(r"-\d+$", "-*", name)
+
+
+def parse(timehist):
+    rows = []
+    for line in timehist.splitlines():
+        m = ROW.match(line)
+        if m:
+            rows.append((task_name(m.group(3)), float(m.group(5)), float(m.group(6))))
+    return rows
+
+
+def quantiles(xs):
+    xs = sorted(xs)
+    if not xs:
+        return "n=0"
+    q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
+    return f"n={len(xs)} p50 {q(0.5):.3f} p99 {q(0.99):.3f} max {xs[-1]:.3f} ms"
+
+
+def report(rows, over):
+    for who in REQUEST_THREADS:
+        print(f"scheduling delay, {who}: {quantiles([d for t, d, _ in rows if t.startswith(who)])}")
+    blame = collections.defaultdict(lambda: [0, 0.0])
+    for prev, row in zip(rows, rows[1:]):
+        task, delay, _ = row
+        if task.startswith(REQUEST_THREADS) and delay > over:
+            blame[prev[0]][0] += 1
+            blame[prev[0]][1] += delay
+    print(f"\ndelays of request threads above {over} ms, by the task that ran just before:")
+    print(f"| {'task':28s} | delays | sum ms |\n| --- | ---: | ---: |")
+    for task, (n, total) in sorted(blame.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {task:28s} | {n:6d} | {total:6.1f} |")
+    runs = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for task, _, run in rows:
+        r = runs[task]
+        r[0] += 1
+        r[1] += run
+        r[2] = max(r[2], run)
+    print("\nCPU in the window, by task:")
+    print(f"| {'task':28s} | runs | CPU ms | longest run ms |\n| --- | ---: | ---: | ---: |")
+    for task, (n, total, longest) in sorted(runs.items(), key=lambda kv: -kv[1][1])[:12]:
+        print(f"| {task:28s} | {n:5d} | {total:7.1f} | {longest:6.3f} |")
+
+
+def main():
+    a = args()
+    if shutil.which("perf") is None:
+        raise SystemExit("needs perf (apt-get install linux-perf)")
+    capture = os.environ.get("CAPTURE", "1") == "1"
+    work = tempfile.mkdtemp(prefix="llm-tracer-sched-")
+    atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
+    port = bench.free_port()
+    bench.start_mock_nginx(work, port)
+    upstream = f"http://127.0.0.1:{port}"
+    tracer = bench.Tracer(a.binary, work, "t", capture, upstream, upstream)
+    data = os.path.join(work, "perf.data")
+    lead = max(0.0, (a.seconds - a.window) / 2)
+    recorded = {}
+
+    def record():
+        time.sleep(lead + 1)  # + the load generator's 1 s warm-up
+        out = subprocess.run(["perf", "sched", "record", "-a", "-o", data, "--", "sleep", str(a.window)],
+                             capture_output=True, text=True)
+        recorded["rc"], recorded["err"] = out.returncode, out.stderr[-600:]
+
+    rec = threading.Thread(target=record)
+    rec.start()
+    body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
+    loadgen = os.path.join(bench.ROOT, "target/release/examples/loadgen")
+    x = bench.run_loadgen(loadgen, ["rate", "--url", tracer.proxy + "/v1/chat/completions",
+                                    "--rate", str(a.rate), "--connections", "32", "--duration",
+                                    str(a.seconds), "--warmup", "1", "--body", body], a.seconds + 60)
+    rec.join()
+    if recorded.get("rc") != 0:
+        raise SystemExit(f"perf sched record failed: {recorded.get('err')}")
+    hist = subprocess.run(["perf", "sched", "timehist", "-i", data, "--cpu", bench.SERVER_CPU],
+                          capture_output=True, text=True)
+    print(f"{a.binary}, capture {'on' if capture else 'off'}, {a.rate} req/s: p50 "
+          f"{x['p50_us'] / 1000:.3f} p99 {x['p99_us'] / 1000:.3f} p99.9 {x['p999_us'] / 1000:.3f} ms "
+          f"(whole load); perf window {a.window} s on CPU {bench.SERVER_CPU}\n")
+    report(parse(hist.stdout), a.over)
+
+
+if __name__ == "__main__":
+    main()
