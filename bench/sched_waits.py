@@ -9,6 +9,9 @@ middle of the load. From `perf sched timehist` on the servers' CPU it prints:
   it (the usual culprit), counted and summed;
 - each task's CPU time in the window and its longest single run.
 
+Task names are as the kernel keeps them: at most 15 characters (`llm-tracer-writ` is the capture
+writer, `llm-tracer-spoo` the spool appender); numbered pools fold into one row (`sled-io-*`).
+
     python3 bench/sched_waits.py target/release/llm-tracer
     python3 bench/sched_waits.py BIN --rate 5000 --seconds 8 --window 3 --over 0.3
     CAPTURE=0 python3 bench/sched_waits.py BIN
@@ -19,6 +22,7 @@ kernel.perf_event_paranoid ≤ -1). Not part of CI; bench/RESULTS.md (session 8)
 import argparse
 import atexit
 import collections
+import math
 import os
 import re
 import shutil
@@ -35,6 +39,8 @@ import bench  # noqa: E402
 ROW = re.compile(r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
 # Threads whose waits are a request's waits.
 REQUEST_THREADS = ("tokio-rt-worker", "nginx")
+# The load generator's warm-up (not measured, not recorded), seconds.
+WARMUP = 1
 
 
 def args():
@@ -66,7 +72,7 @@ def quantiles(xs):
     xs = sorted(xs)
     if not xs:
         return "n=0"
-    q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
+    q = lambda p: xs[max(0, math.ceil(p * len(xs)) - 1)]  # noqa: E731 (nearest rank)
     return f"n={len(xs)} p50 {q(0.5):.3f} p99 {q(0.99):.3f} max {xs[-1]:.3f} ms"
 
 
@@ -99,39 +105,58 @@ def main():
     a = args()
     if shutil.which("perf") is None:
         raise SystemExit("needs perf (apt-get install linux-perf)")
+    if not 0 < a.window <= a.seconds:
+        raise SystemExit(f"--window ({a.window}) must be above 0 and at most --seconds ({a.seconds})")
+    loadgen = os.path.join(bench.ROOT, "target/release/examples/loadgen")
+    if not os.path.exists(loadgen):
+        raise SystemExit(f"{loadgen} is missing: cargo build --release --example loadgen")
     capture = os.environ.get("CAPTURE", "1") == "1"
     work = tempfile.mkdtemp(prefix="llm-tracer-sched-")
-    atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
+    # Stop the processes (perf, proxy, nginx) before their directory goes (atexit runs last first).
+    atexit.register(lambda: (bench.PROCS.cleanup(), shutil.rmtree(work, ignore_errors=True)))
     port = bench.free_port()
     bench.start_mock_nginx(work, port)
     upstream = f"http://127.0.0.1:{port}"
     tracer = bench.Tracer(a.binary, work, "t", capture, upstream, upstream)
     data = os.path.join(work, "perf.data")
-    lead = max(0.0, (a.seconds - a.window) / 2)
+    lead = (a.seconds - a.window) / 2
     recorded = {}
+    load_over = threading.Event()
 
     def record():
-        time.sleep(lead + 1)  # + the load generator's 1 s warm-up
-        out = subprocess.run(["perf", "sched", "record", "-a", "-o", data, "--", "sleep", str(a.window)],
-                             capture_output=True, text=True)
-        recorded["rc"], recorded["err"] = out.returncode, out.stderr[-600:]
+        # Centred in the measured load; nothing is recorded if the load ended (or failed) first.
+        if load_over.wait(WARMUP + lead):
+            return
+        err = os.path.join(work, "perf.stderr")
+        proc = subprocess.Popen(["perf", "sched", "record", "-o", data, "--", "sleep", str(a.window)],
+                                stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+        bench.PROCS.add("perf", proc)
+        recorded["rc"] = proc.wait()
+        with open(err) as f:
+            recorded["err"] = f.read()[-600:]
 
-    rec = threading.Thread(target=record)
+    rec = threading.Thread(target=record, daemon=True)
     rec.start()
     body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
-    loadgen = os.path.join(bench.ROOT, "target/release/examples/loadgen")
-    x = bench.run_loadgen(loadgen, ["rate", "--url", tracer.proxy + "/v1/chat/completions",
-                                    "--rate", str(a.rate), "--connections", "32", "--duration",
-                                    str(a.seconds), "--warmup", "1", "--body", body], a.seconds + 60)
-    rec.join()
+    try:
+        x = bench.run_loadgen(loadgen, ["rate", "--url", tracer.proxy + "/v1/chat/completions",
+                                        "--rate", str(a.rate), "--connections", "32", "--duration",
+                                        str(a.seconds), "--warmup", str(WARMUP), "--body", body],
+                              a.seconds + 60)
+    finally:
+        load_over.set()
+    rec.join(a.window + 60)
     if recorded.get("rc") != 0:
-        raise SystemExit(f"perf sched record failed: {recorded.get('err')}")
+        raise SystemExit(f"perf sched record failed (exit {recorded.get('rc')}): {recorded.get('err', '')}")
     hist = subprocess.run(["perf", "sched", "timehist", "-i", data, "--cpu", bench.SERVER_CPU],
                           capture_output=True, text=True)
+    rows = parse(hist.stdout)
+    if hist.returncode != 0 or not rows:
+        raise SystemExit(f"perf sched timehist gave no rows (exit {hist.returncode}): {hist.stderr[-600:]}")
     print(f"{a.binary}, capture {'on' if capture else 'off'}, {a.rate} req/s: p50 "
           f"{x['p50_us'] / 1000:.3f} p99 {x['p99_us'] / 1000:.3f} p99.9 {x['p999_us'] / 1000:.3f} ms "
           f"(whole load); perf window {a.window} s on CPU {bench.SERVER_CPU}\n")
-    report(parse(hist.stdout), a.over)
+    report(rows, a.over)
 
 
 if __name__ == "__main__":

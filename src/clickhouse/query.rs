@@ -26,6 +26,9 @@ const EXACT_QUANTILES_UP_TO: u64 = 1_000_000;
 /// How long `delete_trace` waits for ClickHouse to finish its delete mutations.
 const DELETE_WAIT: Duration = Duration::from_secs(30);
 const DELETE_POLL: Duration = Duration::from_millis(50);
+/// `get_trace` reads a trace's summary and spans at most this many times while another
+/// instance's insert makes them disagree.
+const TRACE_READ_ATTEMPTS: u32 = 3;
 
 /// The trace's root candidate, ranked as the sled store ranks it.
 const ROOT: &str = "argMin(tuple(name, session_id, user_id, input_preview, output_preview), \
@@ -271,6 +274,26 @@ impl ClickHouseStore {
         if !is_valid_id(trace_id) {
             return Ok(None);
         }
+        // The summary and the spans are two reads: a span another instance inserts between them
+        // would make them disagree (a summary of 1 span beside 2 spans). Read again until they
+        // agree; spans arrive in batches, so the second look almost always does.
+        let mut attempt = 1;
+        loop {
+            let Some((summary, spans)) = self.read_trace(trace_id).await? else {
+                return Ok(None);
+            };
+            if summary.span_count == spans.len() as u64 || attempt == TRACE_READ_ATTEMPTS {
+                return Ok(Some((summary, spans)));
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One look at a trace: its summary, then its spans.
+    async fn read_trace(
+        &self,
+        trace_id: &str,
+    ) -> Result<Option<(TraceSummary, Vec<Span>)>, ClickHouseError> {
         let db = &self.db;
         let id = sql::string(trace_id);
         let summary: Vec<SummaryRow> = self
