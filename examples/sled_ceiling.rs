@@ -1,0 +1,130 @@
+//! What sled 0.34 itself can insert per second on this machine, with the store's settings
+//! (64 MiB cache, flush every 500 ms) and none of our code: the ceiling under `Store::put_spans`.
+//! Issue #7 asks for ≥ 50,000 spans/s of ingest; every stored span needs at least two sled
+//! inserts (its body and its span-id lookup), so the first two shapes below bound what any key
+//! layout on sled 0.34 can reach.
+//!
+//! ```text
+//! cargo run --release --example sled_ceiling -- [--inserts 500000] [--batch 2000]
+//! ```
+//!
+//! Shapes, each into a fresh tree in a temp dir (removed at the end), in batches of `--batch`
+//! (one `apply_batch` each), keys of 33 bytes (a prefix byte and 32 hex characters, a trace id's
+//! size):
+//! - random keys, 8-byte values (the span-id lookup `i`, index keys);
+//! - random keys, 1,000-byte values (a span body keyed by trace, as `s` is);
+//! - ascending keys, 1,000-byte values (a span body under a sequence number).
+//!
+//! Bounded: `--inserts` per shape and `--max-seconds` overall.
+#![allow(clippy::print_stdout)] // stdout carries the report
+
+use std::{
+    error::Error,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+#[derive(Parser)]
+#[command(about = "sled 0.34 raw insert rate, the ceiling under the store")]
+struct Args {
+    /// Inserts per shape.
+    #[arg(long, default_value_t = 500_000)]
+    inserts: u64,
+    /// Inserts per `apply_batch`.
+    #[arg(long, default_value_t = 2_000)]
+    batch: u64,
+    /// Stop a shape early (and say so) after this long in total.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+}
+
+/// One measured shape.
+struct Shape {
+    name: &'static str,
+    value_len: usize,
+    ascending: bool,
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape {
+        name: "random keys, 8 B values",
+        value_len: 8,
+        ascending: false,
+    },
+    Shape {
+        name: "random keys, 1000 B values",
+        value_len: 1000,
+        ascending: false,
+    },
+    Shape {
+        name: "ascending keys, 1000 B values",
+        value_len: 1000,
+        ascending: true,
+    },
+];
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let batch = args.batch.max(1);
+    println!(
+        "sled 0.34 raw inserts, {} per shape, batches of {batch}, cache 64 MiB, flush every 500 ms",
+        args.inserts
+    );
+    let mut rates = Vec::with_capacity(SHAPES.len());
+    for shape in &SHAPES {
+        let dir = tempfile::tempdir()?;
+        let db = sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let tree = db.open_tree("ceiling")?;
+        let value = vec![7u8; shape.value_len];
+        let started = Instant::now();
+        let mut done = 0u64;
+        while done < args.inserts && Instant::now() < deadline {
+            let mut b = sled::Batch::default();
+            for _ in 0..batch.min(args.inserts - done) {
+                let n = if shape.ascending { done } else { mix(done) };
+                b.insert(format!("s{n:016x}{:016x}", mix(!n)).as_bytes(), &value[..]);
+                done += 1;
+            }
+            tree.apply_batch(b)?;
+        }
+        db.flush()?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let rate = done as f64 / secs;
+        let cut = if done < args.inserts {
+            " (cut short by --max-seconds)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<32} {done:>9} inserts in {secs:6.1} s: {rate:>8.0}/s, {:5.1} µs each{cut}",
+            shape.name,
+            1e6 / rate
+        );
+        rates.push(rate);
+    }
+    if let [small, _, body] = rates[..] {
+        // A span needs its body and its span-id lookup at the very least.
+        let ceiling = 1.0 / (1.0 / small + 1.0 / body);
+        println!(
+            "ceiling for 2 inserts per span (a random 8 B lookup + an ascending 1000 B body): \
+             {ceiling:.0} spans/s, before any trace summary, index key or posting list"
+        );
+    }
+    Ok(())
+}
+
+/// splitmix64: deterministic, well-spread keys.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
