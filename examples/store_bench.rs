@@ -64,6 +64,14 @@ struct Args {
     /// Only load the spans (for profiling `put_spans`, e.g. under callgrind): no server, no queries.
     #[arg(long)]
     ingest_only: bool,
+    /// Memory under retention: after the ingest, this many rounds of storing `--spans` newer
+    /// spans and deleting (`Store::enforce_retention`, by age) the traces that fall outside the
+    /// newest `--spans`; prints the process's RSS after each round (no server, no queries).
+    #[arg(long)]
+    churn: Option<usize>,
+    /// With `--churn`: retention by size (`max_store_bytes`) instead of by age.
+    #[arg(long)]
+    max_store_bytes: Option<u64>,
     /// Only time `Store::open` on the existing store in `--dir`, this many times (no ingest).
     #[arg(long)]
     open_only: Option<usize>,
@@ -136,18 +144,25 @@ fn main() -> Result<(), BoxError> {
     let t = Instant::now();
     store.flush()?;
     put += t.elapsed();
-    drop(store);
     let rate = loaded as f64 / put.as_secs_f64();
     out.push(format!(
         "ingest: {loaded} spans in {:.1} s of put_spans (batches of {batch_size}): {rate:.0} spans/s (target ≥ 50000)",
         put.as_secs_f64()
     ));
+    if let Some(rounds) = args.churn {
+        for line in out.drain(..) {
+            println!("{line}");
+        }
+        churn(&store, &args, &dir, rounds, base_us, deadline)?;
+        return Ok(());
+    }
     if args.ingest_only {
         for line in out {
             println!("{line}");
         }
         return Ok(());
     }
+    drop(store);
     std::thread::sleep(Duration::from_millis(500)); // sled lets go of its lock asynchronously
     let disk = dir_size(&dir);
     out.push(format!(
@@ -199,7 +214,83 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
+// === memory under retention ===
+
+/// `--churn`: each round stores `--spans` newer spans, then retention deletes every trace that
+/// started before the newest `--spans` spans' first trace, so the store holds the same amount
+/// of live data after every round. RSS is read after freed heap pages went back to the kernel
+/// (`malloc::trim`, as the idle server does), so what stays is what the store holds.
+fn churn(
+    store: &Store,
+    args: &Args,
+    dir: &Path,
+    rounds: usize,
+    base_us: u64,
+    deadline: Instant,
+) -> Result<(), BoxError> {
+    let per_trace = args.spans_per_trace.max(1);
+    let batch_size = args.batch.max(1);
+    let mut next = args.spans;
+    llm_tracer::malloc::trim();
+    println!(
+        "churn: round 0 (after the ingest): RSS {:.1} MiB, disk {:.0} MiB",
+        rss_mib(),
+        dir_size(dir) as f64 / 1048576.0
+    );
+    let mut deleted = 0u64;
+    for round in 1..=rounds {
+        if Instant::now() >= deadline {
+            println!("churn: stopped by --max-seconds before round {round}");
+            break;
+        }
+        let end = next + args.spans;
+        let mut batch = Vec::with_capacity(batch_size);
+        while next < end {
+            batch.clear();
+            while batch.len() < batch_size && next < end {
+                batch.push(span(next, per_trace, base_us));
+                next += 1;
+            }
+            store.put_spans(&batch)?;
+        }
+        // Keep the traces of the newest `--spans` spans: the first kept trace's start is the cutoff.
+        let first_kept = (end - args.spans) / per_trace;
+        let cutoff = Timestamp(base_us + first_kept as u64 * TRACE_EVERY_US);
+        let t = Instant::now();
+        deleted += match args.max_store_bytes {
+            Some(max) => store.enforce_retention(None, Some(max))?,
+            None => store.enforce_retention(Some(cutoff), None)?,
+        };
+        let took = t.elapsed();
+        store.flush()?;
+        llm_tracer::malloc::trim();
+        println!(
+            "churn: round {round}: {next} spans stored in all, {deleted} traces deleted \
+             (retention took {:.1} s), RSS {:.1} MiB, disk {:.0} MiB",
+            took.as_secs_f64(),
+            rss_mib(),
+            dir_size(dir) as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
+/// This process's resident set size (`VmRSS` in /proc/self/status), MiB; 0 where there is none.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 // === data ===
+
+/// A new trace starts every 6 s.
+const TRACE_EVERY_US: u64 = 6_000_000;
 
 fn now_us() -> u64 {
     Timestamp::now().micros()
@@ -211,7 +302,7 @@ fn span(i: usize, per_trace: usize, base_us: u64) -> Span {
     let per_trace = per_trace.max(1);
     let (t, k) = (i / per_trace, i % per_trace);
     let trace_id = format!("{:016x}{:016x}", mix(t as u64), mix(!(t as u64)));
-    let start = base_us + t as u64 * 6_000_000 + k as u64 * 150_000; // a trace every 6 s
+    let start = base_us + t as u64 * TRACE_EVERY_US + k as u64 * 150_000;
     let dur = 400_000 + (mix(i as u64) % 2_000_000);
     let model = if t % 100 == 7 {
         MODELS[4]
