@@ -64,13 +64,14 @@ struct Args {
     /// Only load the spans (for profiling `put_spans`, e.g. under callgrind): no server, no queries.
     #[arg(long)]
     ingest_only: bool,
-    /// Memory under retention: after the ingest, this many rounds of storing `--spans` newer
-    /// spans and deleting (`Store::enforce_retention`, by age) the traces that fall outside the
-    /// newest `--spans`; prints the process's RSS after each round (no server, no queries).
-    #[arg(long)]
+    /// Memory and disk under retention: after the ingest, this many rounds of storing `--spans`
+    /// newer spans and then running `Store::enforce_retention` (by age: the traces that fall
+    /// outside the newest `--spans`; or by size, see `--max-store-bytes`); prints RSS, live data
+    /// and sled's file size after each round (no server, no queries).
+    #[arg(long, conflicts_with_all = ["open_only", "ingest_only"])]
     churn: Option<usize>,
-    /// With `--churn`: retention by size (`max_store_bytes`) instead of by age.
-    #[arg(long)]
+    /// With `--churn`: retention by size (the `max_store_bytes` setting, > 0) instead of by age.
+    #[arg(long, requires = "churn", value_parser = clap::value_parser!(u64).range(1..))]
     max_store_bytes: Option<u64>,
     /// Only time `Store::open` on the existing store in `--dir`, this many times (no ingest).
     #[arg(long)]
@@ -123,24 +124,20 @@ fn main() -> Result<(), BoxError> {
     // --- ingest ---
     let store = Store::open(&dir, &StoreOptions::default())?;
     let base_us = now_us().saturating_sub(7 * 86_400 * 1_000_000);
-    let mut put = Duration::ZERO;
-    let mut loaded = 0usize;
     let batch_size = args.batch.max(1);
-    let mut batch = Vec::with_capacity(batch_size);
     let mut ids = Vec::new();
-    while loaded < args.spans && Instant::now() < deadline {
-        batch.clear();
-        while batch.len() < batch_size && loaded < args.spans {
-            batch.push(span(loaded, args.spans_per_trace, base_us));
-            loaded += 1;
-        }
-        if loaded % (args.spans / 20).max(1) < batch_size {
-            ids.push(batch[0].trace_id.clone());
-        }
-        let t = Instant::now();
-        store.put_spans(&batch)?;
-        put += t.elapsed();
-    }
+    let (loaded, mut put) = load(
+        &store,
+        &args,
+        (0, args.spans),
+        base_us,
+        deadline,
+        |loaded, batch| {
+            if loaded % (args.spans / 20).max(1) < batch_size {
+                ids.extend(batch.first().map(|s| s.trace_id.clone()));
+            }
+        },
+    )?;
     let t = Instant::now();
     store.flush()?;
     put += t.elapsed();
@@ -167,7 +164,7 @@ fn main() -> Result<(), BoxError> {
     let disk = dir_size(&dir);
     out.push(format!(
         "disk: {:.1} MiB, {:.0} bytes per span",
-        disk as f64 / 1048576.0,
+        mib(disk),
         disk as f64 / loaded.max(1) as f64
     ));
 
@@ -214,11 +211,12 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-// === memory under retention ===
+// === memory and disk under retention ===
 
-/// `--churn`: each round stores `--spans` newer spans, then retention deletes every trace that
-/// started before the newest `--spans` spans' first trace, so the store holds the same amount
-/// of live data after every round. RSS is read after freed heap pages went back to the kernel
+/// `--churn`: each round stores `--spans` newer spans, then retention runs: by age it deletes
+/// every trace that started before the first trace of the newest `--spans` spans, so the live
+/// data is the same after every round; by size (`--max-store-bytes`) it does what the server's
+/// `max_store_bytes` does. RSS is read after freed heap pages went back to the kernel
 /// (`malloc::trim`, as the idle server does), so what stays is what the store holds.
 fn churn(
     store: &Store,
@@ -229,47 +227,34 @@ fn churn(
     deadline: Instant,
 ) -> Result<(), BoxError> {
     let per_trace = args.spans_per_trace.max(1);
-    let batch_size = args.batch.max(1);
     let mut next = args.spans;
-    llm_tracer::malloc::trim();
-    println!(
-        "churn: round 0 (after the ingest): RSS {:.1} MiB, disk {:.0} MiB",
-        rss_mib(),
-        dir_size(dir) as f64 / 1048576.0
-    );
     let mut deleted = 0u64;
-    for round in 1..=rounds {
-        if Instant::now() >= deadline {
-            println!("churn: stopped by --max-seconds before round {round}");
-            break;
-        }
-        let end = next + args.spans;
-        let mut batch = Vec::with_capacity(batch_size);
-        while next < end {
-            batch.clear();
-            while batch.len() < batch_size && next < end {
-                batch.push(span(next, per_trace, base_us));
-                next += 1;
+    for round in 0..=rounds {
+        if round > 0 {
+            let end = next + args.spans;
+            let (reached, _) = load(store, args, (next, end), base_us, deadline, |_, _| {})?;
+            next = reached;
+            if reached < end {
+                println!("churn: stopped by --max-seconds in round {round}");
+                break;
             }
-            store.put_spans(&batch)?;
+            // By age, keep the traces of the newest `--spans` spans: the first kept trace's
+            // start is the cutoff (a trace starts with its first span).
+            let first_kept = (end - args.spans) / per_trace;
+            let cutoff = Timestamp(base_us + first_kept as u64 * TRACE_EVERY_US);
+            deleted += match args.max_store_bytes {
+                Some(max) => store.enforce_retention(None, Some(max))?,
+                None => store.enforce_retention(Some(cutoff), None)?,
+            };
+            store.flush()?;
         }
-        // Keep the traces of the newest `--spans` spans: the first kept trace's start is the cutoff.
-        let first_kept = (end - args.spans) / per_trace;
-        let cutoff = Timestamp(base_us + first_kept as u64 * TRACE_EVERY_US);
-        let t = Instant::now();
-        deleted += match args.max_store_bytes {
-            Some(max) => store.enforce_retention(None, Some(max))?,
-            None => store.enforce_retention(Some(cutoff), None)?,
-        };
-        let took = t.elapsed();
-        store.flush()?;
         llm_tracer::malloc::trim();
         println!(
-            "churn: round {round}: {next} spans stored in all, {deleted} traces deleted \
-             (retention took {:.1} s), RSS {:.1} MiB, disk {:.0} MiB",
-            took.as_secs_f64(),
+            "churn: round {round}: {next} spans stored in all, {deleted} traces deleted in all, \
+             RSS {:.1} MiB, live data {:.0} MiB, sled's files {:.0} MiB",
             rss_mib(),
-            dir_size(dir) as f64 / 1048576.0
+            mib(store.live_bytes()?),
+            mib(dir_size(dir))
         );
     }
     Ok(())
@@ -285,6 +270,38 @@ fn rss_mib() -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Stores spans `from..to` (see [`span`]) in batches of `--batch` until done or `deadline`;
+/// returns the index reached and the time spent in `put_spans`. `each` sees every batch before
+/// it is stored, with the index reached.
+fn load(
+    store: &Store,
+    args: &Args,
+    (from, to): (usize, usize),
+    base_us: u64,
+    deadline: Instant,
+    mut each: impl FnMut(usize, &[Span]),
+) -> Result<(usize, Duration), BoxError> {
+    let batch_size = args.batch.max(1);
+    let mut batch = Vec::with_capacity(batch_size);
+    let (mut next, mut put) = (from, Duration::ZERO);
+    while next < to && Instant::now() < deadline {
+        batch.clear();
+        while batch.len() < batch_size && next < to {
+            batch.push(span(next, args.spans_per_trace, base_us));
+            next += 1;
+        }
+        each(next, &batch);
+        let t = Instant::now();
+        store.put_spans(&batch)?;
+        put += t.elapsed();
+    }
+    Ok((next, put))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
 }
 
 // === data ===

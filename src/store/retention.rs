@@ -84,8 +84,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Keys + values of everything stored (one scan).
-    pub(super) fn live_bytes(&self) -> Result<u64, StoreError> {
+    /// Keys + values of everything stored: the live data, which `max_store_bytes` bounds (sled's
+    /// files are larger). One scan of the whole store.
+    pub fn live_bytes(&self) -> Result<u64, StoreError> {
         let mut total = 0u64;
         for item in self.tree.iter() {
             let (key, value) = item?;
