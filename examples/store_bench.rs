@@ -5,6 +5,8 @@
 //! ```text
 //! cargo run --release --example store_bench -- --spans 1000000 --bin target/release/llm-tracer
 //! bench/store.sh [--spans N]      # the same, with a release build first
+//! cargo run --release --example store_bench -- --spans 100000 --churn 6 [--max-store-bytes B]
+//!                                 # RSS, live data and sled's files while retention turns it over
 //! ```
 //!
 //! Ingest goes through `Store::put_spans` in batches of `--batch` (512, the writer's most), timed
