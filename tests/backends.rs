@@ -572,22 +572,6 @@ async fn two_instances_sharing_one_clickhouse_show_the_whole_trace() {
     );
 }
 
-/// Polls `/healthz` until its status is `want` (bounded; not a timing assertion).
-async fn wait_health(proxy: &TestProxy, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, health) = get(proxy, "/healthz").await;
-        if health["status"] == want {
-            return health;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz never became {want}: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn metrics(proxy: &TestProxy) -> String {
     client()
         .get(proxy.api("/metrics"))
@@ -615,18 +599,18 @@ async fn clickhouse_down_at_start_and_mid_traffic_never_fails_a_call_and_recover
         BOUND,
     ))
     .await;
-    let health = wait_health(&proxy, "degraded").await;
+    let health = proxy.wait_health("degraded").await;
     assert_eq!(health["store"]["backend"], "clickhouse");
     send(&proxy, &chat("before-1", "gpt-4o", "u", "s", "t")).await;
     server.restart().await;
-    wait_health(&proxy, "ok").await;
+    proxy.wait_health("ok").await;
     proxy.wait_for_trace("before-1", 1).await;
 
     // Stopped mid-traffic: every call still succeeds; what fits the bound is kept.
     send(&proxy, &chat("before-2", "gpt-4o", "u", "s", "t")).await;
     proxy.wait_for_trace("before-2", 1).await;
     server.stop();
-    wait_health(&proxy, "degraded").await;
+    proxy.wait_health("degraded").await;
     let total = BOUND + 4;
     for i in 0..total {
         send(&proxy, &chat(&format!("down-{i}"), "gpt-4o", "u", "s", "t")).await;
@@ -654,7 +638,7 @@ async fn clickhouse_down_at_start_and_mid_traffic_never_fails_a_call_and_recover
     );
 
     server.restart().await;
-    wait_health(&proxy, "ok").await;
+    proxy.wait_health("ok").await;
     let (status, _) = {
         let rsp = client().post(proxy.api("/api/flush")).send().await.unwrap();
         (rsp.status(), ())

@@ -411,15 +411,7 @@ async fn a_store_write_that_hangs_degrades_health_until_it_finishes() {
     );
     // The span is readable as soon as sled has it; the writer marks the store healthy just
     // after (it runs at idle priority, so on a loaded machine that can take a moment).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, health) = proxy.get_json("/healthz").await;
-        if health["status"] == "ok" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "health recovers: {health}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy.wait_health("ok").await;
 }
 
 #[tokio::test]

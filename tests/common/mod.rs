@@ -127,6 +127,23 @@ impl TestProxy {
         }
     }
 
+    /// Polls `/healthz` until its status is `want` and returns it (bounded; the deadline is a
+    /// hang guard, not a timing assertion).
+    pub async fn wait_health(&self, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, health) = self.get_json("/healthz").await;
+            if health["status"] == want {
+                return health;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/healthz never became {want}: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let rsp = client().get(self.api(path)).send().await.unwrap();
         let status = rsp.status().as_u16();
