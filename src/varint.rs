@@ -37,10 +37,6 @@ impl Enc {
     pub(crate) fn raw(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
     }
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
-        self.u64(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
     pub(crate) fn opt_str(&mut self, s: Option<&str>) {
         match s {
             None => self.u8(0),

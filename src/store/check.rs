@@ -175,14 +175,14 @@ impl Store {
                     continue;
                 }
             };
-            if entries.last() != Some(&last) {
+            if entries.last() != Some(last) {
                 r.problem(format!(
                     "posting block {} is not keyed by its last position",
                     show_key(&key)
                 ));
             }
             if let (Some((p, prev_last)), Some(first)) = (&previous, entries.first()) {
-                if p.as_slice() == prefix && *first <= prev_last.as_slice() {
+                if p.as_slice() == prefix && first <= prev_last.as_slice() {
                     r.problem(format!(
                         "posting block {} overlaps the one before it",
                         show_key(&key)
@@ -190,7 +190,7 @@ impl Store {
                 }
             }
             previous = Some((prefix.to_vec(), last.to_vec()));
-            for position in entries {
+            for position in entries.iter() {
                 r.postings += 1;
                 let Some((start, trace_id)) = parse_position(position) else {
                     continue; // decode_block checked it

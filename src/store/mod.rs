@@ -5,7 +5,8 @@
 //!
 //! All calls block: callers on the runtime use `spawn_blocking`.
 //!
-//! Layout: ONE sled tree (`v3`; schemas 1 and 2 used `v1` and `v2` and are migrated at open)
+//! Layout: ONE sled tree (`v3`, schema 4; schemas 1 and 2 used `v1` and `v2` and are migrated at
+//! open, schema 3 is upgraded in place)
 //! whose keys carry a one-byte prefix per logical key space, so every
 //! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
 //! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
@@ -13,14 +14,14 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `m` | `m` `schema_version` | `"3"` |
+//! | `m` | `m` `schema_version` | `"4"` |
 //! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
 //! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
 //! | `u` | `u` trace_id | stored summary, binary (`codec::Enc`: public fields' inputs + merge bookkeeping + terms) |
 //! | `t` | `t` inv(trace start) trace_id | empty |
 //! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
 //! | `l` | `l` start_us(be) trace_id 0x00 span_id | call record (stats), binary, only for `Kind::is_call` spans |
-//! | `w` | `w` term 0x00 last position | a block of up to 32 positions (inv(trace start) trace_id), ascending: the term's full-text posting list (see `search`, `postings`) |
+//! | `w` | `w` term 0x00 last position | a block of up to 32 positions (inv(trace start) trace_id), ascending, compact (start gaps, hex ids packed): the term's full-text posting list (see `search`, `postings`) |
 //!
 //! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
 //! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
@@ -133,10 +134,15 @@ impl Default for StoreOptions {
     }
 }
 
-/// The schema this binary writes and understands. 3: full-text postings in blocks (`w`, see
-/// `postings`); in tree `v3`. 2 (tree `v2`): one key per posting; 1 (tree `v1`): JSON summaries
-/// and call records, no postings. Both older ones are migrated at open.
-const SCHEMA_VERSION: u32 = 3;
+/// The schema this binary writes and understands. 4: posting blocks in the compact format 2 (see
+/// `postings`), in tree `v3` like schema 3, whose stores are upgraded in place at open (their
+/// format-1 blocks are still read, and rewritten in format 2 as they change; the version key
+/// keeps an older binary from misreading format 2). 3: full-text postings in blocks (`w`); 2
+/// (tree `v2`): one key per posting; 1 (tree `v1`): JSON summaries and call records, no
+/// postings. Schemas 1 and 2 are migrated at open.
+const SCHEMA_VERSION: u32 = 4;
+/// The schema of tree `v3` before format-2 posting blocks: upgraded by rewriting the version key.
+const SCHEMA_IN_PLACE: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"mschema_version";
 const TREE: &str = "v3";
 /// Older layouts' trees and the schema each one holds, newest first.
@@ -300,6 +306,17 @@ impl Store {
                 if let Some((old, version)) = store.migration_source()? {
                     store.migrate_from(old, version)?;
                 }
+                store
+                    .tree
+                    .insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+                store.db.flush()?;
+            }
+            Some(raw) if expect_version(&raw, SCHEMA_IN_PLACE).is_ok() => {
+                tracing::info!(
+                    from = SCHEMA_IN_PLACE,
+                    to = SCHEMA_VERSION,
+                    "store: schema upgraded in place (posting blocks are rewritten in the compact format as they change)"
+                );
                 store
                     .tree
                     .insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;

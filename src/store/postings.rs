@@ -1,10 +1,11 @@
-//! Full-text posting lists in blocks (schema 3). A term's list is the newest-first sequence of
+//! Full-text posting lists in blocks (schema 3; schema 4 packs the blocks, see [`BLOCK_FORMAT`]). A term's list is the newest-first sequence of
 //! positions (inv(trace start) ++ trace id, the same tail as every `t`/`x` key) of the traces
 //! that have the term. Schema 2 stored one empty-valued key per (term, trace): about 45 sled
 //! inserts per trace, more than everything else a span costs. Schema 3 stores the list in blocks
 //! of at most [`BLOCK_POSITIONS`] positions:
 //!
-//! `w` term 0x00 last-position → the block's positions, ascending (see [`encode_block`]).
+//! `w` term 0x00 last-position → the block's positions, ascending (see [`encode_block`]). The key
+//! carries the last position as it is (its order is the seek); the value packs the positions.
 //!
 //! Keyed by its *last* position, the block holding the first position ≥ `p` is simply the first
 //! key ≥ `w term 0x00 p` (the blocks of a term partition its positions in order: each one's first
@@ -22,8 +23,83 @@ use super::*;
 /// callgrind on `store_bench` (20k spans): 16 → 157k, 32 → 151k, 64 → 153k instructions per span.
 pub(super) const BLOCK_POSITIONS: usize = 32;
 
-/// First byte of a block value, so a later layout can tell its records apart.
-const BLOCK_FORMAT: u8 = 1;
+/// First byte of a block value: the layout of its positions. Format 1 (length-prefixed positions
+/// as they are) is still read, so stores written before format 2 need no migration: a block is
+/// rewritten in format 2 the next time a trace in it gains or loses the term.
+const BLOCK_FORMAT_PLAIN: u8 = 1;
+/// Format 2: each position as the gap from the previous one's start (varint; positions are
+/// ascending, so gaps are never negative, and the first one is its inv(start) itself) and its
+/// trace id, a lowercase hex id of even length packed two digits to a byte (a W3C or generated
+/// id: 16 bytes instead of 32). About 20 bytes per position instead of 41: every batch rewrites
+/// the newest block of each term it touches, so the bytes per position are what sled copies and
+/// logs.
+const BLOCK_FORMAT: u8 = 2;
+
+/// A block's positions, decoded: each is inv(trace start)(be) ++ trace id, as in every `t`/`x`
+/// key, stored one after another in one buffer.
+#[derive(Default)]
+pub(super) struct Positions {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Positions {
+    fn with_capacity(n: usize) -> Positions {
+        Positions {
+            buf: Vec::with_capacity(n * 40),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = i.checked_sub(1).map_or(0, |j| self.ends[j]);
+        self.buf.get(start..end)
+    }
+
+    pub(super) fn first(&self) -> Option<&[u8]> {
+        self.get(0)
+    }
+
+    pub(super) fn last(&self) -> Option<&[u8]> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// The index of the first position ≥ `p` (`len()` when there is none).
+    fn lower_bound(&self, p: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid).is_some_and(|m| m < p) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Appends a position, checked to be well-formed and above the last one; `None` otherwise.
+    fn push_checked(&mut self, start: &[u8], id: impl Iterator<Item = u8>) -> Option<()> {
+        let from = self.buf.len();
+        self.buf.extend_from_slice(start);
+        self.buf.extend(id);
+        let p = self.buf.get(from..)?;
+        if parse_position(p).is_none() || self.last().is_some_and(|last| last >= p) {
+            return None;
+        }
+        self.ends.push(self.buf.len());
+        Some(())
+    }
+}
 
 /// The end (exclusive) of every key under `prefix`, a term prefix ending in 0x00.
 pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -35,40 +111,95 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
-/// A block's value: format byte, count, then each position length-prefixed, ascending.
+/// A trace id in a format-2 block: twice its length, plus one when it is packed as hex.
+fn id_header(id: &[u8]) -> (u64, bool) {
+    let hex = !id.is_empty()
+        && id.len() % 2 == 0
+        && id.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (id.len() as u64 * 2 + u64::from(hex), hex)
+}
+
+fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        _ => b - b'a' + 10,
+    }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// A block's value: format byte, count, then each position (see [`BLOCK_FORMAT`]), ascending.
+/// Positions are well-formed (`parse_position`) and strictly ascending.
 pub(super) fn encode_block<P: AsRef<[u8]>>(positions: &[P]) -> Vec<u8> {
     let mut e = Enc::with_capacity(
         4 + positions
             .iter()
-            .map(|p| p.as_ref().len() + 1)
+            .map(|p| p.as_ref().len() / 2 + 4)
             .sum::<usize>(),
     );
     e.u8(BLOCK_FORMAT);
-    e.u64(positions.len() as u64);
-    for p in positions {
-        e.bytes(p.as_ref());
+    // Positions always carry a start (they come from summaries or decoded blocks); one that did
+    // not would be left out rather than make the count lie.
+    let whole = |p: &&P| p.as_ref().len() >= 8;
+    e.u64(positions.iter().filter(whole).count() as u64);
+    let mut previous = 0u64;
+    for p in positions.iter().filter(whole) {
+        let Some((start, id)) = p.as_ref().split_at_checked(8) else {
+            continue;
+        };
+        let start = u64::from_be_bytes(start.try_into().unwrap_or_default());
+        e.u64(start.wrapping_sub(previous));
+        previous = start;
+        let (header, hex) = id_header(id);
+        e.u64(header);
+        if hex {
+            for pair in id.chunks_exact(2) {
+                e.u8(hex_value(pair[0]) << 4 | hex_value(pair[1]));
+            }
+        } else {
+            e.raw(id);
+        }
     }
     e.0
 }
 
 /// The positions of a block, ascending; checked to be well-formed (non-empty, each with a start
 /// and a trace id, strictly ascending) so readers can rely on the order.
-pub(super) fn decode_block<'a>(key: &[u8], value: &'a [u8]) -> Result<Vec<&'a [u8]>, StoreError> {
+pub(super) fn decode_block(key: &[u8], value: &[u8]) -> Result<Positions, StoreError> {
     decode_bin(key, value, |d| {
-        if d.u8()? != BLOCK_FORMAT {
-            return None;
-        }
+        let format = d.u8()?;
         let n = d.u64()?;
         if n == 0 || n > value.len() as u64 {
             return None;
         }
-        let mut out: Vec<&[u8]> = Vec::with_capacity(n as usize);
+        let mut out = Positions::with_capacity(n as usize);
+        let mut start = 0u64;
         for _ in 0..n {
-            let p = d.bytes()?;
-            if parse_position(p).is_none() || out.last().is_some_and(|last| *last >= p) {
-                return None;
+            match format {
+                BLOCK_FORMAT_PLAIN => {
+                    let (s, id) = d.bytes()?.split_at_checked(8)?;
+                    out.push_checked(s, id.iter().copied())?;
+                }
+                BLOCK_FORMAT => {
+                    start = start.checked_add(d.u64()?)?;
+                    let header = usize::try_from(d.u64()?).ok()?;
+                    let (len, hex) = (header / 2, header % 2 == 1);
+                    let s = start.to_be_bytes();
+                    if hex {
+                        let packed = d.take(len / 2)?;
+                        let digits = packed.iter().flat_map(|b| {
+                            [
+                                HEX_DIGITS[usize::from(b >> 4)],
+                                HEX_DIGITS[usize::from(b & 15)],
+                            ]
+                        });
+                        out.push_checked(&s, digits)?;
+                    } else {
+                        out.push_checked(&s, d.take(len)?.iter().copied())?;
+                    }
+                }
+                _ => return None,
             }
-            out.push(p);
         }
         Some(out)
     })
@@ -216,8 +347,9 @@ impl Store {
                     batch.remove(key.clone());
                     decode_block(key, value)?
                 }
-                None => Vec::new(),
+                None => Positions::default(),
             };
+            let entries: Vec<&[u8]> = entries.iter().collect();
             let merged = merge_positions(&entries, &list[*from..*to]);
             // Full blocks from the old end; the newest remainder is the small one.
             let mut left = merged.as_slice();
@@ -252,9 +384,8 @@ impl Store {
         for item in self.tree.range(start.as_slice()..end.as_slice()).take(2) {
             let (key, value) = item?;
             let entries = decode_block(&key, &value)?;
-            let i = entries.partition_point(|p| *p < from);
-            if let Some(p) = entries.get(i) {
-                return Ok((*p < upper).then(|| p.to_vec()));
+            if let Some(p) = entries.get(entries.lower_bound(from)) {
+                return Ok((p < upper).then(|| p.to_vec()));
             }
         }
         Ok(None)
@@ -273,7 +404,7 @@ impl Store {
         let end = prefix_end(prefix);
         for item in self.tree.range(start.as_slice()..end.as_slice()) {
             let (key, value) = item?;
-            for p in decode_block(&key, &value)? {
+            for p in decode_block(&key, &value)?.iter() {
                 if p < lower {
                     continue;
                 }

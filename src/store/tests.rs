@@ -1421,14 +1421,14 @@ fn reopen(dir: &Path) -> Result<Store, StoreError> {
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    store.tree.insert(SCHEMA_KEY, &b"4"[..]).expect("insert");
+    store.tree.insert(SCHEMA_KEY, &b"5"[..]).expect("insert");
     store.flush().expect("flush");
     drop(store);
     let err = reopen(dir.path())
         .err()
         .expect("a newer schema must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 3 } if found == "4"),
+        matches!(err, StoreError::Schema { ref found, supported: 4 } if found == "5"),
         "the error names both versions: {err}"
     );
 }
@@ -1569,15 +1569,15 @@ fn a_tree_of_a_newer_layout_is_refused() {
             .path(dir.path())
             .open()
             .expect("sled opens");
-        let newer = db.open_tree("v4").expect("tree v4");
-        newer.insert(SCHEMA_KEY, &b"4"[..]).expect("insert");
+        let newer = db.open_tree("v5").expect("tree v5");
+        newer.insert(SCHEMA_KEY, &b"5"[..]).expect("insert");
         db.flush().expect("flush");
     }
     let err = reopen(dir.path())
         .err()
         .expect("a store written by a newer binary must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 3 } if found == "4"),
+        matches!(err, StoreError::Schema { ref found, supported: 4 } if found == "5"),
         "the error names both versions: {err}"
     );
 }
@@ -2401,4 +2401,144 @@ fn posting_blocks_split_and_stay_in_order_through_writes_moves_and_deletes() {
             .any(|p| p.contains("not keyed by its last position") || p.contains("overlaps")),
         "{report:?}"
     );
+}
+
+/// Positions of every id shape round-trip through a format-2 block: hex ids packed, others as
+/// they are, equal and extreme starts; blocks that are truncated, out of order, carry trailing
+/// bytes or an unknown format do not decode.
+#[test]
+fn posting_blocks_round_trip_every_id_shape_and_reject_bad_ones() {
+    let position = |start: u64, id: &str| [&start.to_be_bytes()[..], id.as_bytes()].concat();
+    let long_hex = "ab".repeat(64);
+    let mut positions = vec![
+        position(0, "0"),
+        position(0, "00"),
+        position(0, "0af1"),
+        position(0, "0aF1"),
+        position(5, "4bf92f3577b34da6a3ce929d0e0e4736"),
+        position(5, "4bf92f3577b34da6a3ce929d0e0e4737"),
+        position(5, "my-app:run.7"),
+        position(1 << 40, &long_hex),
+        position(u64::MAX, "fff"),
+        position(u64::MAX, "z"),
+    ];
+    positions.sort();
+    let value = encode_block(&positions);
+    assert_eq!(value.first(), Some(&2), "written in format 2");
+    let decoded = decode_block(b"k", &value).expect("decodes");
+    assert_eq!(
+        decoded.iter().map(<[u8]>::to_vec).collect::<Vec<_>>(),
+        positions
+    );
+    let plain: usize = positions.iter().map(|p| p.len() + 1).sum();
+    assert!(
+        value.len() < plain,
+        "smaller than the plain format: {} vs {plain}",
+        value.len()
+    );
+
+    let hex32 = |i: u64| {
+        position(
+            T0 - i,
+            &format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        )
+    };
+    let mut block: Vec<Vec<u8>> = (0..BLOCK_POSITIONS as u64).map(hex32).collect();
+    block.sort();
+    let value = encode_block(&block);
+    assert!(
+        value.len() <= 2 + BLOCK_POSITIONS * 21,
+        "generated ids take about 20 bytes a position: {} for {BLOCK_POSITIONS}",
+        value.len()
+    );
+
+    for bad in [
+        value[..value.len() - 1].to_vec(),
+        [&value[..], &[0][..]].concat(),
+        [&[9u8][..], &value[1..]].concat(),
+        encode_block(&[position(5, "b"), position(5, "a")]),
+        encode_block(&[position(5, "a"), position(5, "a")]),
+        vec![2, 0],
+    ] {
+        assert!(decode_block(b"k", &bad).is_err(), "{bad:?} is refused");
+    }
+}
+
+/// A schema-3 store (blocks in format 1: positions as they are) is upgraded in place at open:
+/// its version key says 4, its blocks still answer `q=` and pass `check`, and the next write that
+/// touches one rewrites it in format 2. An older binary would refuse the upgraded store.
+#[test]
+fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let make = |i: u64| {
+        span(&format!("f1-{i}"), &format!("f1-{i}-s"), i * 10, 5).with(|s| {
+            s.input = Value::String("legacy words".into());
+        })
+    };
+    {
+        let store = open(dir.path());
+        store
+            .put_spans(&(0..40).map(make).collect::<Vec<_>>())
+            .expect("put");
+        let plain = |positions: &Positions| {
+            let mut e = Enc::with_capacity(64);
+            e.u8(1);
+            e.u64(positions.len() as u64);
+            for p in positions.iter() {
+                e.u64(p.len() as u64);
+                e.raw(p);
+            }
+            e.0
+        };
+        let blocks: Vec<(sled::IVec, sled::IVec)> = store
+            .tree
+            .scan_prefix([P_TERM])
+            .collect::<Result<_, _>>()
+            .expect("scan");
+        assert!(blocks.len() >= 2, "{} blocks", blocks.len());
+        for (key, value) in &blocks {
+            let positions = decode_block(key, value).expect("decodes");
+            store.insert_raw(key, &plain(&positions));
+        }
+        store.tree.insert(SCHEMA_KEY, &b"3"[..]).expect("insert");
+        store.flush().expect("flush");
+    }
+    let store = reopen(dir.path()).expect("a schema-3 store opens");
+    assert_eq!(
+        store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
+        Some(&b"4"[..]),
+        "upgraded in place"
+    );
+    let formats = |term: &str| -> Vec<u8> {
+        store
+            .tree
+            .scan_prefix(term_prefix(term))
+            .map(|item| item.expect("scan").1[0])
+            .collect()
+    };
+    assert!(formats("legacy").iter().all(|&f| f == 1));
+    let search = |q: &str| {
+        let page = store
+            .list_traces(&TraceQuery {
+                limit: 100,
+                q: s(q),
+                ..TraceQuery::default()
+            })
+            .expect("list");
+        ids(&page).into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let newest_first = |n: u64| (0..n).rev().map(|i| format!("f1-{i}")).collect::<Vec<_>>();
+    assert_eq!(search("legacy words"), newest_first(40));
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+
+    store.put_spans(&[make(40)]).expect("put one more");
+    assert_eq!(search("legacy"), newest_first(41));
+    assert_eq!(
+        formats("legacy").first(),
+        Some(&2),
+        "the newest block was rewritten in format 2"
+    );
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
 }
