@@ -1,4 +1,4 @@
-//! `llm-tracer serve | demo | check | export | import | migrate`: CLI → config → app. Start-up
+//! `llm-tracer serve | demo | check | export | import | migrate | compact`: CLI → config → app. Start-up
 //! errors print the key and exit 2. `check` verifies the sled store: exit 0 clean, 1 with
 //! problems, 2 when it cannot run (or the config uses ClickHouse, which has nothing to check here).
 
@@ -36,6 +36,9 @@ enum Command {
     /// Copy a sled store into ClickHouse: `migrate --from sled --to clickhouse`. Stop the server
     /// that uses the sled store first (sled locks its directory). Safe to run again.
     Migrate(cli::MigrateArgs),
+    /// Rewrite the sled store with only its live records, so its files shrink back (they grow
+    /// to 10-15x the live data under retention). The server must be stopped.
+    Compact(cli::CompactArgs),
 }
 
 #[derive(Args, Clone)]
@@ -275,6 +278,7 @@ fn main() -> ExitCode {
             Command::Export(a) => return cli::export(a).await,
             Command::Import(a) => return cli::import(a).await,
             Command::Migrate(a) => return cli::migrate(a).await,
+            Command::Compact(a) => return cli::compact(a),
         };
         let env_names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
         if let Err(e) = config::check_env_names(env_names) {

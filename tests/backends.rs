@@ -803,6 +803,19 @@ async fn migrate_copies_a_real_proxy_store_into_clickhouse() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--admin"), "export names the way: {stderr}");
+    // And `compact`: ClickHouse manages its own files.
+    let out = common::bin()
+        .args(["compact", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("store.backend") && stderr.contains("OPTIMIZE TABLE"),
+        "compact says what to do instead: {stderr}"
+    );
     // Through --admin it reads the ClickHouse instance: every migrated span comes out.
     let out = common::bin()
         .args(["export", "--admin", &ch.admin])

@@ -7,6 +7,7 @@
 //! touch the data dir: export pages through `GET /api/traces`, import posts `POST /api/spans`.
 
 mod admin;
+mod compact;
 mod migrate;
 mod progress;
 
@@ -19,6 +20,7 @@ use std::{
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
+pub use self::compact::{compact, CompactArgs};
 pub use self::migrate::{migrate, MigrateArgs};
 use self::{admin::AdminClient, progress::Progress};
 use crate::{
@@ -348,6 +350,36 @@ fn open_store(
     data_dir: Option<&String>,
     create: bool,
 ) -> Result<Store, Fatal> {
+    let (dir, opts) = sled_dir(
+        file,
+        data_dir,
+        "this config uses \"clickhouse\"; without --admin, export and import read and write a \
+         sled data dir. Go through a running server with --admin http://ADMIN_ADDR, or pass \
+         --data-dir for a sled store",
+    )?;
+    if !create && !dir.is_dir() {
+        return Err(Fatal(format!(
+            "data_dir: {} is not a directory (nothing to export)",
+            dir.display()
+        )));
+    }
+    Store::open(&dir, &opts).map_err(|e| {
+        locked_or(
+            e,
+            &dir,
+            "Stop the server, or go through it with --admin http://ADMIN_ADDR",
+        )
+    })
+}
+
+/// The sled data dir of the config (`file`, overridden by `data_dir`) and the options a CLI
+/// command opens it with. A ClickHouse config without `--data-dir` is an error: `clickhouse`
+/// says why and what to do instead.
+fn sled_dir(
+    file: Option<&PathBuf>,
+    data_dir: Option<&String>,
+    clickhouse: &str,
+) -> Result<(PathBuf, StoreOptions), Fatal> {
     let flags = config::Flags {
         data_dir: data_dir.cloned(),
         ..config::Flags::default()
@@ -355,34 +387,26 @@ fn open_store(
     let config = config::load_for_process(file.map(PathBuf::as_path), &flags)
         .map_err(|e| Fatal(e.to_string()))?;
     if config.store_backend == config::StoreBackend::Clickhouse && data_dir.is_none() {
-        return Err(Fatal(
-            "store.backend: this config uses \"clickhouse\"; without --admin, export and import \
-             read and write a sled data dir. Go through a running server with --admin \
-             http://ADMIN_ADDR, or pass --data-dir for a sled store"
-                .to_string(),
-        ));
-    }
-    let dir = config.data_dir;
-    if !create && !dir.is_dir() {
-        return Err(Fatal(format!(
-            "data_dir: {} is not a directory (nothing to export)",
-            dir.display()
-        )));
+        return Err(Fatal(format!("store.backend: {clickhouse}")));
     }
     let opts = StoreOptions {
         cache_capacity: config.cache_capacity_bytes,
         flush_every_ms: None,
     };
-    Store::open(&dir, &opts).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("could not acquire lock") {
-            Fatal(format!(
-                "data_dir: {} is locked: sled holds an exclusive lock on it while `llm-tracer serve` \
-                 runs. Stop the server, or go through it with --admin http://ADMIN_ADDR",
-                dir.display()
-            ))
-        } else {
-            Fatal(text)
-        }
-    })
+    Ok((config.data_dir, opts))
+}
+
+/// A store that would not open: a lock held by a running server is named as such, with
+/// `way_out`.
+fn locked_or(e: StoreError, dir: &std::path::Path, way_out: &str) -> Fatal {
+    let text = e.to_string();
+    if text.contains("could not acquire lock") {
+        Fatal(format!(
+            "data_dir: {} is locked: sled holds an exclusive lock on it while `llm-tracer serve` \
+             runs. {way_out}",
+            dir.display()
+        ))
+    } else {
+        Fatal(text)
+    }
 }

@@ -43,7 +43,8 @@
 //!
 //! Files: `keys` (key layout), `codec` (value encoding), `summary` (the stored trace summary),
 //! `postings` (full-text posting blocks), `preview`, `write` (put / delete), `query` (list / get), `sessions`, `stats`, `retention`,
-//! `check`, `types` (the public query and answer types).
+//! `check`, `compact` (a copy of the live records, for `llm-tracer compact`), `types` (the public
+//! query and answer types).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
@@ -59,6 +60,7 @@ use crate::span::{is_valid_id, Kind, Span, Status, Timestamp};
 
 mod check;
 mod codec;
+mod compact;
 mod keys;
 mod postings;
 mod preview;
@@ -74,6 +76,7 @@ mod types;
 mod write;
 
 pub use check::{CheckReport, MAX_CHECK_PROBLEMS};
+pub use compact::{compact_paths, CompactReport};
 pub use types::*;
 
 use codec::*;
@@ -266,6 +269,7 @@ impl Store {
 
     /// [`Store::open`] with the lock wait as a parameter.
     fn open_waiting(dir: &Path, opts: &StoreOptions, wait: Duration) -> Result<Store, StoreError> {
+        compact::refuse_interrupted_swap(dir)?;
         let open_err = |source| StoreError::Open {
             dir: dir.to_owned(),
             source,
