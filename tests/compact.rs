@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{chat_body, client, test_config, MockUpstream, TestProxy};
+use llm_tracer::store::{compact_paths, CompactPaths, COMPACT_MARKER};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
@@ -43,22 +44,31 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies sled's own files (`db`, `conf`, `blobs/`, snapshots) of the store in `from`, as
+/// compaction's copy holds them (the spool is moved in later).
+fn copy_sled_files(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if matches!(name.as_str(), "db" | "conf" | "blobs") || name.starts_with("snap.") {
+            copy_dir_entry(&e, &to.join(&name));
         }
     }
 }
 
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
+fn copy_dir_entry(e: &std::fs::DirEntry, target: &Path) {
+    if e.file_type().unwrap().is_dir() {
+        copy_dir(&e.path(), target);
+    } else {
+        std::fs::copy(e.path(), target).unwrap();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        copy_dir_entry(&e, &to.join(e.file_name()));
+    }
 }
 
 /// Every kept trace, as the API answers it, keyed by trace id.
@@ -151,8 +161,8 @@ async fn compact_shrinks_a_store_that_serves_the_same_answers_after() {
         after < before,
         "the files shrink: {before} bytes before, {after} after"
     );
-    assert!(!sibling(&dir, ".compacting").exists());
-    assert!(!sibling(&dir, ".pre-compact").exists());
+    let paths = compact_paths(&dir);
+    assert!(!paths.copy.exists() && !paths.previous.exists());
 
     let out = llm_tracer(&["check"], &dir).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -199,59 +209,137 @@ async fn compact_shrinks_a_store_that_serves_the_same_answers_after() {
         stderr.contains("is locked") && stderr.contains("Stop the server first"),
         "{stderr}"
     );
-    assert!(!sibling(&dir, ".compacting").exists());
+    assert!(!paths.copy.exists());
     proxy.stop().await;
 }
 
+/// Runs `compact` and expects it to succeed, saying `says`.
+async fn compact_ok(dir: &Path, says: &str) {
+    let (code, stderr) = compact(dir).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(says), "{says:?} in {stderr}");
+}
+
+/// A complete copy of the store in `dir`, as step 1 leaves it (made with a file copy here).
+fn marked_copy(paths: &CompactPaths) {
+    copy_sled_files(&paths.dir, &paths.copy);
+    std::fs::write(paths.copy.join(COMPACT_MARKER), b"").unwrap();
+}
+
+/// Each state an interrupted run can leave (module docs of `cli::compact`), built by hand and
+/// finished by the next run through the real binary, the data dir's other contents (the spool)
+/// carried over; states it cannot tell apart are refused; a server refuses to start while the
+/// data dir is missing.
 #[tokio::test]
-async fn compact_finishes_or_undoes_what_an_interrupted_run_left() {
+async fn compact_finishes_what_an_interrupted_run_left() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let (kept, answers) = served_store(&dir).await;
-    let (copy, previous) = (sibling(&dir, ".compacting"), sibling(&dir, ".pre-compact"));
-    let reopen_same = |dir: PathBuf, kept: Vec<String>, answers: Vec<Value>| async move {
-        let upstream = MockUpstream::start().await.unwrap();
-        let mut proxy = TestProxy::start_with(test_config(&dir, &upstream.url())).await;
-        assert_eq!(traces(&proxy, &kept).await, answers);
-        proxy.stop().await;
+    let paths = compact_paths(&dir);
+    let reopen_same = |kept: Vec<String>, answers: Vec<Value>| {
+        let dir = dir.clone();
+        async move {
+            let upstream = MockUpstream::start().await.unwrap();
+            let mut proxy = TestProxy::start_with(test_config(&dir, &upstream.url())).await;
+            assert_eq!(traces(&proxy, &kept).await, answers);
+            proxy.stop().await;
+        }
+    };
+    // A file in the spool (the capture spool lives in the data dir) must survive every path.
+    let spooled = dir.join("spool").join("segment-test");
+    std::fs::create_dir_all(spooled.parent().unwrap()).unwrap();
+    std::fs::write(&spooled, b"calls not yet stored").unwrap();
+    let spool_kept = |after: &str| {
+        assert_eq!(
+            std::fs::read(&spooled).unwrap_or_else(|e| {
+                let listing: Vec<_> = std::fs::read_dir(spooled.parent().unwrap())
+                    .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                    .unwrap_or_default();
+                panic!(
+                    "after {after}: {}: {e}; the spool holds {listing:?}",
+                    spooled.display()
+                )
+            }),
+            b"calls not yet stored",
+            "the spool came along"
+        );
     };
 
-    // An unfinished copy (the store untouched): removed, then the run goes on.
-    std::fs::create_dir_all(copy.join("blobs")).unwrap();
-    std::fs::write(copy.join("db"), b"half a copy").unwrap();
-    let (code, stderr) = compact(&dir).await;
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(!copy.exists());
-    reopen_same(dir.clone(), kept.clone(), answers.clone()).await;
+    // Step 1 unfinished (a copy without the marker): removed, then a full run; with a trailing
+    // slash on the data dir, which names the same siblings.
+    std::fs::create_dir_all(paths.copy.join("blobs")).unwrap();
+    std::fs::write(paths.copy.join("db"), b"half a copy").unwrap();
+    let slashed = PathBuf::from(format!("{}/", dir.display()));
+    compact_ok(&slashed, "compacted").await;
+    assert!(!paths.copy.exists() && !dir.join(".compacting").exists());
+    spool_kept("an unfinished copy");
+    reopen_same(kept.clone(), answers.clone()).await;
 
-    // Stopped after moving the store aside, before the copy was complete: the server refuses
-    // to start (it would create an empty store), and compact puts the store back.
-    std::fs::rename(&dir, &previous).unwrap();
-    let upstream = MockUpstream::start().await.unwrap();
-    let err = llm_tracer_app_error(&dir, &upstream.url()).await;
-    assert!(
-        err.contains("data_dir") && err.contains("compact` was interrupted"),
-        "{err}"
-    );
-    let (code, stderr) = compact(&dir).await;
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("restored"), "{stderr}");
-    assert!(!previous.exists());
-    reopen_same(dir.clone(), kept.clone(), answers.clone()).await;
+    // After step 1: a marked copy beside the whole store. Goes forward.
+    marked_copy(&paths);
+    compact_ok(&dir, "finished an interrupted compaction").await;
+    assert!(!paths.copy.exists() && !paths.previous.exists());
+    assert!(!dir.join(COMPACT_MARKER).exists());
+    spool_kept("step 1");
+    reopen_same(kept.clone(), answers.clone()).await;
 
-    // Stopped between the renames with a complete copy: compact puts the copy in place.
-    copy_dir(&dir, &copy);
-    std::fs::write(copy.join("llm-tracer-compact-complete"), b"").unwrap();
-    std::fs::rename(&dir, &previous).unwrap();
-    let (code, stderr) = compact(&dir).await;
-    assert_eq!(code, Some(0), "{stderr}");
+    // After step 3: the store moved aside, the marked copy not yet in place. The real server
+    // refuses to start (it would create an empty store); compact finishes.
+    marked_copy(&paths);
+    std::fs::rename(dir.join("spool"), paths.copy.join("spool")).unwrap(); // step 2
+    std::fs::rename(&dir, &paths.previous).unwrap();
+    let out = common::bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", "http://127.0.0.1:9", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("finished an interrupted compaction"),
+        stderr.contains("data_dir") && stderr.contains("compact` was interrupted"),
         "{stderr}"
     );
-    assert!(!previous.exists() && !copy.exists());
-    assert!(!dir.join("llm-tracer-compact-complete").exists());
-    reopen_same(dir.clone(), kept, answers).await;
+    assert!(!dir.exists(), "the refusing server created nothing");
+    compact_ok(&dir, "finished an interrupted compaction").await;
+    assert!(!paths.copy.exists() && !paths.previous.exists());
+    spool_kept("step 3");
+    reopen_same(kept.clone(), answers.clone()).await;
+
+    // After step 4: the copy in place with its marker, the old store still beside it.
+    copy_sled_files(&dir, &paths.previous);
+    std::fs::write(dir.join(COMPACT_MARKER), b"").unwrap();
+    compact_ok(&dir, "finished an interrupted compaction").await;
+    assert!(!paths.previous.exists() && !dir.join(COMPACT_MARKER).exists());
+    reopen_same(kept.clone(), answers.clone()).await;
+
+    // Not a state this procedure leaves: the old store beside an unmarked data dir. Refused,
+    // both named, both kept.
+    copy_sled_files(&dir, &paths.previous);
+    let (code, stderr) = compact(&dir).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("both") && stderr.contains(".pre-compact"),
+        "{stderr}"
+    );
+    assert!(dir.exists() && paths.previous.exists());
+    std::fs::remove_dir_all(&paths.previous).unwrap();
+
+    // Another run holds the lock: refused.
+    let held = std::fs::File::create(&paths.lock).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let (code, stderr) = compact(&dir).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("another `llm-tracer compact`"), "{stderr}");
+    drop(held);
+    spool_kept("the lock");
 
     // Nothing to compact.
     let (code, stderr) = compact(&tmp.path().join("nothing-here")).await;
@@ -260,16 +348,4 @@ async fn compact_finishes_or_undoes_what_an_interrupted_run_left() {
         stderr.contains("data_dir") && stderr.contains("not a directory"),
         "{stderr}"
     );
-}
-
-/// The start-up error of a server on `dir`.
-async fn llm_tracer_app_error(dir: &Path, upstream: &str) -> String {
-    common::install_crypto();
-    match llm_tracer::app::start(test_config(dir, upstream)).await {
-        Ok(running) => {
-            running.shutdown().await;
-            panic!("the server started")
-        }
-        Err(e) => e.to_string(),
-    }
 }

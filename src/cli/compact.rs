@@ -3,27 +3,32 @@
 //! store over, sled's files hold 10–15× the live data; see `store::compact`). Offline: the
 //! server must be stopped (sled's lock makes a running one an error).
 //!
-//! Steps, each one safe to interrupt: (1) copy into `<dir>.compacting` and mark it complete;
-//! (2) rename `<dir>` to `<dir>.pre-compact`; (3) rename the copy to `<dir>`; (4) remove
-//! `<dir>.pre-compact`. A run finds what an interrupted one left and goes on from there: an
-//! unmarked copy is removed (the store was not touched yet); a marked copy with `<dir>` missing
-//! is put in place; a `<dir>.pre-compact` beside a complete `<dir>` is removed. A server started
-//! between (2) and (3) refuses to open, naming the interrupted compaction.
+//! The steps (paths from `store::compact_paths`; each rename followed by an fsync of the parent):
+//! 1. copy the records into `<dir>.compacting`, flush it, write the marker file into it;
+//! 2. move everything in `<dir>` that is not sled's own (the capture spool) into the copy;
+//! 3. rename `<dir>` to `<dir>.pre-compact`;
+//! 4. rename the copy to `<dir>` (the marker comes along);
+//! 5. remove `<dir>.pre-compact`;
+//! 6. remove the marker.
+//!
+//! A run first finishes what an interrupted one left: an unmarked copy is removed (nothing had
+//! moved yet); from a marked copy on, it goes forward (steps 2–6); `<dir>` with the marker means
+//! steps 5–6 remain. Whatever does not fit these states (`<dir>` and `<dir>.pre-compact` both
+//! there without a marker) is refused, naming both. A server started while `<dir>` is missing
+//! refuses to open (`StoreError::CompactInterrupted`) instead of creating an empty store.
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use clap::Args;
 
-use super::{sled_dir, Fatal};
-use crate::store::{compact_paths, Store};
+use super::{sled_dir, Fatal, SledDir};
+use crate::store::{compact_paths, CompactPaths, Store, COMPACT_MARKER};
 
-/// Written into the copy once it is complete and flushed; removed once it is in place.
-const COMPLETE: &str = "llm-tracer-compact-complete";
 /// A progress line at most this often while copying.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -31,7 +36,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 pub struct CompactArgs {
     /// TOML config file (its data_dir is compacted). Env: LLM_TRACER_CONFIG.
     #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub config: Option<std::path::PathBuf>,
     /// Store directory (default ./llm-tracer-data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
@@ -47,75 +52,85 @@ pub fn compact(args: &CompactArgs) -> ExitCode {
     }
 }
 
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Fatal {
+    let message = format!("data_dir: cannot {what} {}", path.display());
+    move |e| Fatal(format!("{message}: {e}"))
+}
+
 fn run(args: &CompactArgs) -> Result<(), Fatal> {
-    let (dir, opts) = sled_dir(
+    let SledDir {
+        dir,
+        opts,
+        min_free_bytes,
+    } = sled_dir(
         args.config.as_ref(),
         args.data_dir.as_ref(),
         "`compact` rewrites a sled data dir; ClickHouse manages its own storage (OPTIMIZE TABLE). \
          Pass --data-dir to compact a sled store",
     )?;
-    let (copy, previous) = compact_paths(&dir);
-    let io = |what: &str, path: &Path, e: std::io::Error| {
-        Fatal(format!("data_dir: cannot {what} {}: {e}", path.display()))
-    };
-
-    // What an interrupted run left.
-    if !dir.exists() && previous.is_dir() {
-        if copy.join(COMPLETE).is_file() {
-            swap_in(&copy, &dir, &previous)?;
-            eprintln!(
-                "finished an interrupted compaction: {} is the compacted store",
-                dir.display()
-            );
-            return Ok(());
-        }
-        fs::rename(&previous, &dir).map_err(|e| io("restore", &previous, e))?;
-        eprintln!("restored {} from an interrupted compaction", dir.display());
+    let paths = compact_paths(&dir);
+    if paths.dir.file_name().is_none() || paths.dir.parent().is_none() {
+        return Err(Fatal(format!(
+            "data_dir: {} names no directory that can be compacted (it is swapped with a copy \
+             beside it)",
+            dir.display()
+        )));
     }
-    if !dir.is_dir() {
+    let _lock = lock(&paths)?;
+    if resume(&paths)? {
+        eprintln!(
+            "finished an interrupted compaction: {} is the compacted store",
+            paths.dir.display()
+        );
+        return Ok(());
+    }
+    if !paths.dir.is_dir() {
         return Err(Fatal(format!(
             "data_dir: {} is not a directory (nothing to compact)",
             dir.display()
         )));
     }
-    if copy.exists() {
-        fs::remove_dir_all(&copy).map_err(|e| io("remove the unfinished copy", &copy, e))?;
-    }
-    if previous.exists() {
-        // `dir` is complete (it was put in place before the old store's removal began).
-        fs::remove_dir_all(&previous).map_err(|e| io("remove the old store", &previous, e))?;
-    }
 
     let started = Instant::now();
-    let before = dir_bytes(&dir);
-    let store = Store::open(&dir, &opts)
+    let before = dir_bytes(&paths.dir);
+    let store = Store::open(&paths.dir, &opts)
         .map_err(|e| super::locked_or(e, &dir, "Stop the server first: `compact` works offline"))?;
     let mut said = Instant::now();
-    let copied = store.copy_into(&copy, &opts, |records| {
+    let copied = store.copy_into(&paths.copy, &opts, |records| {
         if said.elapsed() >= PROGRESS_EVERY {
             said = Instant::now();
             eprintln!("compacting: {records} records copied");
+        }
+        match crate::backend::free_bytes(&paths.copy) {
+            Some(free) if free < min_free_bytes => Err(std::io::Error::other(format!(
+                "stopped: {} MiB free on the filesystem of {}, under store_min_free_bytes; \
+                 compact needs about twice the live data free",
+                free / (1024 * 1024),
+                paths.copy.display()
+            ))),
+            _ => Ok(()),
         }
     });
     drop(store);
     let report = match copied {
         Ok(report) => report,
         Err(e) => {
-            let _ = Store::wait_unlocked(&copy);
-            let _ = fs::remove_dir_all(&copy);
-            return Err(Fatal(format!("{e} (the store was not changed)")));
+            let _ = Store::wait_unlocked(&paths.copy);
+            let _ = fs::remove_dir_all(&paths.copy);
+            return Err(Fatal(format!(
+                "{e} (the copy was removed; the store is as it was)"
+            )));
         }
     };
-    // Both stores' sled threads let go of their files before anything is renamed.
-    Store::wait_unlocked(&dir)?;
-    Store::wait_unlocked(&copy)?;
-    let marker = copy.join(COMPLETE);
-    fs::File::create(&marker)
+    // Both stores' sled threads let go of their files before anything moves.
+    Store::wait_unlocked(&paths.dir)?;
+    Store::wait_unlocked(&paths.copy)?;
+    fs::File::create(paths.copy.join(COMPACT_MARKER))
         .and_then(|f| f.sync_all())
-        .map_err(|e| io("mark the copy complete in", &copy, e))?;
-    fs::rename(&dir, &previous).map_err(|e| io("move aside", &dir, e))?;
-    swap_in(&copy, &dir, &previous)?;
-    let after = dir_bytes(&dir);
+        .and_then(|()| sync_dir(&paths.copy))
+        .map_err(io_err("mark the copy complete in", &paths.copy))?;
+    finish(&paths)?;
+    let after = dir_bytes(&paths.dir);
     eprintln!(
         "compacted {}: {} records, {:.1} MiB of keys and values; {:.1} MiB on disk before, {:.1} MiB after ({:.1} s)",
         dir.display(),
@@ -128,17 +143,126 @@ fn run(args: &CompactArgs) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// Steps (3) and (4): the complete copy becomes `dir`, the old store goes.
-fn swap_in(copy: &Path, dir: &Path, previous: &Path) -> Result<(), Fatal> {
-    let io = |what: &str, path: &Path, e: std::io::Error| {
-        Fatal(format!("data_dir: cannot {what} {}: {e}", path.display()))
-    };
-    fs::rename(copy, dir).map_err(|e| io("put the copy in place at", dir, e))?;
-    fs::remove_file(dir.join(COMPLETE)).map_err(|e| io("unmark", dir, e))?;
-    fs::remove_dir_all(previous).map_err(|e| io("remove the old store", previous, e))
+/// Finishes what an interrupted run left (see the module docs); `true` when that completed a
+/// compaction, `false` when there was none to finish (an unfinished copy is removed).
+fn resume(p: &CompactPaths) -> Result<bool, Fatal> {
+    let marked_copy = p.copy.join(COMPACT_MARKER).is_file();
+    if p.copy.exists() && !marked_copy {
+        // Step 1 did not end: nothing has moved, the store is whole.
+        fs::remove_dir_all(&p.copy).map_err(io_err("remove the unfinished copy", &p.copy))?;
+    }
+    let (dir, previous) = (p.dir.exists(), p.previous.exists());
+    if marked_copy {
+        if dir && previous {
+            return Err(both_there(p));
+        }
+        finish(p)?;
+        return Ok(true);
+    }
+    if p.dir.join(COMPACT_MARKER).is_file() {
+        // Steps 5–6 remain.
+        finish(p)?;
+        return Ok(true);
+    }
+    if previous {
+        return Err(if dir {
+            both_there(p)
+        } else {
+            // Never left by this procedure (the old store moves aside only once a copy is
+            // complete): the copy is gone, so the old store is the store.
+            Fatal(format!(
+                "data_dir: {} is missing and {} holds the store from before an interrupted \
+                 compaction, without a complete copy: rename it back to {} and run compact again",
+                p.dir.display(),
+                p.previous.display(),
+                p.dir.display()
+            ))
+        });
+    }
+    Ok(false)
 }
 
-/// Bytes of the files under `dir` (sled's `db`, `conf`, snapshots and blobs).
+fn both_there(p: &CompactPaths) -> Fatal {
+    Fatal(format!(
+        "data_dir: both {} and {} exist and neither is marked as a complete copy: an interrupted \
+         compaction left the old store beside a directory this command did not make. Keep the one \
+         holding your data (`llm-tracer check --data-dir …`), remove or rename the other, and run \
+         compact again",
+        p.dir.display(),
+        p.previous.display()
+    ))
+}
+
+/// Steps 2–6, from wherever they stopped: each one is done only if it is still to do.
+fn finish(p: &CompactPaths) -> Result<(), Fatal> {
+    let parent = p.dir.parent().unwrap_or(Path::new("/"));
+    if p.copy.exists() {
+        if p.dir.exists() {
+            // 2: what is not sled's (the capture spool, anything else kept there) comes along.
+            for entry in fs::read_dir(&p.dir).map_err(io_err("read", &p.dir))? {
+                let entry = entry.map_err(io_err("read", &p.dir))?;
+                let name = entry.file_name();
+                if !is_sleds(&name.to_string_lossy()) {
+                    fs::rename(entry.path(), p.copy.join(&name))
+                        .map_err(io_err("move into the copy", &entry.path()))?;
+                }
+            }
+            sync_dir(&p.copy).map_err(io_err("sync", &p.copy))?;
+            // 3.
+            fs::rename(&p.dir, &p.previous).map_err(io_err("move aside", &p.dir))?;
+            sync_dir(parent).map_err(io_err("sync", parent))?;
+        }
+        // 4.
+        fs::rename(&p.copy, &p.dir).map_err(|e| {
+            Fatal(format!(
+                "data_dir: cannot put the copy {} in place at {}: {e}. The store is complete in \
+                 {}; run compact again to finish",
+                p.copy.display(),
+                p.dir.display(),
+                p.copy.display()
+            ))
+        })?;
+        sync_dir(parent).map_err(io_err("sync", parent))?;
+    }
+    // 5.
+    if p.previous.exists() {
+        fs::remove_dir_all(&p.previous).map_err(io_err("remove the old store", &p.previous))?;
+    }
+    // 6.
+    fs::remove_file(p.dir.join(COMPACT_MARKER)).map_err(io_err("unmark", &p.dir))?;
+    sync_dir(&p.dir).map_err(io_err("sync", &p.dir))
+}
+
+/// The entries sled 0.34 keeps in its directory.
+fn is_sleds(name: &str) -> bool {
+    matches!(name, "db" | "conf" | "blobs" | COMPACT_MARKER) || name.starts_with("snap.")
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// An exclusive lock on `<dir>.compact-lock`, held until the returned file drops: a second run
+/// waits for nothing, it stops.
+fn lock(p: &CompactPaths) -> Result<fs::File, Fatal> {
+    use rustix::fs::{flock, FlockOperation};
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p.lock)
+        .map_err(io_err("create the lock file", &p.lock))?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        Fatal(format!(
+            "data_dir: another `llm-tracer compact` of {} is running (it holds {})",
+            p.dir.display(),
+            p.lock.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// Bytes of the files under `dir` (sled's `db`, `conf`, snapshots and blobs, the spool).
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;

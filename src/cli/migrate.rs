@@ -86,17 +86,11 @@ async fn run(args: &MigrateArgs) -> Result<(), Fatal> {
         .await
         .map_err(|e| Fatal(format!("store open task failed: {e}")))?
         .map_err(|e| {
-            let text = e.to_string();
-            if text.contains("could not acquire lock") {
-                Fatal(format!(
-                    "data_dir: {} is locked: `llm-tracer serve` is running on it (sled holds an \
-                     exclusive lock). Stop it, then migrate; start it again with \
-                     [store] backend = \"clickhouse\".",
-                    dir.display()
-                ))
-            } else {
-                Fatal(text)
-            }
+            super::locked_or(
+                e,
+                &dir,
+                "Stop it, then migrate; start it again with [store] backend = \"clickhouse\".",
+            )
         })?;
     let ch_opts = ClickHouseOptions::new(&config.clickhouse_url, &config.clickhouse_database);
     let target = ClickHouseStore::open(&ch_opts).await.map_err(|e| {

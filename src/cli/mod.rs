@@ -350,7 +350,7 @@ fn open_store(
     data_dir: Option<&String>,
     create: bool,
 ) -> Result<Store, Fatal> {
-    let (dir, opts) = sled_dir(
+    let SledDir { dir, opts, .. } = sled_dir(
         file,
         data_dir,
         "this config uses \"clickhouse\"; without --admin, export and import read and write a \
@@ -372,14 +372,21 @@ fn open_store(
     })
 }
 
-/// The sled data dir of the config (`file`, overridden by `data_dir`) and the options a CLI
-/// command opens it with. A ClickHouse config without `--data-dir` is an error: `clickhouse`
-/// says why and what to do instead.
+/// A CLI command's view of the sled store in the config: where it is, how to open it, and how
+/// much free space its filesystem must keep (`store_min_free_bytes`).
+struct SledDir {
+    dir: PathBuf,
+    opts: StoreOptions,
+    min_free_bytes: u64,
+}
+
+/// The sled data dir of the config (`file`, overridden by `data_dir`). A ClickHouse config
+/// without `--data-dir` is an error: `clickhouse` says why and what to do instead.
 fn sled_dir(
     file: Option<&PathBuf>,
     data_dir: Option<&String>,
     clickhouse: &str,
-) -> Result<(PathBuf, StoreOptions), Fatal> {
+) -> Result<SledDir, Fatal> {
     let flags = config::Flags {
         data_dir: data_dir.cloned(),
         ..config::Flags::default()
@@ -389,11 +396,14 @@ fn sled_dir(
     if config.store_backend == config::StoreBackend::Clickhouse && data_dir.is_none() {
         return Err(Fatal(format!("store.backend: {clickhouse}")));
     }
-    let opts = StoreOptions {
-        cache_capacity: config.cache_capacity_bytes,
-        flush_every_ms: None,
-    };
-    Ok((config.data_dir, opts))
+    Ok(SledDir {
+        opts: StoreOptions {
+            cache_capacity: config.cache_capacity_bytes,
+            flush_every_ms: None,
+        },
+        min_free_bytes: config.store_min_free_bytes,
+        dir: config.data_dir,
+    })
 }
 
 /// A store that would not open: a lock held by a running server is named as such, with

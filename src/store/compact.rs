@@ -1,13 +1,20 @@
 //! `llm-tracer compact`: copies the live records into a fresh sled database. sled 0.34 reuses a
 //! log segment only once at most half of it is live and truncates its files only at the end, so
 //! after retention has turned the store over its files hold 10–15× the live data (bench/RESULTS.md,
-//! "Memory and disk under retention"); a copy holds only what is live. The caller swaps the
-//! directories (`cli::compact`); this module only copies and verifies.
+//! "Memory and disk under retention"); a copy holds only what is live. The caller moves the
+//! directories (`cli::compact`); this module copies, verifies, and names the paths involved.
 
 use super::*;
 
-/// Records per sled batch while copying (bounded memory: one batch of records).
+/// Records per sled batch while copying, at most …
 const COPY_BATCH: usize = 2048;
+/// … and at most this many bytes of keys and values (span bodies can be large), so memory stays
+/// bounded and the free-space look between batches stays close to the truth.
+const COPY_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// The file that marks a copy complete: written into `<dir>.compacting` once the copy is flushed,
+/// it travels with it into `<dir>` and is removed last, once the old store is gone.
+pub const COMPACT_MARKER: &str = "llm-tracer-compact-complete";
 
 /// What a copy wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -18,96 +25,130 @@ pub struct CompactReport {
     pub bytes: u64,
 }
 
+/// The paths of one compaction of `dir`: the copy while it is written (`<dir>.compacting`), the
+/// old store while the copy takes its place (`<dir>.pre-compact`), and the lock that keeps two
+/// runs apart (`<dir>.compact-lock`), all beside `dir` so each move is a rename on one file
+/// system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactPaths {
+    /// `dir` made absolute, symlinks resolved (so a symlinked data dir is compacted where it
+    /// really is, and "data/" and "./data" name the same siblings).
+    pub dir: PathBuf,
+    pub copy: PathBuf,
+    pub previous: PathBuf,
+    pub lock: PathBuf,
+}
+
+/// The [`CompactPaths`] of `dir` (which need not exist).
+pub fn compact_paths(dir: &Path) -> CompactPaths {
+    let dir = real_path(dir);
+    let with = |suffix: &str| {
+        let mut name = dir.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    CompactPaths {
+        copy: with(".compacting"),
+        previous: with(".pre-compact"),
+        lock: with(".compact-lock"),
+        dir,
+    }
+}
+
+/// `dir` absolute with symlinks resolved; when it does not exist, its parent's real path joined
+/// with its name; failing both, `dir` without trailing separators.
+fn real_path(dir: &Path) -> PathBuf {
+    if let Ok(real) = dir.canonicalize() {
+        return real;
+    }
+    let plain: PathBuf = dir.components().collect();
+    let (Some(parent), Some(name)) = (plain.parent(), plain.file_name()) else {
+        return plain;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    parent.canonicalize().map(|p| p.join(name)).unwrap_or(plain)
+}
+
+/// `Err` when a compaction of `dir` stopped after moving the store aside: `dir` is missing and
+/// the old store or the complete copy waits beside it. Opening would create an empty store.
+pub(super) fn refuse_interrupted_swap(dir: &Path) -> Result<(), StoreError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let paths = compact_paths(dir);
+    if paths.previous.exists() || paths.copy.join(COMPACT_MARKER).exists() {
+        return Err(StoreError::CompactInterrupted {
+            dir: dir.to_owned(),
+            previous: paths.previous,
+        });
+    }
+    Ok(())
+}
+
 impl Store {
     /// Copies every tree of this store, record by record in key order (sled's cheapest insert:
     /// each batch lands on the right edge of the tree), into a new store at `dest`, which must
-    /// not exist yet. Flushes it and checks that each tree has as many records as the source.
-    /// `progress` is called with the records copied so far, after each batch. The source is only
-    /// read; on an error `dest` is left for the caller to remove.
+    /// not exist yet. Flushes it and checks that each tree of the copy has as many records as
+    /// were read. `progress` is called with the records copied so far before each batch is
+    /// written; an error from it stops the copy (the caller's way to stop before the disk fills:
+    /// sled can hang on a full disk). The source is only read; on an error `dest` is left for
+    /// the caller to remove.
     pub fn copy_into(
         &self,
         dest: &Path,
         opts: &StoreOptions,
-        mut progress: impl FnMut(u64),
+        mut progress: impl FnMut(u64) -> std::io::Result<()>,
     ) -> Result<CompactReport, StoreError> {
-        let open_err = |source| StoreError::Open {
-            dir: dest.to_owned(),
-            source,
-        };
         if dest.exists() {
-            return Err(open_err(sled::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "the compaction target exists already",
-            ))));
+            return Err(StoreError::CopyExists(dest.to_owned()));
         }
         let target = sled::Config::new()
             .path(dest)
             .cache_capacity(opts.cache_capacity)
             .flush_every_ms(None)
             .open()
-            .map_err(open_err)?;
+            .map_err(|source| StoreError::Open {
+                dir: dest.to_owned(),
+                source,
+            })?;
         let mut report = CompactReport::default();
         for name in self.db.tree_names() {
             let from = self.db.open_tree(&name)?;
             let to = target.open_tree(&name)?;
             let mut batch = sled::Batch::default();
-            let (mut in_batch, mut copied) = (0usize, 0u64);
+            let (mut in_batch, mut batch_bytes, mut read) = (0usize, 0usize, 0u64);
             for item in from.iter() {
                 let (key, value) = item?;
-                report.bytes = report
-                    .bytes
-                    .saturating_add((key.len() + value.len()) as u64);
+                let size = key.len() + value.len();
+                report.bytes = report.bytes.saturating_add(size as u64);
                 batch.insert(key, value);
                 in_batch += 1;
-                if in_batch == COPY_BATCH {
+                batch_bytes += size;
+                if in_batch == COPY_BATCH || batch_bytes >= COPY_BATCH_BYTES {
+                    progress(report.records + read).map_err(sled::Error::Io)?;
                     to.apply_batch(std::mem::take(&mut batch))?;
-                    copied += in_batch as u64;
-                    in_batch = 0;
-                    progress(report.records + copied);
+                    read += in_batch as u64;
+                    (in_batch, batch_bytes) = (0, 0);
                 }
             }
+            progress(report.records + read).map_err(sled::Error::Io)?;
             to.apply_batch(batch)?;
-            copied += in_batch as u64;
+            read += in_batch as u64;
             let written = to.len() as u64;
-            if written != copied {
-                return Err(corrupt(
-                    &name,
-                    &format!("the copy of this tree has {written} records, not {copied}"),
-                ));
+            if written != read {
+                return Err(StoreError::CopyMismatch {
+                    tree: String::from_utf8_lossy(&name).into_owned(),
+                    read,
+                    written,
+                });
             }
-            report.records += copied;
-            progress(report.records);
+            report.records += read;
         }
         target.flush()?;
         Ok(report)
     }
-}
-
-/// Where `llm-tracer compact` puts the copy of the store in `dir` while it is written, and the
-/// old store while the copy takes its place: `<dir>.compacting` and `<dir>.pre-compact`, beside
-/// `dir` (so the swap is two renames on one file system).
-pub fn compact_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    let with = |suffix: &str| {
-        let mut name = dir.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    };
-    (with(".compacting"), with(".pre-compact"))
-}
-
-/// `Err` when a compaction stopped between its two renames: the data dir is gone and the old
-/// store waits beside it. A server that started now would create an empty store.
-pub(super) fn refuse_interrupted_swap(dir: &Path) -> Result<(), StoreError> {
-    let (_, previous) = compact_paths(dir);
-    if dir.exists() || !previous.exists() {
-        return Ok(());
-    }
-    Err(StoreError::Open {
-        dir: dir.to_owned(),
-        source: sled::Error::Io(std::io::Error::other(format!(
-            "it is missing and {} is there: an `llm-tracer compact` was interrupted; run it again \
-             to finish",
-            previous.display()
-        ))),
-    })
 }

@@ -76,7 +76,7 @@ mod types;
 mod write;
 
 pub use check::{CheckReport, MAX_CHECK_PROBLEMS};
-pub use compact::{compact_paths, CompactReport};
+pub use compact::{compact_paths, CompactPaths, CompactReport, COMPACT_MARKER};
 pub use types::*;
 
 use codec::*;
@@ -104,6 +104,24 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("store: schema version {found} is newer than this binary understands ({supported})")]
     Schema { found: String, supported: u32 },
+    #[error(
+        "store: tree {tree} was written by a newer llm-tracer (this binary reads tree v3, \
+         schema {supported})"
+    )]
+    NewerTree { tree: String, supported: u32 },
+    #[error(
+        "data_dir: {dir} is missing and {previous} is there: an `llm-tracer compact` was \
+         interrupted; run it again to finish"
+    )]
+    CompactInterrupted { dir: PathBuf, previous: PathBuf },
+    #[error("compact: the copy of tree {tree} has {written} records, the store {read}")]
+    CopyMismatch {
+        tree: String,
+        read: u64,
+        written: u64,
+    },
+    #[error("compact: {0} exists already")]
+    CopyExists(PathBuf),
 }
 
 impl StoreError {
@@ -148,6 +166,8 @@ const SCHEMA_VERSION: u32 = 4;
 const SCHEMA_IN_PLACE: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"mschema_version";
 const TREE: &str = "v3";
+/// The layout number of [`TREE`]: a tree `v<N>` with a higher N was written by a newer binary.
+const TREE_LAYOUT: u32 = 3;
 /// Older layouts' trees and the schema each one holds, newest first.
 const OLD_TREES: [(&str, u32); 2] = [("v2", 2), ("v1", 1)];
 /// Spans per `put_spans` while migrating.
@@ -301,8 +321,8 @@ impl Store {
                 // (the version key is written last, so it is simply done again). A tree of a
                 // newer layout (`v4`, …) means a newer binary wrote this store: refused.
                 if let Some(newer) = store.newer_tree() {
-                    return Err(StoreError::Schema {
-                        found: newer.to_string(),
+                    return Err(StoreError::NewerTree {
+                        tree: format!("v{newer}"),
                         supported: SCHEMA_VERSION,
                     });
                 }
@@ -337,7 +357,8 @@ impl Store {
         Ok(store)
     }
 
-    /// The highest layout version above this binary's that has a tree (`v<N>`) here.
+    /// The highest layout above this binary's tree ([`TREE_LAYOUT`]) that has a tree (`v<N>`)
+    /// here.
     fn newer_tree(&self) -> Option<u32> {
         self.db
             .tree_names()
@@ -349,7 +370,7 @@ impl Store {
                     .parse()
                     .ok()
             })
-            .filter(|&v: &u32| v > SCHEMA_VERSION)
+            .filter(|&v: &u32| v > TREE_LAYOUT)
             .max()
     }
 

@@ -1,4 +1,4 @@
-//! Full-text posting lists in blocks (schema 3; schema 4 packs the blocks, see [`BLOCK_FORMAT`]). A term's list is the newest-first sequence of
+//! Full-text posting lists in blocks (schema 3; schema 4 packs them, see [`BLOCK_FORMAT`]). A term's list is the newest-first sequence of
 //! positions (inv(trace start) ++ trace id, the same tail as every `t`/`x` key) of the traces
 //! that have the term. Schema 2 stored one empty-valued key per (term, trace): about 45 sled
 //! inserts per trace, more than everything else a span costs. Schema 3 stores the list in blocks
@@ -46,7 +46,7 @@ pub(super) struct Positions {
 impl Positions {
     fn with_capacity(n: usize) -> Positions {
         Positions {
-            buf: Vec::with_capacity(n * 40),
+            buf: Vec::with_capacity(n.saturating_mul(40)),
             ends: Vec::with_capacity(n),
         }
     }
@@ -119,10 +119,12 @@ fn id_header(id: &[u8]) -> (u64, bool) {
     (id.len() as u64 * 2 + u64::from(hex), hex)
 }
 
+/// A lowercase hex digit's value (only called on digits [`id_header`] accepted).
 fn hex_value(b: u8) -> u8 {
     match b {
         b'0'..=b'9' => b - b'0',
-        _ => b - b'a' + 10,
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => 0,
     }
 }
 
@@ -138,9 +140,9 @@ pub(super) fn encode_block<P: AsRef<[u8]>>(positions: &[P]) -> Vec<u8> {
             .sum::<usize>(),
     );
     e.u8(BLOCK_FORMAT);
-    // Positions always carry a start (they come from summaries or decoded blocks); one that did
-    // not would be left out rather than make the count lie.
-    let whole = |p: &&P| p.as_ref().len() >= 8;
+    // Positions are well-formed (they come from summaries or decoded blocks); one that was not
+    // would be left out rather than written into a block that never decodes again.
+    let whole = |p: &&P| parse_position(p.as_ref()).is_some();
     e.u64(positions.iter().filter(whole).count() as u64);
     let mut previous = 0u64;
     for p in positions.iter().filter(whole) {
@@ -186,6 +188,10 @@ pub(super) fn decode_block(key: &[u8], value: &[u8]) -> Result<Positions, StoreE
                     let (len, hex) = (header / 2, header % 2 == 1);
                     let s = start.to_be_bytes();
                     if hex {
+                        // Canonical only: the encoder packs even lengths.
+                        if len % 2 == 1 {
+                            return None;
+                        }
                         let packed = d.take(len / 2)?;
                         let digits = packed.iter().flat_map(|b| {
                             [
@@ -195,7 +201,12 @@ pub(super) fn decode_block(key: &[u8], value: &[u8]) -> Result<Positions, StoreE
                         });
                         out.push_checked(&s, digits)?;
                     } else {
-                        out.push_checked(&s, d.take(len)?.iter().copied())?;
+                        let id = d.take(len)?;
+                        // Canonical only: an id the encoder would have packed is not raw.
+                        if id_header(id).1 {
+                            return None;
+                        }
+                        out.push_checked(&s, id.iter().copied())?;
                     }
                 }
                 _ => return None,

@@ -1569,7 +1569,7 @@ fn a_tree_of_a_newer_layout_is_refused() {
             .path(dir.path())
             .open()
             .expect("sled opens");
-        let newer = db.open_tree("v5").expect("tree v5");
+        let newer = db.open_tree("v4").expect("tree v4");
         newer.insert(SCHEMA_KEY, &b"5"[..]).expect("insert");
         db.flush().expect("flush");
     }
@@ -1577,8 +1577,8 @@ fn a_tree_of_a_newer_layout_is_refused() {
         .err()
         .expect("a store written by a newer binary must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 4 } if found == "5"),
-        "the error names both versions: {err}"
+        matches!(err, StoreError::NewerTree { ref tree, supported: 4 } if tree == "v4"),
+        "the error names the tree and this binary's schema: {err}"
     );
 }
 
@@ -2452,6 +2452,9 @@ fn posting_blocks_round_trip_every_id_shape_and_reject_bad_ones() {
         value.len()
     );
 
+    // The canonical form of the two hand-written cases below decodes.
+    let canonical = decode_block(b"k", &[2, 1, 5, 2 * 2 + 1, 0xab]).expect("canonical");
+    assert_eq!(canonical.first(), Some(&position(5, "ab")[..]));
     for bad in [
         value[..value.len() - 1].to_vec(),
         [&value[..], &[0][..]].concat(),
@@ -2459,6 +2462,10 @@ fn posting_blocks_round_trip_every_id_shape_and_reject_bad_ones() {
         encode_block(&[position(5, "b"), position(5, "a")]),
         encode_block(&[position(5, "a"), position(5, "a")]),
         vec![2, 0],
+        // An odd-length id flagged as packed hex: 3 chars, flag set, one byte.
+        [&[2u8, 1, 5][..], &[3 * 2 + 1, 0xab][..]].concat(),
+        // A lowercase-hex id stored raw (the encoder packs it): "ab" as is.
+        [&[2u8, 1, 5][..], &[2 * 2][..], b"ab"].concat(),
     ] {
         assert!(decode_block(b"k", &bad).is_err(), "{bad:?} is refused");
     }
