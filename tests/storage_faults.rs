@@ -115,7 +115,14 @@ async fn after_store_io_errors_the_writer_reopens_the_store_and_nothing_stored_i
         status, 200,
         "what was stored before the errors is still there"
     );
-    let text = proxy.metrics_text().await;
+    // Calls spooled while the store failed are replayed after the heal, possibly after
+    // "after-reopen" was written: the count is read once the spool and the queue are empty.
+    let text = proxy
+        .wait_metrics("the spool and the queue drained", |t| {
+            metric_value(t, "llm_tracer_spool_bytes") == Some(0.0)
+                && metric_value(t, "llm_tracer_queue_length") == Some(0.0)
+        })
+        .await;
     let dropped = metric_value(
         &text,
         "llm_tracer_captures_dropped_total{reason=\"store_error\"}",
