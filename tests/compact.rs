@@ -223,7 +223,38 @@ async fn compact_ok(dir: &Path, says: &str) {
 /// A complete copy of the store in `dir`, as step 1 leaves it (made with a file copy here).
 fn marked_copy(paths: &CompactPaths) {
     copy_sled_files(&paths.dir, &paths.copy);
+    std::fs::write(paths.copy.join("copy-sentinel"), b"").unwrap();
     std::fs::write(paths.copy.join(COMPACT_MARKER), b"").unwrap();
+}
+
+/// The marked copy, not the old store, ended up as the data dir (and the sentinel goes).
+fn the_copy_is_in_place(dir: &Path) {
+    let sentinel = dir.join("copy-sentinel");
+    assert!(sentinel.exists(), "the copy took the data dir's place");
+    std::fs::remove_file(sentinel).unwrap();
+}
+
+/// `serve` on `dir` exits 2 naming the unfinished compaction.
+async fn serve_refuses(dir: &Path) {
+    let out = common::bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", "http://127.0.0.1:9", "--data-dir"])
+        .arg(dir)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("data_dir") && stderr.contains("interrupted `llm-tracer compact` left"),
+        "{stderr}"
+    );
 }
 
 /// Each state an interrupted run can leave (module docs of `cli::compact`), built by hand and
@@ -275,9 +306,12 @@ async fn compact_finishes_what_an_interrupted_run_left() {
     spool_kept("an unfinished copy");
     reopen_same(kept.clone(), answers.clone()).await;
 
-    // After step 1: a marked copy beside the whole store. Goes forward.
+    // After step 1: a marked copy beside the whole store. A server refuses to start (its writes
+    // would be lost when the copy goes in); compact goes forward.
     marked_copy(&paths);
+    serve_refuses(&dir).await;
     compact_ok(&dir, "finished an interrupted compaction").await;
+    the_copy_is_in_place(&dir);
     assert!(!paths.copy.exists() && !paths.previous.exists());
     assert!(!dir.join(COMPACT_MARKER).exists());
     spool_kept("step 1");
@@ -288,28 +322,11 @@ async fn compact_finishes_what_an_interrupted_run_left() {
     marked_copy(&paths);
     std::fs::rename(dir.join("spool"), paths.copy.join("spool")).unwrap(); // step 2
     std::fs::rename(&dir, &paths.previous).unwrap();
-    let out = common::bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--upstream", "http://127.0.0.1:9", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("data_dir") && stderr.contains("compact` was interrupted"),
-        "{stderr}"
-    );
+    serve_refuses(&dir).await;
     assert!(!dir.exists(), "the refusing server created nothing");
     compact_ok(&dir, "finished an interrupted compaction").await;
     assert!(!paths.copy.exists() && !paths.previous.exists());
+    the_copy_is_in_place(&dir);
     spool_kept("step 3");
     reopen_same(kept.clone(), answers.clone()).await;
 

@@ -122,9 +122,12 @@ fn run(args: &CompactArgs) -> Result<(), Fatal> {
             )));
         }
     };
-    // Both stores' sled threads let go of their files before anything moves.
-    Store::wait_unlocked(&paths.dir)?;
+    // The store's lock (sled's own `flock` on `<dir>/db`) is taken over as soon as sled lets go
+    // of it and held until the store has moved aside, so no server opens it in between.
+    let _held = hold_store_lock(&paths.dir)?;
     Store::wait_unlocked(&paths.copy)?;
+    // sled's flush syncs its log only; its blobs and `conf` are synced here, before the mark.
+    sync_tree(&paths.copy).map_err(io_err("sync the copy", &paths.copy))?;
     fs::File::create(paths.copy.join(COMPACT_MARKER))
         .and_then(|f| f.sync_all())
         .and_then(|()| sync_dir(&paths.copy))
@@ -154,8 +157,16 @@ fn resume(p: &CompactPaths) -> Result<bool, Fatal> {
     let (dir, previous) = (p.dir.exists(), p.previous.exists());
     if marked_copy {
         if dir && previous {
-            return Err(both_there(p));
+            return Err(Fatal(format!(
+                "data_dir: {}, {} and the complete copy {} all exist: keep the one holding your \
+                 data (`llm-tracer check --data-dir …`), remove or rename the others, and run \
+                 compact again",
+                p.dir.display(),
+                p.previous.display(),
+                p.copy.display()
+            )));
         }
+        let _held = hold_store_lock(&p.dir)?;
         finish(p)?;
         return Ok(true);
     }
@@ -240,6 +251,47 @@ fn is_sleds(name: &str) -> bool {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
+}
+
+/// Every file and directory under `dir`, and `dir`, synced to disk.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// sled's lock on the store in `dir` (`flock` on `<dir>/db`), taken as soon as it is free (sled
+/// releases it from a background thread, so this waits up to 2 s, as `Store::open` does) and
+/// held until the returned file drops; `None` when there is no store there. A running server
+/// holds it: then this is an error.
+fn hold_store_lock(dir: &Path) -> Result<Option<fs::File>, Fatal> {
+    use rustix::fs::{flock, FlockOperation};
+    let db = dir.join("db");
+    let file = match fs::File::open(&db) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open", &db)(e)),
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(Some(file)),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                return Err(Fatal(format!(
+                    "data_dir: {} is locked ({e}): sled holds an exclusive lock on it while \
+                     `llm-tracer serve` runs. Stop the server first: `compact` works offline",
+                    dir.display()
+                )))
+            }
+        }
+    }
 }
 
 /// An exclusive lock on `<dir>.compact-lock`, held until the returned file drops: a second run

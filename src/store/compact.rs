@@ -73,20 +73,23 @@ fn real_path(dir: &Path) -> PathBuf {
     parent.canonicalize().map(|p| p.join(name)).unwrap_or(plain)
 }
 
-/// `Err` when a compaction of `dir` stopped after moving the store aside: `dir` is missing and
-/// the old store or the complete copy waits beside it. Opening would create an empty store.
+/// `Err` while a compaction of `dir` is unfinished past its copy: a copy marked complete waits
+/// beside `dir` (the next `compact` puts it in place, so writes made to `dir` now would be lost),
+/// or the old store waits beside a `dir` that is missing or not the marked copy. Opening then
+/// would write to a store about to be replaced, or create an empty one.
 pub(super) fn refuse_interrupted_swap(dir: &Path) -> Result<(), StoreError> {
-    if dir.exists() {
-        return Ok(());
-    }
     let paths = compact_paths(dir);
-    if paths.previous.exists() || paths.copy.join(COMPACT_MARKER).exists() {
-        return Err(StoreError::CompactInterrupted {
-            dir: dir.to_owned(),
-            previous: paths.previous,
-        });
-    }
-    Ok(())
+    let left = if paths.copy.join(COMPACT_MARKER).exists() {
+        paths.copy
+    } else if paths.previous.exists() && !dir.join(COMPACT_MARKER).exists() {
+        paths.previous
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::CompactInterrupted {
+        dir: dir.to_owned(),
+        left,
+    })
 }
 
 impl Store {

@@ -110,10 +110,10 @@ pub enum StoreError {
     )]
     NewerTree { tree: String, supported: u32 },
     #[error(
-        "data_dir: {dir} is missing and {previous} is there: an `llm-tracer compact` was \
-         interrupted; run it again to finish"
+        "data_dir: {dir}: an interrupted `llm-tracer compact` left {left}; run `llm-tracer \
+         compact` again to finish it before starting the server"
     )]
-    CompactInterrupted { dir: PathBuf, previous: PathBuf },
+    CompactInterrupted { dir: PathBuf, left: PathBuf },
     #[error("compact: the copy of tree {tree} has {written} records, the store {read}")]
     CopyMismatch {
         tree: String,
@@ -238,6 +238,7 @@ impl Store {
     /// long recovery starts in the background (`app`).
     pub fn wait_unlocked(dir: &Path) -> Result<(), StoreError> {
         use rustix::fs::{flock, FlockOperation};
+        compact::refuse_interrupted_swap(dir)?;
         let db = dir.join("db");
         let Ok(file) = std::fs::File::open(&db) else {
             return Ok(()); // a new store (or one sled will report on itself)
