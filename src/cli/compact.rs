@@ -266,32 +266,11 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// sled's lock on the store in `dir` (`flock` on `<dir>/db`), taken as soon as it is free (sled
-/// releases it from a background thread, so this waits up to 2 s, as `Store::open` does) and
-/// held until the returned file drops; `None` when there is no store there. A running server
-/// holds it: then this is an error.
+/// sled's lock on the store in `dir` (`Store::hold_lock`), held until the returned file drops;
+/// a running server holds it, which is then the error.
 fn hold_store_lock(dir: &Path) -> Result<Option<fs::File>, Fatal> {
-    use rustix::fs::{flock, FlockOperation};
-    let db = dir.join("db");
-    let file = match fs::File::open(&db) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("open", &db)(e)),
-    };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(Some(file)),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                return Err(Fatal(format!(
-                    "data_dir: {} is locked ({e}): sled holds an exclusive lock on it while \
-                     `llm-tracer serve` runs. Stop the server first: `compact` works offline",
-                    dir.display()
-                )))
-            }
-        }
-    }
+    Store::hold_lock(dir)
+        .map_err(|e| super::locked_or(e, dir, "Stop the server first: `compact` works offline"))
 }
 
 /// An exclusive lock on `<dir>.compact-lock`, held until the returned file drops: a second run

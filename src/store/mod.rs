@@ -237,17 +237,26 @@ impl Store {
     /// still held. Lets start-up report a store in use by another process at once, before a
     /// long recovery starts in the background (`app`).
     pub fn wait_unlocked(dir: &Path) -> Result<(), StoreError> {
-        use rustix::fs::{flock, FlockOperation};
         compact::refuse_interrupted_swap(dir)?;
+        // Released with the file at the end of this call, before sled takes it.
+        Self::hold_lock(dir).map(drop)
+    }
+
+    /// Takes the directory lock sled uses (`flock` on `<dir>/db`) as soon as no other handle
+    /// holds it (waiting as [`Store::wait_unlocked`] does) and keeps it until the returned file
+    /// drops, so no `Store::open` succeeds meanwhile (`llm-tracer compact` holds it while it
+    /// moves the store). `None` when there is no store file to lock (a new store, or one sled
+    /// will report on itself).
+    pub fn hold_lock(dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
+        use rustix::fs::{flock, FlockOperation};
         let db = dir.join("db");
         let Ok(file) = std::fs::File::open(&db) else {
-            return Ok(()); // a new store (or one sled will report on itself)
+            return Ok(None);
         };
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                // Released with the file at the end of this call, before sled takes it.
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Some(file)),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(StoreError::Open {
                         dir: dir.to_owned(),
