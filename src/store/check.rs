@@ -1,34 +1,168 @@
 //! `llm-tracer check`: verifies that spans, span-id records, call records, summaries and
 //! index entries agree.
+//!
+//! One sequential pass per key space. The spans are read in key order beside the summaries
+//! (both sort by trace id), each trace's summary is recomputed from its spans and compared, and
+//! every record the spans and summaries imply (`i`, `l`, `t`/`x` keys, postings) is folded into a
+//! [`Digest`]: an order-independent sum of 128-bit hashes. Each of those key spaces is then
+//! scanned once and folded the same way. Equal digests mean the two multisets are equal (up to a
+//! 2^-128 chance); only a key space whose digests differ is searched again, record by record
+//! with point lookups, to name the records to blame. A clean store thus costs sequential reads
+//! only, where a lookup per span, posting and index key made `check` of a 1M-span store take
+//! minutes.
+
+use std::hash::Hasher;
 
 use super::*;
+
+/// An order-independent digest of a multiset of byte records: the wrapping sum of each
+/// record's 128-bit hash (two SipHash-1-3 passes with different salts) and their count.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Digest {
+    sum: u128,
+    count: u64,
+}
+
+impl Digest {
+    /// Adds the record made of `parts` (each length-delimited, so `["ab", "c"]` ≠ `["a", "bc"]`).
+    fn add(&mut self, parts: &[&[u8]]) {
+        let (mut a, mut b) = (
+            std::collections::hash_map::DefaultHasher::new(),
+            std::collections::hash_map::DefaultHasher::new(),
+        );
+        b.write_u8(0xA5);
+        for part in parts {
+            a.write(part);
+            a.write_usize(part.len());
+            b.write(part);
+            b.write_usize(part.len());
+        }
+        let h = (u128::from(a.finish()) << 64) | u128::from(b.finish());
+        self.sum = self.sum.wrapping_add(h);
+        self.count += 1;
+    }
+}
+
+/// The four relations `check` verifies by digest, as implied by spans and summaries
+/// (`expected`) or as stored (`found`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Digests {
+    /// `i` records: key and value.
+    span_ids: Digest,
+    /// `l` keys.
+    calls: Digest,
+    /// `t` and `x` keys.
+    index: Digest,
+    /// Postings: the term's key prefix and the position.
+    postings: Digest,
+}
+
+/// A span key's parts: (trace id, start µs, span id).
+fn parse_span_key(key: &[u8]) -> Option<(&str, u64, &str)> {
+    let tail = key.get(1..)?;
+    let sep = tail.iter().position(|&b| b == 0)?;
+    let trace_id = std::str::from_utf8(tail.get(..sep)?).ok()?;
+    let (start, span_id) = parse_start_and_id(tail.get(sep + 1..)?)?;
+    Some((trace_id, start, span_id))
+}
 
 impl Store {
     /// Verifies the store's integrity (`llm-tracer check`): every span's `i` record points back
     /// at it, every call span has its `l` record and every `l` record a span, every summary
     /// equals a recomputation from its spans, every `t`/`x` entry belongs to an existing trace's
     /// summary and every trace has all its index entries and postings (`w` blocks well-formed, in
-    /// order, each position one of a trace that has the term). Reads only; one pass per key space,
-    /// memory bounded by one trace's summary plus the first [`MAX_CHECK_PROBLEMS`] problems.
+    /// order, each position one of a trace that has the term). Reads only: sequential scans
+    /// (see the module's notes), memory bounded by one trace's summary plus the first
+    /// [`MAX_CHECK_PROBLEMS`] problems.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let mut r = CheckReport::default();
+        let expected = self.check_spans_and_summaries(&mut r)?;
+        let found = Digests {
+            span_ids: self.digest_span_ids(&mut r)?,
+            calls: self.digest_calls(&mut r)?,
+            index: self.digest_index(&mut r)?,
+            postings: self.check_posting_blocks(&mut r)?,
+        };
+        self.check_unknown_keys(&mut r)?;
 
-        // `s`: spans, grouped by trace (keys sort by trace id, then 0x00, so a trace's spans are
-        // contiguous).
+        type Locate = fn(&Store, &mut CheckReport) -> Result<(), StoreError>;
+        let relations: [(Digest, Digest, Locate, &str); 4] = [
+            (
+                expected.span_ids,
+                found.span_ids,
+                Store::locate_span_id_problems,
+                "the `i` records",
+            ),
+            (
+                expected.calls,
+                found.calls,
+                Store::locate_call_problems,
+                "the `l` records",
+            ),
+            (
+                expected.index,
+                found.index,
+                Store::locate_index_problems,
+                "the `t`/`x` index entries",
+            ),
+            (
+                expected.postings,
+                found.postings,
+                Store::locate_posting_problems,
+                "the postings",
+            ),
+        ];
+        for (want, have, locate, what) in relations {
+            if want == have {
+                continue;
+            }
+            locate(self, &mut r)?;
+            if r.is_clean() {
+                // Every record is where it should be, yet the multisets differ: a duplicate.
+                r.problem(format!(
+                    "{what} differ from what the spans and summaries imply ({} expected, {} \
+                     found), but no single record is to blame (a duplicate?)",
+                    want.count, have.count
+                ));
+            }
+        }
+        Ok(r)
+    }
+
+    /// `s` beside `u` (both in trace-id order; a trace's spans are contiguous since their keys
+    /// are its id then 0x00): each span decodes and matches its key, each trace's summary equals
+    /// a recomputation, each summary has spans. Returns the digests of the `i`, `l`, `t`/`x`
+    /// and posting records the spans and stored summaries imply.
+    fn check_spans_and_summaries(&self, r: &mut CheckReport) -> Result<Digests, StoreError> {
+        let mut expected = Digests::default();
+        let mut summaries = self.tree.scan_prefix([P_SUMMARY]).peekable();
         let mut current: Option<Agg> = None;
-        for item in self.tree.scan_prefix([P_SPAN]) {
-            let (key, value) = item?;
+        let mut spans = self.tree.scan_prefix([P_SPAN]);
+        loop {
+            let item = spans.next().transpose()?;
+            let trace_id = item
+                .as_ref()
+                .map(|(key, _)| parse_span_key(key).map(|(t, _, _)| t));
+            // A trace's spans end where the next trace's (or the key space) begins.
+            let ends = match (&current, &trace_id) {
+                (Some(agg), Some(Some(next))) => agg.trace_id != *next,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if ends {
+                if let Some(agg) = current.take() {
+                    self.check_trace(&agg, &mut summaries, &mut expected, r)?;
+                }
+            }
+            let Some((key, value)) = item else { break };
             r.spans += 1;
-            let tail = key.get(1..).unwrap_or_default();
-            let parsed = tail.iter().position(|&b| b == 0).and_then(|sep| {
-                let trace_id = std::str::from_utf8(tail.get(..sep)?).ok()?;
-                let (start, span_id) = parse_start_and_id(tail.get(sep + 1..)?)?;
-                Some((trace_id.to_string(), start, span_id.to_string()))
-            });
-            let Some((trace_id, start, span_id)) = parsed else {
+            let Some((trace_id, start, span_id)) = parse_span_key(&key) else {
                 r.problem(format!("span key {} is malformed", show_key(&key)));
                 continue;
             };
+            expected
+                .span_ids
+                .add(&[&span_id_key(span_id), &span_id_value(trace_id, start)]);
             let span = match decode_json::<Span>(&key, &value) {
                 Ok(span) => span,
                 Err(e) => {
@@ -44,118 +178,130 @@ impl Store {
                     "span {trace_id}/{span_id}: its key does not match its trace id, span id or start"
                 ));
             }
-            match self.locate_span(&span_id) {
-                Ok(Some((t, s))) if t == trace_id && s == start => {}
-                Ok(Some((t, _))) => r.problem(format!(
-                    "span {trace_id}/{span_id}: its `i` record points elsewhere (trace {t})"
-                )),
-                Ok(None) => r.problem(format!("span {trace_id}/{span_id} has no `i` record")),
-                Err(e) => r.problem(e.to_string()),
-            }
-            if span.kind.is_call()
-                && !self
-                    .tree
-                    .contains_key(call_key(start, &trace_id, &span_id))?
-            {
-                r.problem(format!("call span {trace_id}/{span_id} has no `l` record"));
-            }
-            if current.as_ref().is_some_and(|a| a.trace_id != trace_id) {
-                if let Some(agg) = current.take() {
-                    self.check_trace(&agg, &mut r)?;
-                }
+            if span.kind.is_call() {
+                expected.calls.add(&[&call_key(start, trace_id, span_id)]);
             }
             current
-                .get_or_insert_with(|| Agg::new(&trace_id))
+                .get_or_insert_with(|| Agg::new(trace_id))
                 .merge(&span);
         }
-        if let Some(agg) = current.take() {
-            self.check_trace(&agg, &mut r)?;
+        // Summaries after the last trace with spans.
+        for item in summaries {
+            let (key, value) = item?;
+            self.orphan_summary(&key, &value, &mut expected, r);
         }
+        Ok(expected)
+    }
 
-        // `u`: every summary has spans (the ones that do were compared above).
-        for item in self.tree.scan_prefix([P_SUMMARY]) {
-            let (key, _) = item?;
-            r.summaries += 1;
-            let trace_id = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
-            if self
-                .tree
-                .scan_prefix(span_prefix(&trace_id))
-                .next()
-                .is_none()
-            {
-                r.problem(format!("summary of trace {trace_id} has no spans"));
-            }
-        }
-
-        // `i`: each names a stored span.
-        for item in self.tree.scan_prefix([P_SPAN_ID]) {
-            let (key, _) = item?;
-            r.span_ids += 1;
-            let span_id = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
-            match self.locate_span(&span_id) {
-                Ok(Some((t, s))) => {
-                    if !self.tree.contains_key(span_key(&t, s, &span_id))? {
-                        r.problem(format!(
-                            "`i` record of span {span_id} names trace {t}, which has no such span"
-                        ));
+    /// One trace's summary, recomputed from its spans as `agg`, against the stored one, which
+    /// `summaries` (in trace-id order) holds next unless the trace has none; the summaries
+    /// before it have no spans.
+    fn check_trace(
+        &self,
+        agg: &Agg,
+        summaries: &mut std::iter::Peekable<sled::Iter>,
+        expected: &mut Digests,
+        r: &mut CheckReport,
+    ) -> Result<(), StoreError> {
+        r.traces += 1;
+        let id = &agg.trace_id;
+        let mut stored = None;
+        while let Some(item) = summaries.peek() {
+            let Ok((key, _)) = item else {
+                // The error itself is returned by `next` below.
+                summaries.next().transpose()?;
+                continue;
+            };
+            let summary_id = key.get(1..).unwrap_or_default();
+            match summary_id.cmp(id.as_bytes()) {
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Less => {
+                    if let Some((key, value)) = summaries.next().transpose()? {
+                        self.orphan_summary(&key, &value, expected, r);
                     }
                 }
-                Ok(None) => {}
-                Err(e) => r.problem(e.to_string()),
+                std::cmp::Ordering::Equal => {
+                    stored = summaries.next().transpose()?;
+                    break;
+                }
             }
         }
+        let Some((key, value)) = stored else {
+            r.problem(format!("trace {id} has spans but no summary"));
+            return Ok(());
+        };
+        r.summaries += 1;
+        match Agg::decode(&key, &value) {
+            Ok(stored) => {
+                if &stored != agg {
+                    r.problem(format!(
+                        "summary of trace {id} differs from a recomputation from its spans"
+                    ));
+                }
+                expect_summary_records(&stored, expected);
+            }
+            Err(e) => r.problem(e.to_string()),
+        }
+        Ok(())
+    }
 
-        // `l`: each belongs to a stored span.
+    /// A summary no span belongs to: reported; its index entries and postings are still
+    /// expected (they are not what is wrong).
+    fn orphan_summary(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expected: &mut Digests,
+        r: &mut CheckReport,
+    ) {
+        r.summaries += 1;
+        let trace_id = String::from_utf8_lossy(key.get(1..).unwrap_or_default());
+        r.problem(format!("summary of trace {trace_id} has no spans"));
+        match Agg::decode(key, value) {
+            Ok(stored) => expect_summary_records(&stored, expected),
+            Err(e) => r.problem(e.to_string()),
+        }
+    }
+
+    fn digest_span_ids(&self, r: &mut CheckReport) -> Result<Digest, StoreError> {
+        let mut found = Digest::default();
+        for item in self.tree.scan_prefix([P_SPAN_ID]) {
+            let (key, value) = item?;
+            r.span_ids += 1;
+            found.add(&[&key, &value]);
+        }
+        Ok(found)
+    }
+
+    fn digest_calls(&self, r: &mut CheckReport) -> Result<Digest, StoreError> {
+        let mut found = Digest::default();
         for item in self.tree.scan_prefix([P_CALL]) {
             let (key, _) = item?;
             r.calls += 1;
-            let parsed = key.get(1..).and_then(|tail| {
-                let (start, rest) = parse_start_and_id(tail)?;
-                let (trace_id, span_id) = rest.split_once('\0')?;
-                Some((start, trace_id.to_string(), span_id.to_string()))
-            });
-            match parsed {
-                Some((start, t, sid)) if self.tree.contains_key(span_key(&t, start, &sid))? => {}
-                Some((_, t, sid)) => {
-                    r.problem(format!("call record {t}/{sid} has no span"));
-                }
-                None => r.problem(format!("call key {} is malformed", show_key(&key))),
-            }
+            found.add(&[&key]);
         }
+        Ok(found)
+    }
 
-        // `t` and `x`: each is one of its trace's expected index keys.
-        for prefix in [P_TIME, P_INDEX] {
-            for item in self.tree.scan_prefix([prefix]) {
-                let (key, _) = item?;
-                let tail = if prefix == P_TIME {
-                    r.time_index += 1;
-                    key.get(1..)
-                } else {
-                    r.secondary_index += 1;
-                    // After the value: its 0x00 terminator, then the position.
-                    key.get(2..)
-                        .and_then(|t| t.iter().position(|&b| b == 0).and_then(|p| t.get(p + 1..)))
-                };
-                let Some((_, trace_id)) = tail.and_then(parse_position) else {
-                    r.problem(format!("index key {} is malformed", show_key(&key)));
-                    continue;
-                };
-                let Some(expected) = self.summary_says(trace_id, &mut r, |agg| {
-                    agg.index_keys().contains(key.as_ref())
-                }) else {
-                    continue;
-                };
-                if !expected {
-                    r.problem(format!(
-                        "index entry {} names trace {trace_id}, whose summary does not list it",
-                        show_key(&key)
-                    ));
-                }
-            }
+    fn digest_index(&self, r: &mut CheckReport) -> Result<Digest, StoreError> {
+        let mut found = Digest::default();
+        for item in self.tree.scan_prefix([P_TIME]) {
+            let (key, _) = item?;
+            r.time_index += 1;
+            found.add(&[&key]);
         }
+        for item in self.tree.scan_prefix([P_INDEX]) {
+            let (key, _) = item?;
+            r.secondary_index += 1;
+            found.add(&[&key]);
+        }
+        Ok(found)
+    }
 
-        // `w`: posting blocks, each keyed by its last position, a term's blocks in order and
-        // not overlapping, and every position one of a trace whose summary has the term.
+    /// `w`: posting blocks, each keyed by its last position, a term's blocks in order and not
+    /// overlapping. Returns the digest of their (term, position) postings.
+    fn check_posting_blocks(&self, r: &mut CheckReport) -> Result<Digest, StoreError> {
+        let mut found = Digest::default();
         let mut previous: Option<(Vec<u8>, Vec<u8>)> = None; // (term prefix, last position)
         for item in self.tree.scan_prefix([P_TERM]) {
             let (key, value) = item?;
@@ -164,7 +310,6 @@ impl Store {
                 continue;
             };
             let (prefix, last) = key.split_at(sep + 1);
-            let term = std::str::from_utf8(prefix.get(1..sep).unwrap_or_default()).unwrap_or("");
             let entries = match decode_block(&key, &value) {
                 Ok(entries) => entries,
                 Err(e) => {
@@ -192,10 +337,175 @@ impl Store {
             previous = Some((prefix.to_vec(), last.to_vec()));
             for position in entries.iter() {
                 r.postings += 1;
-                let Some((start, trace_id)) = parse_position(position) else {
-                    continue; // decode_block checked it
+                found.add(&[prefix, position]);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Anything else is a key this layout never writes.
+    fn check_unknown_keys(&self, r: &mut CheckReport) -> Result<(), StoreError> {
+        for item in self.tree.iter() {
+            let (key, _) = item?;
+            let known = matches!(
+                key.first(),
+                Some(&(P_SPAN | P_SPAN_ID | P_SUMMARY | P_TIME | P_INDEX | P_CALL | P_TERM))
+            ) || key.as_ref() == SCHEMA_KEY;
+            if !known {
+                r.problem(format!("unknown key {}", show_key(&key)));
+            }
+        }
+        Ok(())
+    }
+
+    // The searches run only for a relation whose digests differ: a point lookup per record,
+    // both ways, naming each record to blame.
+
+    /// Each span's `i` record points back at it; each `i` record names a stored span.
+    fn locate_span_id_problems(&self, r: &mut CheckReport) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([P_SPAN]) {
+            let (key, _) = item?;
+            let Some((trace_id, start, span_id)) = parse_span_key(&key) else {
+                continue; // reported by the first pass
+            };
+            match self.locate_span(span_id) {
+                Ok(Some((t, s))) if t == trace_id && s == start => {}
+                Ok(Some((t, _))) => r.problem(format!(
+                    "span {trace_id}/{span_id}: its `i` record points elsewhere (trace {t})"
+                )),
+                Ok(None) => r.problem(format!("span {trace_id}/{span_id} has no `i` record")),
+                Err(e) => r.problem(e.to_string()),
+            }
+        }
+        for item in self.tree.scan_prefix([P_SPAN_ID]) {
+            let (key, _) = item?;
+            let span_id = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
+            match self.locate_span(&span_id) {
+                Ok(Some((t, s))) => {
+                    if !self.tree.contains_key(span_key(&t, s, &span_id))? {
+                        r.problem(format!(
+                            "`i` record of span {span_id} names trace {t}, which has no such span"
+                        ));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => r.problem(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each call span has its `l` record; each `l` record belongs to a stored span.
+    fn locate_call_problems(&self, r: &mut CheckReport) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([P_SPAN]) {
+            let (key, value) = item?;
+            let Some((trace_id, start, span_id)) = parse_span_key(&key) else {
+                continue;
+            };
+            let Ok(span) = decode_json::<Span>(&key, &value) else {
+                continue; // reported by the first pass
+            };
+            if span.kind.is_call() && !self.tree.contains_key(call_key(start, trace_id, span_id))? {
+                r.problem(format!("call span {trace_id}/{span_id} has no `l` record"));
+            }
+        }
+        for item in self.tree.scan_prefix([P_CALL]) {
+            let (key, _) = item?;
+            let parsed = key.get(1..).and_then(|tail| {
+                let (start, rest) = parse_start_and_id(tail)?;
+                let (trace_id, span_id) = rest.split_once('\0')?;
+                Some((start, trace_id.to_string(), span_id.to_string()))
+            });
+            match parsed {
+                Some((start, t, sid)) if self.tree.contains_key(span_key(&t, start, &sid))? => {}
+                Some((_, t, sid)) => {
+                    r.problem(format!("call record {t}/{sid} has no span"));
+                }
+                None => r.problem(format!("call key {} is malformed", show_key(&key))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each summary's `t`/`x` keys exist; each `t`/`x` key is one of its trace's summary's.
+    fn locate_index_problems(&self, r: &mut CheckReport) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([P_SUMMARY]) {
+            let (key, value) = item?;
+            let Ok(agg) = Agg::decode(&key, &value) else {
+                continue; // reported by the first pass
+            };
+            for index_key in agg.index_keys() {
+                if !self.tree.contains_key(&index_key)? {
+                    r.problem(format!(
+                        "trace {} lacks its index entry {}",
+                        agg.trace_id,
+                        show_key(&index_key)
+                    ));
+                }
+            }
+        }
+        for prefix in [P_TIME, P_INDEX] {
+            for item in self.tree.scan_prefix([prefix]) {
+                let (key, _) = item?;
+                let tail = if prefix == P_TIME {
+                    key.get(1..)
+                } else {
+                    // After the value: its 0x00 terminator, then the position.
+                    key.get(2..)
+                        .and_then(|t| t.iter().position(|&b| b == 0).and_then(|p| t.get(p + 1..)))
                 };
-                let Some(expected) = self.summary_says(trace_id, &mut r, |agg| {
+                let Some((_, trace_id)) = tail.and_then(parse_position) else {
+                    r.problem(format!("index key {} is malformed", show_key(&key)));
+                    continue;
+                };
+                let Some(expected) =
+                    self.summary_says(trace_id, r, |agg| agg.index_keys().contains(key.as_ref()))
+                else {
+                    continue;
+                };
+                if !expected {
+                    r.problem(format!(
+                        "index entry {} names trace {trace_id}, whose summary does not list it",
+                        show_key(&key)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each summary's terms have a posting at its position; each posting is one of a trace
+    /// whose summary has the term.
+    fn locate_posting_problems(&self, r: &mut CheckReport) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([P_SUMMARY]) {
+            let (key, value) = item?;
+            let Ok(agg) = Agg::decode(&key, &value) else {
+                continue;
+            };
+            let position = agg.position();
+            for term in &agg.terms {
+                if !self.has_posting(term, &position)? {
+                    r.problem(format!(
+                        "trace {} lacks its posting for the term {term}",
+                        agg.trace_id
+                    ));
+                }
+            }
+        }
+        for item in self.tree.scan_prefix([P_TERM]) {
+            let (key, value) = item?;
+            let Some(sep) = key.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let term = std::str::from_utf8(key.get(1..sep).unwrap_or_default()).unwrap_or("");
+            let Ok(entries) = decode_block(&key, &value) else {
+                continue;
+            };
+            for position in entries.iter() {
+                let Some((start, trace_id)) = parse_position(position) else {
+                    continue;
+                };
+                let Some(expected) = self.summary_says(trace_id, r, |agg| {
                     agg.start == start && agg.terms.contains(term)
                 }) else {
                     continue;
@@ -207,19 +517,7 @@ impl Store {
                 }
             }
         }
-
-        // Anything else is a key this layout never writes.
-        for item in self.tree.iter() {
-            let (key, _) = item?;
-            let known = matches!(
-                key.first(),
-                Some(&(P_SPAN | P_SPAN_ID | P_SUMMARY | P_TIME | P_INDEX | P_CALL | P_TERM))
-            ) || key.as_ref() == SCHEMA_KEY;
-            if !known {
-                r.problem(format!("unknown key {}", show_key(&key)));
-            }
-        }
-        Ok(r)
+        Ok(())
     }
 
     /// Whether `trace_id`'s stored summary satisfies `test` (no summary: false). `None` when it
@@ -238,36 +536,20 @@ impl Store {
             }
         }
     }
+}
 
-    /// One trace's summary against `agg`, recomputed from its spans, and its index entries.
-    pub(super) fn check_trace(&self, agg: &Agg, r: &mut CheckReport) -> Result<(), StoreError> {
-        r.traces += 1;
-        let id = &agg.trace_id;
-        match self.load_agg(id) {
-            Ok(Some(stored)) if &stored == agg => {}
-            Ok(Some(_)) => r.problem(format!(
-                "summary of trace {id} differs from a recomputation from its spans"
-            )),
-            Ok(None) => r.problem(format!("trace {id} has spans but no summary")),
-            Err(e) => r.problem(e.to_string()),
-        }
-        for key in agg.index_keys() {
-            if !self.tree.contains_key(&key)? {
-                r.problem(format!(
-                    "trace {id} lacks its index entry {}",
-                    show_key(&key)
-                ));
-            }
-        }
-        let position = agg.position();
-        for term in &agg.terms {
-            if !self.has_posting(term, &position)? {
-                r.problem(format!("trace {id} lacks its posting for the term {term}"));
-            }
-        }
-        Ok(())
+/// The `t`/`x` keys and postings a stored summary implies.
+fn expect_summary_records(agg: &Agg, expected: &mut Digests) {
+    for key in agg.index_keys() {
+        expected.index.add(&[&key]);
     }
+    let position = agg.position();
+    for term in &agg.terms {
+        expected.postings.add(&[&term_prefix(term), &position]);
+    }
+}
 
+impl Store {
     /// Test-only hook: writes `key → value` bypassing every invariant, to corrupt a store on
     /// purpose and see [`Store::check`] report it.
     #[cfg(test)]
@@ -312,5 +594,39 @@ impl CheckReport {
         if self.problems.len() < MAX_CHECK_PROBLEMS {
             self.problems.push(message);
         }
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::Digest;
+
+    fn digest(records: &[&[&[u8]]]) -> Digest {
+        let mut d = Digest::default();
+        for parts in records {
+            d.add(parts);
+        }
+        d
+    }
+
+    #[test]
+    fn a_digest_ignores_order_but_not_multiplicity_or_boundaries() {
+        let ab = digest(&[&[b"a"], &[b"b"]]);
+        assert_eq!(ab, digest(&[&[b"b"], &[b"a"]]), "order does not matter");
+        assert_ne!(
+            ab,
+            digest(&[&[b"a"], &[b"b"], &[b"b"]]),
+            "a duplicate shows"
+        );
+        assert_ne!(
+            digest(&[&[b"a"], &[b"a"]]).sum,
+            digest(&[&[b"b"], &[b"b"]]).sum,
+            "equal counts of different records differ"
+        );
+        assert_ne!(
+            digest(&[&[b"ab", b"c"]]),
+            digest(&[&[b"a", b"bc"]]),
+            "parts are delimited"
+        );
     }
 }

@@ -1280,6 +1280,24 @@ fn check_reports_each_kind_of_corruption() {
             Box::new(|s: &Store| s.insert_raw(&span_key("a", T0, "root"), b"not json")),
             "does not decode",
         ),
+        (
+            "missing posting block",
+            Box::new(|s: &Store| {
+                let (key, _) = s
+                    .tree
+                    .scan_prefix([P_TERM])
+                    .next()
+                    .expect("a posting block")
+                    .expect("scan");
+                s.remove_raw(&key);
+            }),
+            "lacks its posting",
+        ),
+        (
+            "malformed index key",
+            Box::new(|s: &Store| s.insert_raw(&[P_TIME, 1, 2], b"")),
+            "is malformed",
+        ),
     ];
     for (name, corrupt_it, expected) in cases {
         let (_dir, store) = busy_store();
