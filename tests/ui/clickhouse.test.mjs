@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -48,7 +48,23 @@ async function until(fn, what) {
   }
 }
 
+// clickhouse-server's first start on a fresh machine can take a while (as in common/clickhouse.rs).
+const CH_START_WAIT = 120_000; // hang guard, not a performance threshold
+
 async function startClickHouse() {
+  // Another process may take a port between `freePort` and the server binding it; the server
+  // then exits at once, and we try again on other ports (as common/clickhouse.rs does).
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startClickHouseOnce();
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      console.error(`clickhouse-server did not start (${e.message}); retrying on other ports`);
+    }
+  }
+}
+
+async function startClickHouseOnce() {
   const dir = mkdtempSync(join(tmpdir(), 'llm-tracer-ui-ch-'));
   for (const sub of ['data', 'tmp', 'user_files']) mkdirSync(join(dir, sub));
   const http = await freePort();
@@ -71,9 +87,25 @@ async function startClickHouse() {
 </yandex>
 `);
   const proc = spawn(CH_BIN, [`--config-file=${dir}/config.xml`], { cwd: dir, stdio: 'ignore' });
+  let exited = null;
+  proc.on('exit', (code, signal) => { exited = signal ?? code; });
   const url = `http://127.0.0.1:${http}`;
-  await until(async () => (await fetch(`${url}/?query=SELECT%201`)).ok, 'clickhouse-server to answer');
-  return { proc, dir, url };
+  const errLog = () => {
+    try { return readFileSync(join(dir, 'server.err.log'), 'utf8').split('\n').slice(-20).join('\n'); } catch { return '(no error log)'; }
+  };
+  const deadline = Date.now() + CH_START_WAIT;
+  for (;;) {
+    const ok = await fetch(`${url}/?query=SELECT%201`).then((r) => r.ok).catch(() => false);
+    if (ok) return { proc, dir, url };
+    if (exited !== null || Date.now() > deadline) {
+      const why = exited !== null ? `exited (${exited})` : `did not answer within ${CH_START_WAIT / 1000} s`;
+      const log = errLog();
+      proc.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+      throw new Error(`clickhouse-server ${why}; its error log ends:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 function startServer(chUrl) {
