@@ -1,6 +1,7 @@
 //! Store at scale (issue 7): load N spans in N/10 traces into a fresh sled store, then measure
 //! what users feel: ingest rate, list and filter latency, one-trace latency, server start-up
-//! with that store, bytes on disk per span, and full-text `q=` latency.
+//! with that store, bytes on disk per span, and full-text `q=` latency; then `llm-tracer check`
+//! on the store (its time, and that it is clean and holds every loaded span).
 //!
 //! ```text
 //! cargo run --release --example store_bench -- --spans 1000000 --bin target/release/llm-tracer
@@ -206,6 +207,7 @@ fn main() -> Result<(), BoxError> {
         ms(opens[1]),
         order.1
     ));
+    out.push(check(&args.bin, &dir, loaded, deadline)?);
     out.push(format!("(took {:.0} s)", started.elapsed().as_secs_f64()));
     for line in out {
         println!("{line}");
@@ -494,6 +496,55 @@ fn stop(mut child: Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `llm-tracer check --json` on the loaded store (stopped): its time, whether it is clean, and
+/// whether it holds every loaded span. Killed at `deadline`.
+fn check(bin: &Path, dir: &Path, loaded: usize, deadline: Instant) -> Result<String, BoxError> {
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["check", "--json", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdout = child.stdout.take().ok_or("check: no stdout")?;
+    // Read while it runs: a report with many problems can outgrow the pipe's buffer.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok("check: stopped by --max-seconds".to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = t.elapsed();
+    let text = reader.join().map_err(|_| "check: reader panicked")??;
+    let report: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("check (exit {status}) printed no report: {e}"))?;
+    let count = |k: &str| report.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let problems = count("problem_count");
+    let spans = count("spans");
+    Ok(format!(
+        "check (`llm-tracer check`): {} in {:.1} s, {spans} spans in {} traces, {} postings; \
+         every loaded span in the store: {}",
+        if problems == 0 {
+            "clean".to_string()
+        } else {
+            format!("{problems} PROBLEMS")
+        },
+        took.as_secs_f64(),
+        count("traces"),
+        count("postings"),
+        if spans == loaded as u64 { "yes" } else { "NO" },
+    ))
 }
 
 // === queries ===
