@@ -82,6 +82,10 @@ struct Args {
     /// Give up on remaining phases after this long.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
+    /// sled's page cache for the load (the `cache_capacity_bytes` setting), MiB; default: the
+    /// server's default.
+    #[arg(long)]
+    cache_mib: Option<u64>,
 }
 
 const MODELS: [&str; 5] = [
@@ -125,7 +129,11 @@ fn main() -> Result<(), BoxError> {
     }
 
     // --- ingest ---
-    let store = Store::open(&dir, &StoreOptions::default())?;
+    let mut opts = StoreOptions::default();
+    if let Some(mib) = args.cache_mib {
+        opts.cache_capacity = mib * 1024 * 1024;
+    }
+    let store = Store::open(&dir, &opts)?;
     let base_us = now_us().saturating_sub(7 * 86_400 * 1_000_000);
     let batch_size = args.batch.max(1);
     let mut ids = Vec::new();

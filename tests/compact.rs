@@ -366,3 +366,109 @@ async fn compact_finishes_what_an_interrupted_run_left() {
         "{stderr}"
     );
 }
+
+/// Unmounts (lazily) when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `mount ARGS... target`; `None` when this machine does not allow it (not root).
+fn mount(args: &[&str], target: &Path) -> Option<Mount> {
+    std::fs::create_dir_all(target).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(args)
+        .arg(target)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    mounted.then(|| Mount(target.to_path_buf()))
+}
+
+/// A store in `dir` holding one proxied call, trace `id`.
+async fn one_call_store(dir: &Path, id: &str) {
+    let upstream = MockUpstream::start().await.unwrap();
+    let mut proxy = TestProxy::start_with(test_config(dir, &upstream.url())).await;
+    let rsp = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-tracer-trace-id", id)
+        .json(&chat_body("gpt-4o-mini", "on a volume", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    rsp.bytes().await.unwrap();
+    proxy.wait_for_trace(id, 1).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_dir_that_is_a_mount_point_is_refused_before_anything_is_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bind_source = tmp.path().join("bind-source");
+    std::fs::create_dir_all(&bind_source).unwrap();
+    let Some(tmpfs) = mount(
+        &["-t", "tmpfs", "-o", "size=256m", "tmpfs"],
+        &tmp.path().join("volume"),
+    ) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+        return;
+    };
+    // A bind mount stays on the parent's filesystem (same device): only the mount-root
+    // attribute tells it apart.
+    let bind = mount(
+        &["--bind", bind_source.to_str().unwrap()],
+        &tmp.path().join("bound"),
+    )
+    .expect("bind mount (a tmpfs mount worked)");
+
+    for mounted in [&tmpfs.0, &bind.0] {
+        one_call_store(mounted, "on-the-volume").await;
+        let (code, stderr) = compact(mounted).await;
+        assert_eq!(code, Some(2), "{}: {stderr}", mounted.display());
+        assert!(
+            stderr.contains("is a mount point") && stderr.contains("Nothing was changed"),
+            "the error says why and that the store is untouched: {stderr}"
+        );
+        let paths = compact_paths(mounted);
+        assert!(
+            !paths.copy.exists() && !paths.previous.exists(),
+            "no copy was started beside the mount point"
+        );
+        let out = llm_tracer(&["check"], mounted).output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "the store is intact: {stdout}");
+        assert!(stdout.contains("1 traces"), "{stdout}");
+
+        // A marked copy an older binary left beside the mount point is named, not used.
+        marked_copy(&paths);
+        let (code, stderr) = compact(mounted).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("An earlier run's copy waits at") && paths.copy.exists(),
+            "{stderr}"
+        );
+        std::fs::remove_dir_all(&paths.copy).unwrap();
+
+        // What the error suggests: a directory inside the volume compacts.
+        let inside = mounted.join("store");
+        one_call_store(&inside, "inside-the-volume").await;
+        let (code, stderr) = compact(&inside).await;
+        assert_eq!(code, Some(0), "{}: {stderr}", inside.display());
+        let out = llm_tracer(&["check"], &inside).output().await.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    drop(bind);
+    drop(tmpfs);
+}

@@ -76,6 +76,27 @@ fn run(args: &CompactArgs) -> Result<(), Fatal> {
             dir.display()
         )));
     }
+    if is_mount_point(&paths.dir) {
+        // An older binary went ahead and left its copy beside: nothing can have moved into it
+        // (renames out of a mount point fail), but a server refuses to start while it is there.
+        let left = if paths.copy.exists() {
+            format!(
+                ". An earlier run's copy waits at {}: nothing can have moved into it from the \
+                 mount point, and a server will not start while it is there; remove it",
+                paths.copy.display()
+            )
+        } else {
+            String::new()
+        };
+        return Err(Fatal(format!(
+            "data_dir: {} is a mount point (a volume or a bind mount): `compact` writes its copy \
+             beside the data dir and swaps the two by renaming, which cannot move a mount point \
+             or cross filesystems. Nothing was changed. To compact it, keep the store in a \
+             directory inside the volume (e.g. {}) and point data_dir there{left}",
+            paths.dir.display(),
+            paths.dir.join("store").display()
+        )));
+    }
     let _lock = lock(&paths)?;
     if resume(&paths)? {
         eprintln!(
@@ -245,6 +266,22 @@ fn finish(p: &CompactPaths) -> Result<(), Fatal> {
 }
 
 /// The entries sled 0.34 keeps in its directory.
+/// Whether `dir` is the root of a mount: statx's `MOUNT_ROOT` attribute where the kernel reports
+/// it (Linux 5.8+, bind mounts included), else a different device than its parent's.
+fn is_mount_point(dir: &Path) -> bool {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(st) = statx(CWD, dir, AtFlags::empty(), StatxFlags::BASIC_STATS) {
+        if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+            return st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+        }
+    }
+    match (fs::metadata(dir), dir.parent().map(fs::metadata)) {
+        (Ok(d), Some(Ok(parent))) => d.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
 fn is_sleds(name: &str) -> bool {
     matches!(name, "db" | "conf" | "blobs" | COMPACT_MARKER) || name.starts_with("snap.")
 }
