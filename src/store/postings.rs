@@ -115,50 +115,71 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 fn id_header(id: &[u8]) -> (u64, bool) {
     let hex = !id.is_empty()
         && id.len() % 2 == 0
-        && id.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        && id.iter().all(|&b| HEX_VALUES[usize::from(b)] != NOT_HEX);
     (id.len() as u64 * 2 + u64::from(hex), hex)
 }
 
-/// A lowercase hex digit's value (only called on digits [`id_header`] accepted).
-fn hex_value(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => 0,
-    }
-}
-
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// [`HEX_VALUES`] of a byte that is not a lowercase hex digit.
+const NOT_HEX: u8 = 0xFF;
+/// Each byte's value as a lowercase hex digit, or [`NOT_HEX`].
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX_DIGITS[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// `id` packed two lowercase hex digits to a byte into `out` (cleared first); `false` (and `out`
+/// unspecified) when `id` is not a non-empty, even-length lowercase hex string.
+fn pack_hex(id: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if id.is_empty() || id.len() % 2 == 1 {
+        return false;
+    }
+    for pair in id.chunks_exact(2) {
+        let (hi, lo) = (
+            HEX_VALUES[usize::from(pair[0])],
+            HEX_VALUES[usize::from(pair[1])],
+        );
+        if hi == NOT_HEX || lo == NOT_HEX {
+            return false;
+        }
+        out.push(hi << 4 | lo);
+    }
+    true
+}
 
 /// A block's value: format byte, count, then each position (see [`BLOCK_FORMAT`]), ascending.
 /// Positions are well-formed (`parse_position`) and strictly ascending.
 pub(super) fn encode_block<P: AsRef<[u8]>>(positions: &[P]) -> Vec<u8> {
-    let mut e = Enc::with_capacity(
-        4 + positions
-            .iter()
-            .map(|p| p.as_ref().len() / 2 + 4)
-            .sum::<usize>(),
-    );
-    e.u8(BLOCK_FORMAT);
     // Positions are well-formed (they come from summaries or decoded blocks); one that was not
     // would be left out rather than written into a block that never decodes again.
-    let whole = |p: &&P| parse_position(p.as_ref()).is_some();
-    e.u64(positions.iter().filter(whole).count() as u64);
+    let whole: Vec<&[u8]> = positions
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| parse_position(p).is_some())
+        .collect();
+    let mut e = Enc::with_capacity(4 + whole.iter().map(|p| p.len() / 2 + 4).sum::<usize>());
+    e.u8(BLOCK_FORMAT);
+    e.u64(whole.len() as u64);
     let mut previous = 0u64;
-    for p in positions.iter().filter(whole) {
-        let Some((start, id)) = p.as_ref().split_at_checked(8) else {
-            continue;
+    let mut packed = Vec::with_capacity(32);
+    for p in whole {
+        let Some((start, id)) = p.split_at_checked(8) else {
+            continue; // parse_position checked it
         };
         let start = u64::from_be_bytes(start.try_into().unwrap_or_default());
         e.u64(start.wrapping_sub(previous));
         previous = start;
-        let (header, hex) = id_header(id);
-        e.u64(header);
-        if hex {
-            for pair in id.chunks_exact(2) {
-                e.u8(hex_value(pair[0]) << 4 | hex_value(pair[1]));
-            }
+        if pack_hex(id, &mut packed) {
+            e.u64(id.len() as u64 * 2 + 1);
+            e.raw(&packed);
         } else {
+            e.u64(id.len() as u64 * 2);
             e.raw(id);
         }
     }
