@@ -265,7 +265,6 @@ fn finish(p: &CompactPaths) -> Result<(), Fatal> {
     sync_dir(&p.dir).map_err(io_err("sync", &p.dir))
 }
 
-/// The entries sled 0.34 keeps in its directory.
 /// Whether `dir` is the root of a mount: statx's `MOUNT_ROOT` attribute where the kernel reports
 /// it (Linux 5.8+, bind mounts included), else a different device than its parent's.
 fn is_mount_point(dir: &Path) -> bool {
@@ -282,6 +281,7 @@ fn is_mount_point(dir: &Path) -> bool {
     }
 }
 
+/// The entries sled 0.34 keeps in its directory.
 fn is_sleds(name: &str) -> bool {
     matches!(name, "db" | "conf" | "blobs" | COMPACT_MARKER) || name.starts_with("snap.")
 }

@@ -16,7 +16,9 @@ use std::hash::Hasher;
 use super::*;
 
 /// An order-independent digest of a multiset of byte records: the wrapping sum of each
-/// record's 128-bit hash (two SipHash-1-3 passes with different salts) and their count.
+/// record's 128-bit hash (two passes of std's `DefaultHasher`, keyed alike, with different
+/// salts; its algorithm may change between Rust releases, which is harmless since both sides of
+/// a comparison are hashed by the same process) and their count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Digest {
     sum: u128,
@@ -57,6 +59,14 @@ struct Digests {
     postings: Digest,
 }
 
+/// One trace's spans as the first pass read them.
+struct TraceSpans {
+    /// The summary recomputed from the spans that decode.
+    agg: Agg,
+    /// Every span decoded (else `agg` is not the trace's summary and is not compared).
+    whole: bool,
+}
+
 /// A span key's parts: (trace id, start µs, span id).
 fn parse_span_key(key: &[u8]) -> Option<(&str, u64, &str)> {
     let tail = key.get(1..)?;
@@ -70,8 +80,9 @@ impl Store {
     /// Verifies the store's integrity (`llm-tracer check`): every span's `i` record points back
     /// at it, every call span has its `l` record and every `l` record a span, every summary
     /// equals a recomputation from its spans, every `t`/`x` entry belongs to an existing trace's
-    /// summary and every trace has all its index entries and postings (`w` blocks well-formed, in
-    /// order, each position one of a trace that has the term). Reads only: sequential scans
+    /// summary and every summary (and every trace with spans) has all its index entries and
+    /// postings (`w` blocks well-formed, in order, each position one of a trace that has the
+    /// term). Reads only: sequential scans
     /// (see the module's notes), memory bounded by one trace's summary plus the first
     /// [`MAX_CHECK_PROBLEMS`] problems.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
@@ -116,12 +127,14 @@ impl Store {
             if want == have {
                 continue;
             }
+            let before = r.problem_count;
             locate(self, &mut r)?;
-            if r.is_clean() {
-                // Every record is where it should be, yet the multisets differ: a duplicate.
+            if r.problem_count == before {
+                // The search found nothing the digests did not already: say so rather than
+                // let the report look clean.
                 r.problem(format!(
                     "{what} differ from what the spans and summaries imply ({} expected, {} \
-                     found), but no single record is to blame (a duplicate?)",
+                     found), but no single record was found to blame",
                     want.count, have.count
                 ));
             }
@@ -136,7 +149,7 @@ impl Store {
     fn check_spans_and_summaries(&self, r: &mut CheckReport) -> Result<Digests, StoreError> {
         let mut expected = Digests::default();
         let mut summaries = self.tree.scan_prefix([P_SUMMARY]).peekable();
-        let mut current: Option<Agg> = None;
+        let mut current: Option<TraceSpans> = None;
         let mut spans = self.tree.scan_prefix([P_SPAN]);
         loop {
             let item = spans.next().transpose()?;
@@ -145,13 +158,13 @@ impl Store {
                 .map(|(key, _)| parse_span_key(key).map(|(t, _, _)| t));
             // A trace's spans end where the next trace's (or the key space) begins.
             let ends = match (&current, &trace_id) {
-                (Some(agg), Some(Some(next))) => agg.trace_id != *next,
+                (Some(t), Some(Some(next))) => t.agg.trace_id != *next,
                 (Some(_), None) => true,
                 _ => false,
             };
             if ends {
-                if let Some(agg) = current.take() {
-                    self.check_trace(&agg, &mut summaries, &mut expected, r)?;
+                if let Some(trace) = current.take() {
+                    self.check_trace(&trace, &mut summaries, &mut expected, r)?;
                 }
             }
             let Some((key, value)) = item else { break };
@@ -163,10 +176,20 @@ impl Store {
             expected
                 .span_ids
                 .add(&[&span_id_key(span_id), &span_id_value(trace_id, start)]);
+            let trace = current.get_or_insert_with(|| TraceSpans {
+                agg: Agg::new(trace_id),
+                whole: true,
+            });
             let span = match decode_json::<Span>(&key, &value) {
                 Ok(span) => span,
                 Err(e) => {
                     r.problem(format!("span {trace_id}/{span_id} does not decode: {e}"));
+                    trace.whole = false;
+                    // Whether it is a call is unknown: its `l` record, if any, is not blamed.
+                    let call = call_key(start, trace_id, span_id);
+                    if self.tree.contains_key(&call)? {
+                        expected.calls.add(&[&call]);
+                    }
                     continue;
                 }
             };
@@ -181,9 +204,7 @@ impl Store {
             if span.kind.is_call() {
                 expected.calls.add(&[&call_key(start, trace_id, span_id)]);
             }
-            current
-                .get_or_insert_with(|| Agg::new(trace_id))
-                .merge(&span);
+            trace.agg.merge(&span);
         }
         // Summaries after the last trace with spans.
         for item in summaries {
@@ -193,54 +214,84 @@ impl Store {
         Ok(expected)
     }
 
-    /// One trace's summary, recomputed from its spans as `agg`, against the stored one, which
+    /// One trace's summary, recomputed from its spans, against the stored one, which
     /// `summaries` (in trace-id order) holds next unless the trace has none; the summaries
-    /// before it have no spans.
+    /// before it have no spans. Where the stored summary is missing, unreadable or stale, the
+    /// trace's own index entries and postings are looked up one by one (the digests expect what
+    /// the stored summary lists).
     fn check_trace(
         &self,
-        agg: &Agg,
+        trace: &TraceSpans,
         summaries: &mut std::iter::Peekable<sled::Iter>,
         expected: &mut Digests,
         r: &mut CheckReport,
     ) -> Result<(), StoreError> {
         r.traces += 1;
-        let id = &agg.trace_id;
-        let mut stored = None;
-        while let Some(item) = summaries.peek() {
-            let Ok((key, _)) = item else {
-                // The error itself is returned by `next` below.
-                summaries.next().transpose()?;
-                continue;
-            };
-            let summary_id = key.get(1..).unwrap_or_default();
-            match summary_id.cmp(id.as_bytes()) {
-                std::cmp::Ordering::Greater => break,
-                std::cmp::Ordering::Less => {
-                    if let Some((key, value)) = summaries.next().transpose()? {
-                        self.orphan_summary(&key, &value, expected, r);
-                    }
-                }
-                std::cmp::Ordering::Equal => {
-                    stored = summaries.next().transpose()?;
-                    break;
-                }
-            }
+        let id = trace.agg.trace_id.as_bytes();
+        let summary_id = |key: &sled::IVec| key.get(1..).unwrap_or_default().to_vec();
+        while let Some(item) = summaries.next_if(|item| {
+            item.as_ref()
+                .map_or(true, |(key, _)| summary_id(key).as_slice() < id)
+        }) {
+            let (key, value) = item?;
+            self.orphan_summary(&key, &value, expected, r);
         }
+        let stored = summaries
+            .next_if(|item| matches!(item, Ok((key, _)) if summary_id(key).as_slice() == id))
+            .transpose()?;
+        let agg = &trace.agg;
         let Some((key, value)) = stored else {
-            r.problem(format!("trace {id} has spans but no summary"));
-            return Ok(());
+            r.problem(format!("trace {} has spans but no summary", agg.trace_id));
+            return self.lookup_trace_records(trace, r);
         };
         r.summaries += 1;
         match Agg::decode(&key, &value) {
             Ok(stored) => {
-                if &stored != agg {
-                    r.problem(format!(
-                        "summary of trace {id} differs from a recomputation from its spans"
-                    ));
-                }
                 expect_summary_records(&stored, expected);
+                // A trace with an undecodable span cannot be recomputed (already reported).
+                if trace.whole && &stored != agg {
+                    r.problem(format!(
+                        "summary of trace {} differs from a recomputation from its spans",
+                        agg.trace_id
+                    ));
+                    self.lookup_trace_records(trace, r)?;
+                }
+                Ok(())
             }
-            Err(e) => r.problem(e.to_string()),
+            Err(e) => {
+                r.problem(e.to_string());
+                self.lookup_trace_records(trace, r)
+            }
+        }
+    }
+
+    /// The index entries and postings the spans of `trace` imply, looked up one by one.
+    fn lookup_trace_records(
+        &self,
+        trace: &TraceSpans,
+        r: &mut CheckReport,
+    ) -> Result<(), StoreError> {
+        if !trace.whole {
+            return Ok(());
+        }
+        let agg = &trace.agg;
+        for key in agg.index_keys() {
+            if !self.tree.contains_key(&key)? {
+                r.problem(format!(
+                    "trace {} lacks its index entry {}",
+                    agg.trace_id,
+                    show_key(&key)
+                ));
+            }
+        }
+        let position = agg.position();
+        for term in &agg.terms {
+            if !self.has_posting(term, &position)? {
+                r.problem(format!(
+                    "trace {} lacks its posting for the term {term}",
+                    agg.trace_id
+                ));
+            }
         }
         Ok(())
     }
@@ -395,7 +446,7 @@ impl Store {
         Ok(())
     }
 
-    /// Each call span has its `l` record; each `l` record belongs to a stored span.
+    /// Each call span has its `l` record; each `l` record belongs to a stored call span.
     fn locate_call_problems(&self, r: &mut CheckReport) -> Result<(), StoreError> {
         for item in self.tree.scan_prefix([P_SPAN]) {
             let (key, value) = item?;
@@ -416,12 +467,19 @@ impl Store {
                 let (trace_id, span_id) = rest.split_once('\0')?;
                 Some((start, trace_id.to_string(), span_id.to_string()))
             });
-            match parsed {
-                Some((start, t, sid)) if self.tree.contains_key(span_key(&t, start, &sid))? => {}
-                Some((_, t, sid)) => {
-                    r.problem(format!("call record {t}/{sid} has no span"));
-                }
-                None => r.problem(format!("call key {} is malformed", show_key(&key))),
+            let Some((start, t, sid)) = parsed else {
+                r.problem(format!("call key {} is malformed", show_key(&key)));
+                continue;
+            };
+            let key = span_key(&t, start, &sid);
+            match self.tree.get(&key)? {
+                None => r.problem(format!("call record {t}/{sid} has no span")),
+                Some(value) => match decode_json::<Span>(&key, &value) {
+                    Ok(span) if !span.kind.is_call() => r.problem(format!(
+                        "call record {t}/{sid} belongs to a span that is not a call"
+                    )),
+                    _ => {} // an undecodable span is reported by the first pass
+                },
             }
         }
         Ok(())

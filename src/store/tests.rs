@@ -1191,6 +1191,62 @@ fn check_finds_a_consistent_store_clean_and_counts_its_records() {
     );
 }
 
+/// Summaries without spans are found wherever they sort: before every trace, between a trace
+/// and one whose id it extends, after every trace; a trace whose only span does not decode is
+/// not one of them.
+#[test]
+fn check_names_orphan_summaries_wherever_they_sort() {
+    let (_dir, store) = busy_store();
+    let ab: Vec<Span> = agent_trace("ab")
+        .into_iter()
+        .map(|s| s.with(|s| s.span_id.push_str("-ab")))
+        .collect();
+    store.put_spans(&ab).expect("put");
+    store
+        .put_spans(&[llm("solo", "solo-1", 0, 10, "gpt-4o", (1, 1), None)])
+        .expect("put");
+    assert!(store.check().expect("check").is_clean());
+
+    // Orphans as a lost delete would leave them: summary, index entries and postings, no spans.
+    for orphan in ["0lonely", "aa", "lonely"] {
+        let span_id = format!("{orphan}-1");
+        store
+            .put_spans(&[llm(orphan, &span_id, 0, 10, "gpt-4o", (1, 1), None)])
+            .expect("put");
+        let (_, start) = store.locate_span(&span_id).expect("locate").expect("span");
+        store.remove_raw(&span_key(orphan, start, &span_id));
+        store.remove_raw(&span_id_key(&span_id));
+        store.remove_raw(&call_key(start, orphan, &span_id));
+    }
+    let (_, solo_start) = store.locate_span("solo-1").expect("locate").expect("solo");
+    store.insert_raw(&span_key("solo", solo_start, "solo-1"), b"not json");
+    let report = store.check().expect("check");
+    for orphan in ["0lonely", "aa", "lonely"] {
+        assert!(
+            report
+                .problems
+                .contains(&format!("summary of trace {orphan} has no spans")),
+            "{orphan}: {:?}",
+            report.problems
+        );
+    }
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("solo/solo-1 does not decode")),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(
+        report.problem_count, 4,
+        "the 3 orphans and the span, nothing else: {:?}",
+        report.problems
+    );
+    assert_eq!(report.traces, 5, "a, ab, b, c and solo: {report:?}");
+    assert_eq!(report.summaries, 8, "5 traces' and 3 orphans: {report:?}");
+}
+
 #[test]
 fn check_reports_each_kind_of_corruption() {
     type Corruption = Box<dyn Fn(&Store)>;
@@ -1279,6 +1335,14 @@ fn check_reports_each_kind_of_corruption() {
             "undecodable span",
             Box::new(|s: &Store| s.insert_raw(&span_key("a", T0, "root"), b"not json")),
             "does not decode",
+        ),
+        (
+            "call record of a span that is not a call",
+            Box::new(|s: &Store| {
+                let (trace, start) = s.locate_span("tool1").expect("locate").expect("tool1");
+                s.insert_raw(&call_key(start, &trace, "tool1"), b"");
+            }),
+            "belongs to a span that is not a call",
         ),
         (
             "missing posting block",

@@ -53,12 +53,13 @@ const CH_START_WAIT = 120_000; // hang guard, not a performance threshold
 
 async function startClickHouse() {
   // Another process may take a port between `freePort` and the server binding it; the server
-  // then exits at once, and we try again on other ports (as common/clickhouse.rs does).
+  // then exits at once, and we try again on other ports (as common/clickhouse.rs does). A server
+  // that stays up but never answers is not retried.
   for (let attempt = 1; ; attempt++) {
     try {
       return await startClickHouseOnce();
     } catch (e) {
-      if (attempt >= 3) throw e;
+      if (attempt >= 3 || !e.exited) throw e;
       console.error(`clickhouse-server did not start (${e.message}); retrying on other ports`);
     }
   }
@@ -95,14 +96,15 @@ async function startClickHouseOnce() {
   };
   const deadline = Date.now() + CH_START_WAIT;
   for (;;) {
-    const ok = await fetch(`${url}/?query=SELECT%201`).then((r) => r.ok).catch(() => false);
+    const ok = await fetch(`${url}/?query=SELECT%201`, { signal: AbortSignal.timeout(5000) })
+      .then((r) => r.ok).catch(() => false);
     if (ok) return { proc, dir, url };
     if (exited !== null || Date.now() > deadline) {
       const why = exited !== null ? `exited (${exited})` : `did not answer within ${CH_START_WAIT / 1000} s`;
       const log = errLog();
       proc.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
-      throw new Error(`clickhouse-server ${why}; its error log ends:\n${log}`);
+      throw Object.assign(new Error(`clickhouse-server ${why}; its error log ends:\n${log}`), { exited: exited !== null });
     }
     await new Promise((r) => setTimeout(r, 100));
   }
