@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{chat_body, client, test_config, MockUpstream, TestProxy};
+use common::{chat_body, client, mount, test_config, MockUpstream, TestProxy};
 use llm_tracer::store::{compact_paths, CompactPaths, COMPACT_MARKER};
 use serde_json::{json, Value};
 use tokio::process::Command;
@@ -365,30 +365,6 @@ async fn compact_finishes_what_an_interrupted_run_left() {
         stderr.contains("data_dir") && stderr.contains("not a directory"),
         "{stderr}"
     );
-}
-
-/// Unmounts (lazily) when dropped.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// `mount ARGS... target`; `None` when this machine does not allow it (not root).
-fn mount(args: &[&str], target: &Path) -> Option<Mount> {
-    std::fs::create_dir_all(target).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(args)
-        .arg(target)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    mounted.then(|| Mount(target.to_path_buf()))
 }
 
 /// Whether the kernel says if `path` is a mount root (statx, Linux 5.8+).

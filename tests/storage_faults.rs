@@ -166,18 +166,6 @@ async fn a_write_that_fails_once_is_retried_and_nothing_is_lost() {
     );
 }
 
-/// Unmounts (lazily, so a still-open file cannot leak the mount) when dropped.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// `POST /api/spans` of one app-side span in trace `trace_id`.
 async fn ingest_one_span(proxy: &TestProxy, trace_id: &str) -> reqwest::Result<reqwest::Response> {
     client()
@@ -264,18 +252,10 @@ async fn nearly_full_disk() {
     const MIN_FREE: u64 = 16 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_mount) = common::mount(&["-t", "tmpfs", "-o", "size=40m", "tmpfs"], &mnt) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
     let ballast = mnt.join("ballast");
     std::fs::write(&ballast, vec![0u8; 8 << 20]).unwrap();
     let upstream = MockUpstream::start().await.unwrap();

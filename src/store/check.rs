@@ -88,12 +88,12 @@ impl Store {
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let mut r = CheckReport::default();
         let expected = self.check_spans_and_summaries(&mut r)?;
-        let found = Digests {
-            span_ids: self.digest_span_ids(&mut r)?,
-            calls: self.digest_calls(&mut r)?,
-            index: self.digest_index(&mut r)?,
-            postings: self.check_posting_blocks(&mut r)?,
-        };
+        let mut found = Digests::default();
+        self.digest_records(P_SPAN_ID, true, &mut found.span_ids, &mut r.span_ids)?;
+        self.digest_records(P_CALL, false, &mut found.calls, &mut r.calls)?;
+        self.digest_records(P_TIME, false, &mut found.index, &mut r.time_index)?;
+        self.digest_records(P_INDEX, false, &mut found.index, &mut r.secondary_index)?;
+        found.postings = self.check_posting_blocks(&mut r)?;
         self.check_unknown_keys(&mut r)?;
 
         type Locate = fn(&Store, &mut CheckReport) -> Result<(), StoreError>;
@@ -274,7 +274,12 @@ impl Store {
         if !trace.whole {
             return Ok(());
         }
-        let agg = &trace.agg;
+        self.lookup_index_entries(&trace.agg, r)?;
+        self.lookup_postings(&trace.agg, r)
+    }
+
+    /// Each of `agg`'s `t`/`x` keys, looked up.
+    fn lookup_index_entries(&self, agg: &Agg, r: &mut CheckReport) -> Result<(), StoreError> {
         for key in agg.index_keys() {
             if !self.tree.contains_key(&key)? {
                 r.problem(format!(
@@ -284,6 +289,11 @@ impl Store {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Each of `agg`'s terms' posting at its position, looked up.
+    fn lookup_postings(&self, agg: &Agg, r: &mut CheckReport) -> Result<(), StoreError> {
         let position = agg.position();
         for term in &agg.terms {
             if !self.has_posting(term, &position)? {
@@ -314,39 +324,25 @@ impl Store {
         }
     }
 
-    fn digest_span_ids(&self, r: &mut CheckReport) -> Result<Digest, StoreError> {
-        let mut found = Digest::default();
-        for item in self.tree.scan_prefix([P_SPAN_ID]) {
+    /// Folds every record under `prefix` (its key, and its value too when `with_value`) into
+    /// `found`, counting them in `count`.
+    fn digest_records(
+        &self,
+        prefix: u8,
+        with_value: bool,
+        found: &mut Digest,
+        count: &mut u64,
+    ) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([prefix]) {
             let (key, value) = item?;
-            r.span_ids += 1;
-            found.add(&[&key, &value]);
+            *count += 1;
+            if with_value {
+                found.add(&[&key, &value]);
+            } else {
+                found.add(&[&key]);
+            }
         }
-        Ok(found)
-    }
-
-    fn digest_calls(&self, r: &mut CheckReport) -> Result<Digest, StoreError> {
-        let mut found = Digest::default();
-        for item in self.tree.scan_prefix([P_CALL]) {
-            let (key, _) = item?;
-            r.calls += 1;
-            found.add(&[&key]);
-        }
-        Ok(found)
-    }
-
-    fn digest_index(&self, r: &mut CheckReport) -> Result<Digest, StoreError> {
-        let mut found = Digest::default();
-        for item in self.tree.scan_prefix([P_TIME]) {
-            let (key, _) = item?;
-            r.time_index += 1;
-            found.add(&[&key]);
-        }
-        for item in self.tree.scan_prefix([P_INDEX]) {
-            let (key, _) = item?;
-            r.secondary_index += 1;
-            found.add(&[&key]);
-        }
-        Ok(found)
+        Ok(())
     }
 
     /// `w`: posting blocks, each keyed by its last position, a term's blocks in order and not
@@ -492,15 +488,7 @@ impl Store {
             let Ok(agg) = Agg::decode(&key, &value) else {
                 continue; // reported by the first pass
             };
-            for index_key in agg.index_keys() {
-                if !self.tree.contains_key(&index_key)? {
-                    r.problem(format!(
-                        "trace {} lacks its index entry {}",
-                        agg.trace_id,
-                        show_key(&index_key)
-                    ));
-                }
-            }
+            self.lookup_index_entries(&agg, r)?;
         }
         for prefix in [P_TIME, P_INDEX] {
             for item in self.tree.scan_prefix([prefix]) {
@@ -540,15 +528,7 @@ impl Store {
             let Ok(agg) = Agg::decode(&key, &value) else {
                 continue;
             };
-            let position = agg.position();
-            for term in &agg.terms {
-                if !self.has_posting(term, &position)? {
-                    r.problem(format!(
-                        "trace {} lacks its posting for the term {term}",
-                        agg.trace_id
-                    ));
-                }
-            }
+            self.lookup_postings(&agg, r)?;
         }
         for item in self.tree.scan_prefix([P_TERM]) {
             let (key, value) = item?;

@@ -418,3 +418,29 @@ pub async fn raw_upstream(content_type: &'static str, body: &'static [u8]) -> St
     });
     format!("http://{addr}")
 }
+
+/// A mount made by [`mount`], unmounted when dropped (lazily, so a still-open file cannot leak
+/// the mount).
+pub struct Mount(pub PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `mount ARGS... target` (the directory is created first); `None` when this machine does not
+/// allow it (it needs root with CAP_SYS_ADMIN).
+pub fn mount(args: &[&str], target: &Path) -> Option<Mount> {
+    std::fs::create_dir_all(target).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(args)
+        .arg(target)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    mounted.then(|| Mount(target.to_path_buf()))
+}
