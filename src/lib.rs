@@ -15,6 +15,9 @@ pub mod hop;
 pub mod idle;
 pub mod listener;
 pub mod malloc;
+
+#[global_allocator]
+static ALLOCATOR: malloc::Allocator = malloc::Allocator;
 pub mod metrics;
 pub mod mock;
 pub mod otlp;

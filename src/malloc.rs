@@ -1,7 +1,10 @@
-//! Malloc: keeps glibc's allocator from holding on to memory the proxy has freed.
+//! Malloc: the process's allocator ([`Allocator`]: glibc's, with mimalloc for the store's
+//! writes), and keeping either from holding on to memory the proxy has freed.
 //!
-//! Owns the only `unsafe` in the crate: one call into glibc (`malloc_trim`), which has no
-//! caller-side invariants. Elsewhere (musl, macOS) every function here does nothing.
+//! Owns the crate's allocator `unsafe`: the [`GlobalAlloc`](std::alloc::GlobalAlloc) that
+//! routes each block to mimalloc or the system allocator, one call into glibc (`malloc_trim`)
+//! and one into mimalloc (`mi_collect`), neither with caller-side invariants. Elsewhere (musl,
+//! macOS) the trim does nothing.
 //!
 //! Why (issue #7, bench/RESULTS.md): glibc gives each thread that allocates under contention an
 //! arena of its own (up to 8 per core) and keeps freed memory in that arena, resident. A stream's
@@ -117,6 +120,115 @@ impl Trimmer {
     }
 }
 
+/// The process's allocator: the system's (glibc's) malloc, except for what a thread allocates
+/// inside a [`StoreScope`], which comes from mimalloc.
+///
+/// Why (issue #7, bench/RESULTS.md "Session 12"): sled clones a tree node for every key it
+/// writes, so about a quarter of a store write's time was glibc's `malloc`/`free` (`_int_malloc`,
+/// `unlink_chunk`, `malloc_consolidate`). mimalloc as the whole process's allocator made
+/// `put_spans` 35-55 % faster but cost 5-8 % of capture-on proxy throughput (a capture is
+/// allocated on a runtime thread and freed by the writer) and raised RSS after a burst of
+/// streams; glibc stays for everything else, where it measured better.
+///
+/// Every free goes to whichever allocator owns the block: mimalloc answers that from its page map
+/// (`mi_is_in_heap_region`, a few loads; false for any address it never handed out), so a block
+/// allocated inside a scope may be freed on any thread, inside a scope or not (sled's flusher
+/// drops the nodes the writer made).
+pub struct Allocator;
+
+thread_local! {
+    /// Inside a [`StoreScope`]: allocate from mimalloc. Const-initialised, no destructor: safe to
+    /// read from the allocator at any point of a thread's life.
+    static IN_STORE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, the current thread allocates from mimalloc (see [`Allocator`]). Nests.
+pub struct StoreScope {
+    was: bool,
+}
+
+impl StoreScope {
+    pub fn enter() -> StoreScope {
+        StoreScope {
+            was: IN_STORE.replace(true),
+        }
+    }
+}
+
+impl Drop for StoreScope {
+    fn drop(&mut self) {
+        IN_STORE.set(self.was);
+    }
+}
+
+/// Hands the memory this thread's store writes have freed back to the kernel (mimalloc keeps
+/// freed pages for reuse and purges them only while the thread goes on allocating). For a
+/// thread about to wait with nothing to store; costs a walk of its mimalloc pages.
+pub fn release_store_memory() {
+    hybrid::collect();
+}
+
+#[allow(unsafe_code)]
+mod hybrid {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        ffi::c_void,
+    };
+
+    use libmimalloc_sys as mi;
+
+    fn in_store() -> bool {
+        super::IN_STORE.get()
+    }
+
+    pub fn collect() {
+        // SAFETY: takes a plain flag; only releases memory no block is using.
+        unsafe { mi::mi_collect(true) }
+    }
+
+    pub(super) fn is_mimallocs(ptr: *mut u8) -> bool {
+        // SAFETY: a pure lookup in mimalloc's page map; any address may be asked about.
+        unsafe { mi::mi_is_in_heap_region(ptr as *const c_void) }
+    }
+
+    // SAFETY: each block is allocated by exactly one of the two allocators and always handed back
+    // to the one that owns it (`is_mimallocs`), with the layout it was allocated with; mimalloc's
+    // aligned entry points honour any alignment, System's honour the layouts it is given.
+    unsafe impl GlobalAlloc for super::Allocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if in_store() {
+                mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+            } else {
+                System.alloc(layout)
+            }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if in_store() {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+            } else {
+                System.alloc_zeroed(layout)
+            }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            if is_mimallocs(ptr) {
+                mi::mi_free(ptr as *mut c_void);
+            } else {
+                System.dealloc(ptr, layout);
+            }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if is_mimallocs(ptr) {
+                mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+            } else {
+                System.realloc(ptr, layout, new_size)
+            }
+        }
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod glibc {
@@ -185,6 +297,58 @@ mod tests {
         assert!(t.due(), "the threshold freed: trim while busy");
         assert!(!t.due(), "counted from the last trim");
         budget.release(4096);
+    }
+
+    /// A fresh heap block, allocated where this point of the test allocates.
+    fn heap(n: usize, byte: u8) -> Vec<u8> {
+        vec![byte; n]
+    }
+
+    fn from_mimalloc(v: &[u8]) -> bool {
+        hybrid::is_mimallocs(v.as_ptr().cast_mut())
+    }
+
+    #[test]
+    fn store_scopes_allocate_from_mimalloc_and_any_thread_frees_either() {
+        let outside = vec![1u8; 100];
+        assert!(
+            !from_mimalloc(&outside),
+            "outside a scope: the system allocator"
+        );
+        let mut grown = outside.clone();
+        let (inside, big) = {
+            let _scope = StoreScope::enter();
+            let inside = vec![2u8; 100];
+            let big = vec![3u8; 8 << 20];
+            // A block from before the scope stays with its owner when it grows.
+            grown.resize(1 << 16, 4);
+            {
+                let _nested = StoreScope::enter();
+            }
+            assert!(
+                from_mimalloc(&heap(10, 0)),
+                "a nested scope's end keeps the outer one"
+            );
+            (inside, big)
+        };
+        assert!(from_mimalloc(&inside) && from_mimalloc(&big));
+        assert!(!from_mimalloc(&grown));
+        assert!(
+            !from_mimalloc(&heap(100, 5)),
+            "after the scope: the system allocator again"
+        );
+        // Grown and freed outside the scope, on another thread: still mimalloc's, freed by it.
+        let mut moved = inside;
+        std::thread::spawn(move || {
+            moved.resize(1 << 20, 6);
+            assert!(from_mimalloc(&moved));
+            assert!(moved[..100].iter().all(|&b| b == 2) && moved[100..].iter().all(|&b| b == 6));
+            drop(big);
+        })
+        .join()
+        .expect("the freeing thread");
+        assert!(grown[..100].iter().all(|&b| b == 1));
+        release_store_memory();
     }
 
     #[test]

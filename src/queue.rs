@@ -647,11 +647,14 @@ impl Writer {
     /// the intake is done, what is still spooled gets [`SPOOL_DRAIN_AT_SHUTDOWN`]; the rest
     /// stays on disk for the next start.
     fn run(&self, mut rx: mpsc::Receiver<Job>, spool: Option<&Spool>, batch_size: usize) {
+        // Stored anything since the store's memory was last given back?
+        let mut stored = false;
         loop {
             // Fresh calls first, so new traffic shows up promptly while a backlog drains.
             match rx.try_recv() {
                 Ok(job) => {
                     self.handle(job);
+                    stored = true;
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -661,11 +664,19 @@ impl Writer {
             // spool is tried again after the next job.)
             if let Some(spool) = spool {
                 if self.store_spooled(spool, batch_size) == Ok(true) {
+                    stored = true;
                     continue;
                 }
             }
+            // Nothing left to store: give back the memory the store writes freed, then wait.
+            if std::mem::take(&mut stored) {
+                crate::malloc::release_store_memory();
+            }
             match rx.blocking_recv() {
-                Some(job) => self.handle(job),
+                Some(job) => {
+                    self.handle(job);
+                    stored = true;
+                }
                 None => break,
             }
         }

@@ -13,6 +13,8 @@ impl Store {
     /// are removed and the old trace's summary and index keys are rebuilt from its remaining
     /// spans, or removed when none is left (the trace disappears).
     pub fn put_spans(&self, spans: &[Span]) -> Result<(), StoreError> {
+        // sled clones a node per key written: mimalloc makes that ~40 % faster (src/malloc.rs).
+        let _mimalloc = crate::malloc::StoreScope::enter();
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = sled::Batch::default();
         let mut works: BTreeMap<String, TraceWork<'_>> = BTreeMap::new();
@@ -159,6 +161,7 @@ impl Store {
         let mut count = |key: &[u8], value_len: usize| {
             freed = freed.saturating_add((key.len() + value_len) as u64);
         };
+        let _mimalloc = crate::malloc::StoreScope::enter();
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = sled::Batch::default();
         let agg = self.load_agg(trace_id)?;
