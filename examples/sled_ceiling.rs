@@ -5,7 +5,7 @@
 //! way to store each) estimate what any key layout on sled 0.34 can reach.
 //!
 //! ```text
-//! cargo run --release --example sled_ceiling -- [--inserts 500000] [--batch 2000]
+//! cargo run --release --example sled_ceiling -- [--inserts 500000] [--batch 2000] [--system-alloc]
 //! ```
 //!
 //! Shapes, each into a fresh store in a temp dir (removed at the end), in batches of `--batch`
@@ -40,6 +40,10 @@ struct Args {
     /// Stop a shape early (and say so) after this long in total.
     #[arg(long, default_value_t = 300)]
     max_seconds: u64,
+    /// Allocate from glibc's malloc, as store writes did before session 12 (default: mimalloc,
+    /// as `put_spans` does; see src/malloc.rs).
+    #[arg(long)]
+    system_alloc: bool,
 }
 
 /// One measured shape.
@@ -77,9 +81,14 @@ fn main() -> Result<(), BoxError> {
         .flush_every_ms
         .map_or("on demand only".to_string(), |ms| format!("every {ms} ms"));
     println!(
-        "sled 0.34 raw inserts, {} per shape, batches of {batch}, cache {} MiB, flush {flush}",
+        "sled 0.34 raw inserts, {} per shape, batches of {batch}, cache {} MiB, flush {flush}, {}",
         args.inserts,
         opts.cache_capacity >> 20,
+        if args.system_alloc {
+            "glibc malloc"
+        } else {
+            "mimalloc (as store writes)"
+        },
     );
     // Inserts per second of each shape that ran to the end (`None`: cut short or empty).
     let mut rates: Vec<Option<f64>> = Vec::with_capacity(SHAPES.len());
@@ -95,6 +104,7 @@ fn main() -> Result<(), BoxError> {
         let started = Instant::now();
         let mut done = 0u64;
         while done < args.inserts && Instant::now() < deadline {
+            let _mimalloc = (!args.system_alloc).then(llm_tracer::malloc::StoreScope::enter);
             let mut b = sled::Batch::default();
             for _ in 0..batch.min(args.inserts - done) {
                 let n = if shape.ascending {
