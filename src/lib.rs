@@ -15,9 +15,6 @@ pub mod hop;
 pub mod idle;
 pub mod listener;
 pub mod malloc;
-
-#[global_allocator]
-static ALLOCATOR: malloc::Allocator = malloc::Allocator;
 pub mod metrics;
 pub mod mock;
 pub mod otlp;
@@ -31,3 +28,8 @@ pub mod store;
 pub mod tap;
 pub mod upstream;
 mod varint;
+
+/// glibc's malloc, with mimalloc inside store writes (`malloc::Allocator`): for everything that
+/// links this library, the binary, its tests and benches alike.
+#[global_allocator]
+static ALLOCATOR: malloc::Allocator = malloc::Allocator;

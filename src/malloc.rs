@@ -177,8 +177,10 @@ mod hybrid {
 
     use libmimalloc_sys as mi;
 
-    fn in_store() -> bool {
-        super::IN_STORE.get()
+    /// Inside a store scope, for a block mimalloc registers whole in its page map: alignments
+    /// above 64 KiB are laid out differently, and nothing in a store write asks for them.
+    fn in_store(layout: Layout) -> bool {
+        layout.align() <= 4096 && super::IN_STORE.get()
     }
 
     pub fn collect() {
@@ -196,7 +198,7 @@ mod hybrid {
     // aligned entry points honour any alignment, System's honour the layouts it is given.
     unsafe impl GlobalAlloc for super::Allocator {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            if in_store() {
+            if in_store(layout) {
                 mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
             } else {
                 System.alloc(layout)
@@ -204,7 +206,7 @@ mod hybrid {
         }
 
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            if in_store() {
+            if in_store(layout) {
                 mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
             } else {
                 System.alloc_zeroed(layout)
