@@ -173,9 +173,23 @@ mod hybrid {
     use std::{
         alloc::{GlobalAlloc, Layout, System},
         ffi::c_void,
+        sync::atomic::{AtomicBool, Ordering::Relaxed},
     };
 
     use libmimalloc_sys as mi;
+
+    /// Has mimalloc handed out a block yet? Until it has (a proxy with capture off never writes
+    /// the store), frees skip the page-map lookup: the request path pays one relaxed load. A
+    /// block reaches another thread only through a synchronising hand-off made after this store,
+    /// so whoever frees a mimalloc block sees `true`.
+    static USED: AtomicBool = AtomicBool::new(false);
+
+    fn note_used(p: *mut c_void) -> *mut u8 {
+        if !USED.load(Relaxed) {
+            USED.store(true, Relaxed);
+        }
+        p as *mut u8
+    }
 
     /// Inside a store scope, for a block mimalloc registers whole in its page map: alignments
     /// above 64 KiB are laid out differently, and nothing in a store write asks for them.
@@ -189,6 +203,9 @@ mod hybrid {
     }
 
     pub(super) fn is_mimallocs(ptr: *mut u8) -> bool {
+        if !USED.load(Relaxed) {
+            return false;
+        }
         // SAFETY: a pure lookup in mimalloc's page map; any address may be asked about.
         unsafe { mi::mi_is_in_heap_region(ptr as *const c_void) }
     }
@@ -199,7 +216,7 @@ mod hybrid {
     unsafe impl GlobalAlloc for super::Allocator {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             if in_store(layout) {
-                mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+                note_used(mi::mi_malloc_aligned(layout.size(), layout.align()))
             } else {
                 System.alloc(layout)
             }
@@ -207,7 +224,7 @@ mod hybrid {
 
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
             if in_store(layout) {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+                note_used(mi::mi_zalloc_aligned(layout.size(), layout.align()))
             } else {
                 System.alloc_zeroed(layout)
             }
