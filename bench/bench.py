@@ -996,6 +996,7 @@ def callgrind(args):
             tracer.stop()
             out[key] = annotate(dump, args.requests)
             if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
                 shutil.copy(dump, os.path.join(args.keep, f"callgrind-{workload}-{capture}.out"))
             log(f"callgrind {key}: {out[key]['total_per_req']:.0f} instructions/request")
     print(json.dumps(out, indent=1))
