@@ -612,24 +612,35 @@ async fn clickhouse_down_at_start_and_mid_traffic_never_fails_a_call_and_recover
     server.stop();
     proxy.wait_health("degraded").await;
     let total = BOUND + 4;
+    // Every capture reaches the writer: accepted up to the bound, the rest dropped and counted.
+    // Each is waited for before the next call: a call that finds the writer busy goes through
+    // the spool and can reach it after a later one.
+    let reached = |n: usize| {
+        let proxy = &proxy;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let text = metrics(proxy).await;
+                let buffered = metric_value(&text, "llm_tracer_clickhouse_buffered_spans").unwrap();
+                let dropped =
+                    metric_value(&text, "llm_tracer_clickhouse_spans_dropped_total").unwrap();
+                if buffered + dropped >= n as f64 {
+                    break (buffered, dropped);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "captures never reached the writer:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut counts = (0.0, 0.0);
     for i in 0..total {
         send(&proxy, &chat(&format!("down-{i}"), "gpt-4o", "u", "s", "t")).await;
+        counts = reached(i + 1).await;
     }
-    // Every capture reached the writer: accepted up to the bound, the rest dropped and counted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (buffered, dropped) = loop {
-        let text = metrics(&proxy).await;
-        let buffered = metric_value(&text, "llm_tracer_clickhouse_buffered_spans").unwrap();
-        let dropped = metric_value(&text, "llm_tracer_clickhouse_spans_dropped_total").unwrap();
-        if buffered + dropped >= total as f64 {
-            break (buffered, dropped);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "captures never reached the writer:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (buffered, dropped) = counts;
     assert_eq!(buffered, BOUND as f64, "the buffer holds exactly its bound");
     assert_eq!(
         dropped,

@@ -278,19 +278,19 @@ async fn a_collector_restart_loses_nothing_within_the_buffer_and_counts_drops_be
 
     receiver.stop().await;
     let during = 8;
+    // Every call is stored locally whatever the collector does. Each is waited for before the
+    // next: a call that finds the writer busy goes through the spool and can be stored after a
+    // later one, and the exporter buffers spans in the order they are stored.
     for i in 0..during {
         call(format!("during-{i}")).await;
+        proxy.wait_for_trace(&format!("during-{i}"), 1).await;
     }
-    // Every call is stored locally whatever the collector does.
     wait_metric(
         &proxy,
         "llm_tracer_spans_captured_total",
         (1 + during) as f64,
     )
     .await;
-    for i in 0..during {
-        proxy.wait_for_trace(&format!("during-{i}"), 1).await;
-    }
     wait_metric(&proxy, "llm_tracer_otlp_failed_attempts_total", 1.0).await;
     let text = proxy.metrics_text().await;
     assert!(
