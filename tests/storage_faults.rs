@@ -159,11 +159,9 @@ async fn a_write_that_fails_once_is_retried_and_nothing_is_lost() {
         0.0,
         "nothing was dropped"
     );
-    let (_, health) = proxy.get_json("/healthz").await;
-    assert_eq!(
-        health["status"], "ok",
-        "a stored retry leaves the store healthy"
-    );
+    // A stored retry leaves the store healthy. The writer says so once its whole batch is done,
+    // a moment after the span is readable (longer when the low-priority writer waits for a CPU).
+    proxy.wait_health("ok").await;
 }
 
 /// `POST /api/spans` of one app-side span in trace `trace_id`.
