@@ -428,6 +428,16 @@ def run_loadgen(loadgen, args, timeout):
 # the suite
 
 
+def mem_streams_args(proxy, streams, words, gap_ms):
+    """The loadgen arguments of the memory phase: `streams` concurrent streams through the
+    proxy's `/slow` route, `words` + 6 chunks each, `gap_ms` apart."""
+    return [
+        "streams", "--url", proxy + "/slow/v1/chat/completions", "--streams", str(streams),
+        "--concurrency", str(streams), "--words", str(words), "--gap-ms", str(gap_ms),
+        "--timeout", "240",
+    ]
+
+
 def fixture(path):
     with open(os.path.join(ROOT, path)) as f:
         return f.read()
@@ -677,12 +687,7 @@ def run_suite(args):
     rss_before = vm_kib(mem.pid, "VmRSS")
     mem_runs = []
     for i in range(2 if "memory" in phases else 0):
-        lg = [
-            "streams", "--url", mem.proxy + "/slow/v1/chat/completions", "--streams", str(n_mem),
-            "--concurrency", str(n_mem), "--words", str(mem_words), "--gap-ms", str(args.mem_gap_ms),
-            "--timeout", "240",
-        ]
-        r = run_loadgen(loadgen, lg, 300)
+        r = run_loadgen(loadgen, mem_streams_args(mem.proxy, n_mem, mem_words, args.mem_gap_ms), 300)
         mm = mem.wait_drained(timeout=120)
         time.sleep(2)
         r["rss_after_kib"] = vm_kib(mem.pid, "VmRSS")

@@ -52,11 +52,8 @@ def rss_line(pid):
 tracer = bench.Tracer(binary, work, "mem", True, mock, mock)
 print(f"before:        {rss_line(tracer.pid)}", flush=True)
 for i in range(runs):
-    argv = [
-        "streams", "--url", tracer.proxy + "/slow/v1/chat/completions", "--streams", "256",
-        "--concurrency", "256", "--words", "994", "--gap-ms", "1", "--timeout", "240",
-    ]
-    r = bench.run_loadgen(loadgen, argv, 300)
+    # bench.py's memory phase: 256 streams of 994 words + 6 = 1,000 chunks, 1 ms apart.
+    r = bench.run_loadgen(loadgen, bench.mem_streams_args(tracer.proxy, 256, 994, 1), 300)
     m = tracer.wait_drained(timeout=120)
     time.sleep(2)
     print(

@@ -615,32 +615,22 @@ async fn clickhouse_down_at_start_and_mid_traffic_never_fails_a_call_and_recover
     // Every capture reaches the writer: accepted up to the bound, the rest dropped and counted.
     // Each is waited for before the next call: a call that finds the writer busy goes through
     // the spool and can reach it after a later one.
-    let reached = |n: usize| {
-        let proxy = &proxy;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let text = metrics(proxy).await;
-                let buffered = metric_value(&text, "llm_tracer_clickhouse_buffered_spans").unwrap();
-                let dropped =
-                    metric_value(&text, "llm_tracer_clickhouse_spans_dropped_total").unwrap();
-                if buffered + dropped >= n as f64 {
-                    break (buffered, dropped);
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "captures never reached the writer:\n{text}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+    let reached = |text: &str| {
+        let value = |name| metric_value(text, name).unwrap();
+        value("llm_tracer_clickhouse_buffered_spans")
+            + value("llm_tracer_clickhouse_spans_dropped_total")
     };
-    let mut counts = (0.0, 0.0);
+    let mut text = String::new();
     for i in 0..total {
         send(&proxy, &chat(&format!("down-{i}"), "gpt-4o", "u", "s", "t")).await;
-        counts = reached(i + 1).await;
+        text = proxy
+            .wait_metrics("the capture reached the writer", |t| {
+                reached(t) >= (i + 1) as f64
+            })
+            .await;
     }
-    let (buffered, dropped) = counts;
+    let buffered = metric_value(&text, "llm_tracer_clickhouse_buffered_spans").unwrap();
+    let dropped = metric_value(&text, "llm_tracer_clickhouse_spans_dropped_total").unwrap();
     assert_eq!(buffered, BOUND as f64, "the buffer holds exactly its bound");
     assert_eq!(
         dropped,
