@@ -1,5 +1,5 @@
 //! What sled 0.34 itself can insert per second on this machine, with the store's settings
-//! (64 MiB cache, flush every 500 ms) and none of our code: the ceiling under `Store::put_spans`.
+//! (`StoreOptions::default()`: its cache, flush every 500 ms) and none of our code: the ceiling under `Store::put_spans`.
 //! Issue #7 asks for ≥ 50,000 spans/s of ingest; every stored span needs at least two sled
 //! inserts (its body and its span-id lookup), so the first and third shapes below (the cheapest
 //! way to store each) estimate what any key layout on sled 0.34 can reach.

@@ -79,6 +79,11 @@ struct Args {
     /// Only time `Store::open` on the existing store in `--dir`, this many times (no ingest).
     #[arg(long)]
     open_only: Option<usize>,
+    /// Only the start-up and query phases, on the store `--dir` holds (no ingest): `--spans`
+    /// and `--spans-per-trace` must be those it was loaded with. To compare binaries or settings
+    /// (`LLM_TRACER_*` variables reach the server) on one loaded store.
+    #[arg(long, requires = "dir", conflicts_with_all = ["open_only", "ingest_only", "churn"])]
+    queries_only: bool,
     /// Give up on remaining phases after this long.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
@@ -128,50 +133,22 @@ fn main() -> Result<(), BoxError> {
         return Ok(());
     }
 
-    // --- ingest ---
-    let mut opts = StoreOptions::default();
-    if let Some(mib) = args.cache_mib {
-        opts.cache_capacity = mib * 1024 * 1024;
-    }
-    let store = Store::open(&dir, &opts)?;
-    let base_us = now_us().saturating_sub(7 * 86_400 * 1_000_000);
-    let batch_size = args.batch.max(1);
+    let mut loaded = args.spans;
     let mut ids = Vec::new();
-    let (loaded, mut put) = load(
-        &store,
-        &args,
-        (0, args.spans),
-        base_us,
-        deadline,
-        |loaded, batch| {
-            if loaded % (args.spans / 20).max(1) < batch_size {
-                ids.extend(batch.first().map(|s| s.trace_id.clone()));
-            }
-        },
-    )?;
-    let t = Instant::now();
-    store.flush()?;
-    put += t.elapsed();
-    let rate = loaded as f64 / put.as_secs_f64();
-    out.push(format!(
-        "ingest: {loaded} spans in {:.1} s of put_spans (batches of {batch_size}): {rate:.0} spans/s (target ≥ 50000)",
-        put.as_secs_f64()
-    ));
-    if let Some(rounds) = args.churn {
-        for line in out.drain(..) {
-            println!("{line}");
+    if args.queries_only {
+        // The trace ids the ingest would have picked: the first of every twentieth of the load.
+        let step = (args.spans / 20).max(1);
+        ids.extend(
+            (0..args.spans)
+                .step_by(step)
+                .map(|i| span(i, args.spans_per_trace, 0).trace_id),
+        );
+    } else {
+        loaded = ingest(&args, &dir, deadline, &mut ids, &mut out)?;
+        if args.ingest_only || args.churn.is_some() {
+            return Ok(());
         }
-        churn(&store, &args, &dir, rounds, base_us, deadline)?;
-        return Ok(());
     }
-    if args.ingest_only {
-        for line in out {
-            println!("{line}");
-        }
-        return Ok(());
-    }
-    drop(store);
-    std::thread::sleep(Duration::from_millis(500)); // sled lets go of its lock asynchronously
     let disk = dir_size(&dir);
     out.push(format!(
         "disk: {:.1} MiB, {:.0} bytes per span",
@@ -221,6 +198,59 @@ fn main() -> Result<(), BoxError> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// Loads `--spans` spans into the store at `dir` (the ingest phase, and `--churn` after it);
+/// collects a trace id from every twentieth of the load into `ids`. Returns the spans loaded.
+fn ingest(
+    args: &Args,
+    dir: &Path,
+    deadline: Instant,
+    ids: &mut Vec<String>,
+    out: &mut Vec<String>,
+) -> Result<usize, BoxError> {
+    let mut opts = StoreOptions::default();
+    if let Some(mib) = args.cache_mib {
+        opts.cache_capacity = mib * 1024 * 1024;
+    }
+    let store = Store::open(dir, &opts)?;
+    let base_us = now_us().saturating_sub(7 * 86_400 * 1_000_000);
+    let batch_size = args.batch.max(1);
+    let (loaded, mut put) = load(
+        &store,
+        args,
+        (0, args.spans),
+        base_us,
+        deadline,
+        |loaded, batch| {
+            if loaded % (args.spans / 20).max(1) < batch_size {
+                ids.extend(batch.first().map(|s| s.trace_id.clone()));
+            }
+        },
+    )?;
+    let t = Instant::now();
+    store.flush()?;
+    put += t.elapsed();
+    let rate = loaded as f64 / put.as_secs_f64();
+    out.push(format!(
+        "ingest: {loaded} spans in {:.1} s of put_spans (batches of {batch_size}): {rate:.0} spans/s (target ≥ 50000)",
+        put.as_secs_f64()
+    ));
+    if let Some(rounds) = args.churn {
+        for line in out.drain(..) {
+            println!("{line}");
+        }
+        churn(&store, args, dir, rounds, base_us, deadline)?;
+        return Ok(loaded);
+    }
+    if args.ingest_only {
+        for line in out.drain(..) {
+            println!("{line}");
+        }
+    }
+    drop(store);
+    std::thread::sleep(Duration::from_millis(500)); // sled lets go of its lock asynchronously
+    Ok(loaded)
 }
 
 // === memory and disk under retention ===

@@ -534,7 +534,7 @@ pub fn load(
             1 << 20,
             1 << 40,
         )?
-        .unwrap_or(64 * 1024 * 1024);
+        .unwrap_or(crate::store::DEFAULT_CACHE_CAPACITY_BYTES);
 
     let capture_embeddings = l
         .pick(

@@ -133,7 +133,7 @@ struct ServeArgs {
     /// Store fsync interval; 0 = only at shutdown (default 500).
     #[arg(long, value_name = "MS")]
     flush_every_ms: Option<String>,
-    /// Store page cache (default 67108864).
+    /// Store page cache (default 8388608).
     #[arg(long, value_name = "BYTES")]
     cache_capacity_bytes: Option<String>,
     /// Store writes pause below this much free disk for data_dir; 0 = never (default 67108864).

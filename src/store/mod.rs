@@ -137,6 +137,13 @@ impl StoreError {
     }
 }
 
+/// Default sled page cache (`cache_capacity_bytes`): 8 MiB. Bigger only speeds up writes to
+/// traces whose pages were evicted (ingest of one-span traces in batches of 16: 3,043–3,357
+/// spans/s at 8 MiB against 3,913–4,250 at 64 MiB); list and trace queries on a 1M-span store
+/// stay within their targets (bench/RESULTS.md, session 14), and memory after repeated bursts of
+/// large calls levels off (`bench/mem_runs.py`).
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Options for [`Store::open`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -149,7 +156,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: DEFAULT_CACHE_CAPACITY_BYTES,
             flush_every_ms: Some(500),
         }
     }
