@@ -137,11 +137,11 @@ impl StoreError {
     }
 }
 
-/// Default sled page cache (`cache_capacity_bytes`): 8 MiB. Bigger only speeds up writes to
-/// traces whose pages were evicted (ingest of one-span traces in batches of 16: 3,043–3,357
-/// spans/s at 8 MiB against 3,913–4,250 at 64 MiB); list and trace queries on a 1M-span store
-/// stay within their targets (bench/RESULTS.md, session 14), and memory after repeated bursts of
-/// large calls levels off (`bench/mem_runs.py`).
+/// Default sled page cache (`cache_capacity_bytes`): 8 MiB. Bigger only speeds up writes while
+/// the store is small enough for the cache to hold the leaves they touch (50k one-span traces in
+/// batches of 16: 3,043–3,357 spans/s at 8 MiB against 3,913–4,250 at 64 MiB; 200k: 2,729 against
+/// 2,745); list and trace queries on a 1M-span store stay within their targets, and memory after
+/// repeated bursts of large calls levels off (`bench/mem_runs.py`; bench/RESULTS.md, session 14).
 pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Options for [`Store::open`].
