@@ -428,6 +428,32 @@ def run_loadgen(loadgen, args, timeout):
 # the suite
 
 
+def rate_args(base, rate, connections, seconds, body_file):
+    """The loadgen arguments of a fixed-rate run: `rate` chat completions a second (open loop)
+    over `connections` to `base`, for `seconds` after a 1 s warm-up, each with `body_file`."""
+    return [
+        "rate", "--url", base + "/v1/chat/completions", "--rate", str(rate),
+        "--connections", str(connections), "--duration", str(seconds), "--warmup", "1",
+        "--body", body_file,
+    ]
+
+
+def ab_rate_setup(doc, prefix):
+    """What the fixed-rate comparison tools (rate_ab.py, thread_cpu.py) share: `ROUNDS SECONDS
+    BINARY...` from argv (else `doc` and exit), a work dir removed at exit, an nginx mock.
+    Returns (rounds, seconds, binaries, work, upstream URL, request body file, loadgen path)."""
+    if len(sys.argv) < 4:
+        raise SystemExit(doc)
+    rounds, seconds, binaries = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    work = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
+    port = free_port()
+    start_mock_nginx(work, port)
+    body = os.path.join(ROOT, "bench/fixtures/chat_request.json")
+    loadgen = os.path.join(ROOT, "target/release/examples/loadgen")
+    return rounds, seconds, binaries, work, f"http://127.0.0.1:{port}", body, loadgen
+
+
 def mem_streams_args(proxy, streams, words, gap_ms):
     """The loadgen arguments of the memory phase: `streams` concurrent streams through the
     proxy's `/slow` route, `words` + 6 chunks each, `gap_ms` apart."""
@@ -627,11 +653,7 @@ def run_suite(args):
     log(f"bench: fixed rate {rate:.0f} req/s, {conns} connections, {duration}s (loadgen, open loop)")
     for rnd in range(rounds if "rate" in phases else 0):
         for cfg, (label, base, pid, tracer) in targets.items():
-            lg = [
-                "rate", "--url", base + "/v1/chat/completions", "--rate", str(rate),
-                "--connections", str(conns), "--duration", str(duration), "--warmup", "1",
-                "--body", body_file,
-            ]
+            lg = rate_args(base, rate, conns, duration, body_file)
             r = suite.measured(
                 f"rate {cfg} {label} r{rnd + 1}",
                 pid,

@@ -12,34 +12,20 @@ rate phase runs after the throughput rounds, on a store of a million spans).
 
 Standard library only; every process it starts is killed on exit (bench.py's process table).
 """
-import atexit
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
-if len(sys.argv) < 4:
-    raise SystemExit(__doc__)
-rounds, seconds, binaries = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+rounds, seconds, binaries, work, upstream, body, loadgen = bench.ab_rate_setup(__doc__, "llm-tracer-rate-ab-")
 capture = os.environ.get("CAPTURE", "1") == "1"
-work = tempfile.mkdtemp(prefix="llm-tracer-rate-ab-")
-atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
-port = bench.free_port()
-bench.start_mock_nginx(work, port)
-upstream = f"http://127.0.0.1:{port}"
-body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
-loadgen = os.path.join(bench.ROOT, "target/release/examples/loadgen")
 tracers = [bench.Tracer(b, work, f"t{i}", capture, upstream, upstream) for i, b in enumerate(binaries)]
 
 
 def rate(base):
-    args = ["rate", "--url", base + "/v1/chat/completions", "--rate", "5000", "--connections", "32",
-            "--duration", str(seconds), "--warmup", "1", "--body", body]
-    return bench.run_loadgen(loadgen, args, seconds + 60)
+    return bench.run_loadgen(loadgen, bench.rate_args(base, 5000, 32, seconds, body), seconds + 60)
 
 
 results = {}

@@ -13,27 +13,16 @@ Pinned as bench.py pins (servers CPU 0, load generator CPU 1). Not part of CI.
 
 Standard library only; every process it starts is killed on exit (bench.py's process table).
 """
-import atexit
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
-if len(sys.argv) < 4:
-    raise SystemExit(__doc__)
-rounds, seconds, binaries = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+rounds, seconds, binaries, work, upstream, body, loadgen = bench.ab_rate_setup(
+    __doc__, "llm-tracer-thread-cpu-")
 rate_per_s = int(os.environ.get("RATE", "5000"))
-work = tempfile.mkdtemp(prefix="llm-tracer-thread-cpu-")
-atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
-port = bench.free_port()
-bench.start_mock_nginx(work, port)
-upstream = f"http://127.0.0.1:{port}"
-body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
-loadgen = os.path.join(bench.ROOT, "target/release/examples/loadgen")
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 GROUPS = ["runtime", "writer", "sled-io pool", "sled flusher", "other"]
 
@@ -88,9 +77,8 @@ for r in range(rounds):
     for i, binary in enumerate(binaries):
         tracer = bench.Tracer(binary, work, f"r{r}b{i}", True, upstream, upstream)
         before = threads(tracer.pid)
-        args = ["rate", "--url", tracer.proxy + "/v1/chat/completions", "--rate", str(rate_per_s),
-                "--connections", "32", "--duration", str(seconds), "--warmup", "1", "--body", body]
-        x = bench.run_loadgen(loadgen, args, seconds + 60)
+        x = bench.run_loadgen(loadgen, bench.rate_args(tracer.proxy, rate_per_s, 32, seconds, body),
+                              seconds + 60)
         m = tracer.wait_drained()
         cpu, sw = by_group(before, threads(tracer.pid))
         calls = max(1.0, m.get("llm_tracer_spans_captured_total", 0.0))
