@@ -1,11 +1,12 @@
 //! The store's memory is bounded by its page cache (`cache_capacity_bytes`), also for large
 //! calls. sled 0.34 as published let it grow with the data written: its LRU took in accesses
-//! only in blocks of 64 on each of 256 shards, so up to 16,384 page accesses could wait uncounted
-//! and the pages behind them were never evicted (vendor/sled/PATCHED.md). This writes 160 MiB of
-//! span bodies through `Store::put_spans` with an 8 MiB cache and checks that the process did not
-//! keep them. The bounds have wide margins (unpatched, the growth is the data written), so they
-//! test the mechanism, not the machine. Linux only (/proc/self/status); alone in its test binary,
-//! so no other test shares the process (nextest runs each test in its own process anyway).
+//! only in blocks of 64 on each of 256 shards, so up to 16,384 page accesses could wait uncounted,
+//! their pages not evictable until more accesses reached the same shard (vendor/sled/PATCHED.md).
+//! This writes 160 MiB of span bodies through `Store::put_spans` with an 8 MiB cache and checks
+//! that the process did not keep them. The bounds have wide margins (unpatched, the growth is the
+//! data written), so they test the mechanism, not the machine. Linux only (/proc/self/status);
+//! alone in its test binary, so no other test shares the process (nextest runs each test in its
+//! own process anyway).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use llm_tracer::span::Span;

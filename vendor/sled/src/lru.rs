@@ -18,10 +18,10 @@ const MAX_QUEUE_ITEMS: usize = 4;
 
 // llm-tracer patch: 8 (was 64) and 16 shards (was 256). A shard learns of accesses, and
 // evicts, only once a block of MAX_QUEUE_ITEMS accesses has filled on it, so up to
-// N_SHARDS * MAX_QUEUE_ITEMS pages (16,384 before) could be in memory without ever being
-// counted against the cache capacity: a process's memory grew burst after burst whatever
-// `cache_capacity` said. Now at most 128 accesses wait. The shards are only `try_lock`ed, so
-// fewer of them never block a reader or writer.
+// N_SHARDS * MAX_QUEUE_ITEMS accesses (16,384 before) could wait uncounted, their pages in
+// memory and not evictable until more accesses reached the same shard: a process's memory grew
+// burst after burst whatever `cache_capacity` said. Now at most 128 accesses wait. The shards
+// are only `try_lock`ed, so fewer of them never block a reader or writer.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
 const MAX_QUEUE_ITEMS: usize = 8;
 
