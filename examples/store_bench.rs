@@ -141,7 +141,7 @@ fn main() -> Result<(), BoxError> {
         ids.extend(
             (0..args.spans)
                 .step_by(step)
-                .map(|i| span(i, args.spans_per_trace, 0).trace_id),
+                .map(|i| trace_id(i / args.spans_per_trace.max(1))),
         );
     } else {
         loaded = ingest(&args, &dir, deadline, &mut ids, &mut out)?;
@@ -355,12 +355,17 @@ fn now_us() -> u64 {
     Timestamp::now().micros()
 }
 
+/// The id of trace `t`.
+fn trace_id(t: usize) -> String {
+    format!("{:016x}{:016x}", mix(t as u64), mix(!(t as u64)))
+}
+
 /// Span `i`: trace `i / per_trace`; the first span of a trace is its chain root, the rest LLM
 /// calls under it (with one span per trace, each is a parentless LLM call, as the proxy records). A few models (one rare), 2% errors, realistic bodies.
 fn span(i: usize, per_trace: usize, base_us: u64) -> Span {
     let per_trace = per_trace.max(1);
     let (t, k) = (i / per_trace, i % per_trace);
-    let trace_id = format!("{:016x}{:016x}", mix(t as u64), mix(!(t as u64)));
+    let trace_id = trace_id(t);
     let start = base_us + t as u64 * TRACE_EVERY_US + k as u64 * 150_000;
     let dur = 400_000 + (mix(i as u64) % 2_000_000);
     let model = if t % 100 == 7 {
