@@ -391,7 +391,8 @@ fn write_report(
     writeln!(
         out,
         "  {} traces, {} spans, {} summaries, {} span-id records, {} call records, \
-         {} time-index and {} secondary-index entries, {} full-text postings",
+         {} time-index and {} secondary-index entries, {} full-text postings \
+         ({} posting edits waiting in the journal)",
         r.traces,
         r.spans,
         r.summaries,
@@ -399,7 +400,8 @@ fn write_report(
         r.calls,
         r.time_index,
         r.secondary_index,
-        r.postings
+        r.postings,
+        r.journal_edits
     )?;
     for p in &r.problems {
         writeln!(out, "problem: {p}")?;

@@ -28,6 +28,19 @@ struct Digest {
 impl Digest {
     /// Adds the record made of `parts` (each length-delimited, so `["ab", "c"]` ≠ `["a", "bc"]`).
     fn add(&mut self, parts: &[&[u8]]) {
+        let h = Self::hash(parts);
+        self.sum = self.sum.wrapping_add(h);
+        self.count += 1;
+    }
+
+    /// Takes back a record [`Digest::add`] added.
+    fn remove(&mut self, parts: &[&[u8]]) {
+        let h = Self::hash(parts);
+        self.sum = self.sum.wrapping_sub(h);
+        self.count = self.count.wrapping_sub(1);
+    }
+
+    fn hash(parts: &[&[u8]]) -> u128 {
         let (mut a, mut b) = (
             std::collections::hash_map::DefaultHasher::new(),
             std::collections::hash_map::DefaultHasher::new(),
@@ -39,9 +52,7 @@ impl Digest {
             b.write(part);
             b.write_usize(part.len());
         }
-        let h = (u128::from(a.finish()) << 64) | u128::from(b.finish());
-        self.sum = self.sum.wrapping_add(h);
-        self.count += 1;
+        (u128::from(a.finish()) << 64) | u128::from(b.finish())
     }
 }
 
@@ -94,6 +105,7 @@ impl Store {
         self.digest_records(P_TIME, false, &mut found.index, &mut r.time_index)?;
         self.digest_records(P_INDEX, false, &mut found.index, &mut r.secondary_index)?;
         found.postings = self.check_posting_blocks(&mut r)?;
+        self.check_journal(&mut found.postings, &mut r)?;
         self.check_unknown_keys(&mut r)?;
 
         type Locate = fn(&Store, &mut CheckReport) -> Result<(), StoreError>;
@@ -390,13 +402,70 @@ impl Store {
         Ok(found)
     }
 
+    /// `j`: every journal record decodes, and its edits, applied to the blocks' postings
+    /// (`found`), give the postings readers see: an added position the blocks lack counts, a
+    /// removed one they hold is taken back. The edits are the in-memory journal's, which open
+    /// read from the same records.
+    fn check_journal(&self, found: &mut Digest, r: &mut CheckReport) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([P_JOURNAL]) {
+            let (key, value) = item?;
+            if key.len() != 9 {
+                r.problem(format!(
+                    "posting journal key {} is malformed",
+                    show_key(&key)
+                ));
+            } else if let Err(e) = decode_journal_record(&key, &value) {
+                r.problem(format!(
+                    "posting journal record {} does not decode: {e}",
+                    show_key(&key)
+                ));
+            }
+        }
+        let entries: Vec<(String, Vec<u8>, bool)> = {
+            let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
+            journal
+                .entries()
+                .map(|(t, p, add)| (t.to_string(), p.to_vec(), add))
+                .collect()
+        };
+        r.journal_edits = entries.len() as u64;
+        for (term, position, add) in entries {
+            let prefix = term_prefix(&term);
+            let mut after = position.clone();
+            after.push(0);
+            let in_blocks = self.block_seek(&prefix, &position, &after)?.as_deref()
+                == Some(position.as_slice());
+            match (add, in_blocks) {
+                (true, false) => {
+                    found.add(&[&prefix, &position]);
+                    r.postings += 1;
+                }
+                (false, true) => {
+                    found.remove(&[&prefix, &position]);
+                    r.postings = r.postings.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Anything else is a key this layout never writes.
     fn check_unknown_keys(&self, r: &mut CheckReport) -> Result<(), StoreError> {
         for item in self.tree.iter() {
             let (key, _) = item?;
             let known = matches!(
                 key.first(),
-                Some(&(P_SPAN | P_SPAN_ID | P_SUMMARY | P_TIME | P_INDEX | P_CALL | P_TERM))
+                Some(
+                    &(P_SPAN
+                        | P_SPAN_ID
+                        | P_SUMMARY
+                        | P_TIME
+                        | P_INDEX
+                        | P_CALL
+                        | P_TERM
+                        | P_JOURNAL)
+                )
             ) || key.as_ref() == SCHEMA_KEY;
             if !known {
                 r.problem(format!("unknown key {}", show_key(&key)));
@@ -540,22 +609,50 @@ impl Store {
                 continue;
             };
             for position in entries.iter() {
-                let Some((start, trace_id)) = parse_position(position) else {
-                    continue;
-                };
-                let Some(expected) = self.summary_says(trace_id, r, |agg| {
-                    agg.start == start && agg.terms.contains(term)
-                }) else {
-                    continue;
-                };
-                if !expected {
-                    r.problem(format!(
-                        "posting of term {term} names trace {trace_id}, whose summary does not list it",
-                    ));
+                // A position the journal removes is not listed (the journal's additions are
+                // looked at below).
+                if self.journal_says(term, position).is_none() {
+                    self.expect_listed(term, position, r);
                 }
             }
         }
+        let added: Vec<(String, Vec<u8>)> = {
+            let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
+            journal
+                .entries()
+                .filter(|&(_, _, add)| add)
+                .map(|(t, p, _)| (t.to_string(), p.to_vec()))
+                .collect()
+        };
+        for (term, position) in added {
+            self.expect_listed(&term, &position, r);
+        }
         Ok(())
+    }
+
+    /// The journal's edit of `term` at `position`, if it has one.
+    fn journal_says(&self, term: &str, position: &[u8]) -> Option<bool> {
+        self.journal
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(term, position)
+    }
+
+    /// A listed posting must be of a trace whose summary has the term: reported otherwise.
+    fn expect_listed(&self, term: &str, position: &[u8], r: &mut CheckReport) {
+        let Some((start, trace_id)) = parse_position(position) else {
+            return;
+        };
+        let Some(expected) = self.summary_says(trace_id, r, |agg| {
+            agg.start == start && agg.terms.contains(term)
+        }) else {
+            return;
+        };
+        if !expected {
+            r.problem(format!(
+                "posting of term {term} names trace {trace_id}, whose summary does not list it",
+            ));
+        }
     }
 
     /// Whether `trace_id`'s stored summary satisfies `test` (no summary: false). `None` when it
@@ -615,8 +712,10 @@ pub struct CheckReport {
     pub calls: u64,
     pub time_index: u64,
     pub secondary_index: u64,
-    /// Full-text postings (positions in `w` blocks).
+    /// Full-text postings (positions in `w` blocks, with the journal's edits applied).
     pub postings: u64,
+    /// Posting edits waiting in the journal (see `journal`), not yet folded into the blocks.
+    pub journal_edits: u64,
     /// All problems found (`problems` lists the first [`MAX_CHECK_PROBLEMS`]).
     pub problem_count: u64,
     pub problems: Vec<String>,

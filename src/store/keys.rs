@@ -10,6 +10,7 @@ pub(super) const P_TIME: u8 = b't';
 pub(super) const P_INDEX: u8 = b'x';
 pub(super) const P_CALL: u8 = b'l';
 pub(super) const P_TERM: u8 = b'w';
+pub(super) const P_JOURNAL: u8 = b'j';
 
 pub(super) const F_STATUS: u8 = b's';
 pub(super) const F_MODEL: u8 = b'm';

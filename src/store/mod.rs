@@ -5,8 +5,8 @@
 //!
 //! All calls block: callers on the runtime use `spawn_blocking`.
 //!
-//! Layout: ONE sled tree (`v3`, schema 4; schemas 1 and 2 used `v1` and `v2` and are migrated at
-//! open, schema 3 is upgraded in place)
+//! Layout: ONE sled tree (`v3`, schema 5; schemas 1 and 2 used `v1` and `v2` and are migrated at
+//! open, schemas 3 and 4 are upgraded in place)
 //! whose keys carry a one-byte prefix per logical key space, so every
 //! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
 //! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
@@ -14,7 +14,7 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `m` | `m` `schema_version` | `"4"` |
+//! | `m` | `m` `schema_version` | `"5"` |
 //! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
 //! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
 //! | `u` | `u` trace_id | stored summary, binary (`codec::Enc`: public fields' inputs + merge bookkeeping + terms) |
@@ -22,6 +22,7 @@
 //! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
 //! | `l` | `l` start_us(be) trace_id 0x00 span_id | call record (stats), binary, only for `Kind::is_call` spans |
 //! | `w` | `w` term 0x00 last position | a block of up to 32 positions (inv(trace start) trace_id), ascending, compact (start gaps, hex ids packed): the term's full-text posting list (see `search`, `postings`) |
+//! | `j` | `j` seq(be) | one write's posting edits, not yet folded into the `w` blocks (see `journal`) |
 //!
 //! `x` fields: `s` status, `m` model, `e` session, `u` user, `g` tag. Values come from users, so
 //! they are escaped (0x00 → 01 01, 0x01 → 01 02): an escaped value never contains 0x00, which
@@ -42,7 +43,7 @@
 //! smallest, so the result still does not depend on arrival order); the others are not indexed.
 //!
 //! Files: `keys` (key layout), `codec` (value encoding), `summary` (the stored trace summary),
-//! `postings` (full-text posting blocks), `preview`, `write` (put / delete), `query` (list / get), `sessions`, `stats`, `retention`,
+//! `postings` (full-text posting blocks), `journal` (posting edits waiting to be folded into them), `preview`, `write` (put / delete), `query` (list / get), `sessions`, `stats`, `retention`,
 //! `check`, `compact` (a copy of the live records, for `llm-tracer compact`), `types` (the public
 //! query and answer types).
 
@@ -50,7 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,7 @@ use crate::span::{is_valid_id, Kind, Span, Status, Timestamp};
 mod check;
 mod codec;
 mod compact;
+mod journal;
 mod keys;
 mod postings;
 mod preview;
@@ -80,6 +82,7 @@ pub use compact::{compact_paths, CompactPaths, CompactReport, COMPACT_MARKER};
 pub use types::*;
 
 use codec::*;
+use journal::*;
 use keys::*;
 use postings::*;
 #[cfg(test)]
@@ -162,15 +165,17 @@ impl Default for StoreOptions {
     }
 }
 
-/// The schema this binary writes and understands. 4: posting blocks in the compact format 2 (see
-/// `postings`), in tree `v3` like schema 3, whose stores are upgraded in place at open (their
-/// format-1 blocks are still read, and rewritten in format 2 as they change; the version key
-/// keeps an older binary from misreading format 2). 3: full-text postings in blocks (`w`); 2
-/// (tree `v2`): one key per posting; 1 (tree `v1`): JSON summaries and call records, no
-/// postings. Schemas 1 and 2 are migrated at open.
-const SCHEMA_VERSION: u32 = 4;
-/// The schema of tree `v3` before format-2 posting blocks: upgraded by rewriting the version key.
-const SCHEMA_IN_PLACE: u32 = 3;
+/// The schema this binary writes and understands. 5: postings are journalled (`j` records, see
+/// `journal`) and folded into the blocks many writes at a time; a store of schema 4 or 3 (tree
+/// `v3` too) is upgraded in place at open (it simply has no journal yet; the version key keeps
+/// an older binary, which would not see the journal's postings, from opening it). 4: posting
+/// blocks in the compact format 2 (see `postings`; format-1 blocks are still read, and rewritten
+/// in format 2 as they change). 3: full-text postings in blocks (`w`); 2 (tree `v2`): one key
+/// per posting; 1 (tree `v1`): JSON summaries and call records, no postings. Schemas 1 and 2
+/// are migrated at open.
+const SCHEMA_VERSION: u32 = 5;
+/// The schemas of tree `v3` before this one: upgraded by rewriting the version key.
+const SCHEMAS_IN_PLACE: [u32; 2] = [3, 4];
 const SCHEMA_KEY: &[u8] = b"mschema_version";
 const TREE: &str = "v3";
 /// The layout number of [`TREE`]: a tree `v<N>` with a higher N was written by a newer binary.
@@ -221,6 +226,8 @@ pub struct Store {
     /// Serialises writers (the queue's writer task and `POST /api/spans`): each write reads the
     /// summaries it merges into, so two writers must not interleave. Readers never take it.
     writer: Arc<Mutex<()>>,
+    /// The posting journal as its records say (see `journal`); changed only under `writer`.
+    journal: Arc<RwLock<Journal>>,
     /// Traces deleted by retention since open (reported by `/healthz`).
     retention_deleted: Arc<AtomicU64>,
 }
@@ -330,6 +337,7 @@ impl Store {
             db,
             tree,
             writer: Arc::new(Mutex::new(())),
+            journal: Arc::new(RwLock::new(Journal::default())),
             retention_deleted: Arc::new(AtomicU64::new(0)),
         };
         match store.tree.get(SCHEMA_KEY)? {
@@ -352,11 +360,15 @@ impl Store {
                     .insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
                 store.db.flush()?;
             }
-            Some(raw) if expect_version(&raw, SCHEMA_IN_PLACE).is_ok() => {
+            Some(raw)
+                if SCHEMAS_IN_PLACE
+                    .iter()
+                    .any(|&v| expect_version(&raw, v).is_ok()) =>
+            {
                 tracing::info!(
-                    from = SCHEMA_IN_PLACE,
+                    from = %String::from_utf8_lossy(&raw),
                     to = SCHEMA_VERSION,
-                    "store: schema upgraded in place (posting blocks are rewritten in the compact format as they change)"
+                    "store: schema upgraded in place (posting blocks are rewritten in the compact format as they change; postings are journalled from now on)"
                 );
                 store
                     .tree
@@ -371,6 +383,7 @@ impl Store {
                 store.db.drop_tree(old)?;
             }
         }
+        store.load_journal()?;
         Ok(store)
     }
 

@@ -244,12 +244,17 @@ type Block = (sled::IVec, sled::IVec);
 type Edit<'a> = (&'a [u8], bool);
 
 /// This batch's changes to posting lists: per term, the positions to add or remove, borrowed
-/// from the summaries being written, so a batch costs no allocation per (term, trace). A
-/// position is never both added and removed (a trace's positions are diffed once per batch, and
-/// positions of different traces differ).
+/// from the summaries being written, so a batch costs no allocation per (term, trace). Within
+/// one batch a position is never both added and removed (a trace's positions are diffed once
+/// per batch, and positions of different traces differ); across batches (a journal fold, see
+/// `journal`) the later edit of a position wins.
 #[derive(Default)]
 pub(super) struct PostingEdits<'a> {
     lists: FnvMap<&'a str, Vec<Edit<'a>>>,
+    /// How many edits `lists` holds.
+    count: usize,
+    /// The same edits grouped per trace, as a journal record's groups (see `journal`).
+    record: Vec<u8>,
 }
 
 impl<'a> PostingEdits<'a> {
@@ -266,49 +271,101 @@ impl<'a> PostingEdits<'a> {
             _ => None,
         };
         if let Some((b, bp)) = before {
-            for term in &b.terms {
-                if !same.is_some_and(|(_, a)| a.terms.contains(term)) {
-                    self.lists.entry(term).or_default().push((bp, false));
-                }
-            }
+            self.side(bp, false, b.terms.iter().map(String::as_str), |term| {
+                same.is_some_and(|(_, a)| a.terms.contains(term))
+            });
         }
         if let Some((a, ap)) = after {
-            for term in &a.terms {
-                if !same.is_some_and(|(b, _)| b.terms.contains(term)) {
-                    self.lists.entry(term).or_default().push((ap, true));
-                }
-            }
+            self.side(ap, true, a.terms.iter().map(String::as_str), |term| {
+                same.is_some_and(|(b, _)| b.terms.contains(term))
+            });
         }
+    }
+
+    /// One side of a trace's diff: `terms` (but those `unchanged`) added at or removed from
+    /// `position`, listed per term and written as one journal group.
+    fn side(
+        &mut self,
+        position: &'a [u8],
+        add: bool,
+        terms: impl Iterator<Item = &'a str>,
+        unchanged: impl Fn(&str) -> bool,
+    ) {
+        let mut opened = false;
+        for term in terms.filter(|t| !unchanged(t)) {
+            if !opened {
+                journal_group_start(&mut self.record, position, add);
+                opened = true;
+            }
+            self.lists.entry(term).or_default().push((position, add));
+            self.count += 1;
+            journal_group_term(&mut self.record, term);
+        }
+        if opened {
+            journal_group_end(&mut self.record);
+        }
+    }
+
+    /// Adds one edit (a journal entry being folded; edits added later win over it).
+    pub(super) fn push(&mut self, term: &'a str, position: &'a [u8], add: bool) {
+        self.lists.entry(term).or_default().push((position, add));
+        self.count += 1;
+    }
+
+    /// Adds every edit of `later`, which win over these where both edit a position.
+    pub(super) fn extend(&mut self, later: PostingEdits<'a>) {
+        for (term, list) in later.lists {
+            self.count += list.len();
+            self.lists.entry(term).or_default().extend(list);
+        }
+    }
+
+    /// Every edit: (term, position, added).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&'a str, &'a [u8], bool)> + '_ {
+        self.lists
+            .iter()
+            .flat_map(|(&term, list)| list.iter().map(move |&(p, add)| (term, p, add)))
+    }
+
+    /// How many edits there are.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The journal groups of these edits (see `journal`): empty when there is no edit.
+    pub(super) fn record_groups(&self) -> &[u8] {
+        &self.record
     }
 }
 
 impl Store {
     /// Adds this batch's posting edits to `batch`: each touched block is read once, edited, and
     /// written back (cut into blocks of at most [`BLOCK_POSITIONS`]), or removed when empty.
-    /// Returns how many bytes (keys + values) the posting blocks shrink by (retention's
-    /// accounting).
+    /// Returns the bytes (keys + values) of the blocks read and of those written in their place
+    /// (retention's accounting).
     pub(super) fn apply_postings(
         &self,
         batch: &mut sled::Batch,
         edits: PostingEdits<'_>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         // Bytes (keys + values) of the blocks read, and of the blocks written in their place.
         let mut sizes = (0u64, 0u64);
         for (term, mut list) in edits.lists {
             if list.len() > 1 {
-                list.sort_unstable();
-                // Defensive: one edit per position, the add if both were given.
+                // Stable, so of two edits of one position (a journal entry and a later write's)
+                // the later one is kept.
+                list.sort_by(|x, y| x.0.cmp(y.0));
                 list.dedup_by(|next, kept| {
                     let same = next.0 == kept.0;
                     if same {
-                        kept.1 |= next.1;
+                        kept.1 = next.1;
                     }
                     same
                 });
             }
             self.apply_list(batch, term, &list, &mut sizes)?;
         }
-        Ok(sizes.0.saturating_sub(sizes.1))
+        Ok(sizes)
     }
 
     /// One term's edits (ascending positions): the blocks they fall into are read, merged with
@@ -402,8 +459,25 @@ impl Store {
         Ok(())
     }
 
-    /// The first position at or after `from` and before `upper` in the posting list of `prefix`.
+    /// The first position at or after `from` and before `upper` in the posting list of
+    /// `prefix` (its blocks with the journal applied).
     pub(super) fn posting_seek(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        upper: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut found = None;
+        self.posting_walk(prefix, from, upper, |p| {
+            found = Some(p.to_vec());
+            Ok(true)
+        })?;
+        Ok(found)
+    }
+
+    /// [`Store::posting_seek`] in the blocks alone, without the journal (`check` compares the
+    /// two).
+    pub(super) fn block_seek(
         &self,
         prefix: &[u8],
         from: &[u8],
@@ -424,7 +498,8 @@ impl Store {
     }
 
     /// Calls `visit` with each position in `[lower, upper)` of the posting list of `prefix`,
-    /// newest first, until it returns `true`.
+    /// newest first, until it returns `true`: the blocks' positions merged with the journal's
+    /// entries for the term (an added position is visited once, a removed one not at all).
     pub(super) fn posting_walk(
         &self,
         prefix: &[u8],
@@ -432,17 +507,42 @@ impl Store {
         upper: &[u8],
         mut visit: impl FnMut(&[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
+        let pending = self.journal_entries(prefix, lower, upper);
+        let mut next = 0; // the first journal entry not yet passed
         let start = [prefix, lower].concat();
         let end = prefix_end(prefix);
-        for item in self.tree.range(start.as_slice()..end.as_slice()) {
+        'blocks: for item in self.tree.range(start.as_slice()..end.as_slice()) {
             let (key, value) = item?;
             for p in decode_block(&key, &value)?.iter() {
                 if p < lower {
                     continue;
                 }
-                if p >= upper || visit(p)? {
+                if p >= upper {
+                    break 'blocks;
+                }
+                // The journal's additions before `p`.
+                while let Some((q, add)) = pending.get(next).filter(|(q, _)| q.as_slice() < p) {
+                    next += 1;
+                    if *add && visit(q)? {
+                        return Ok(());
+                    }
+                }
+                // The journal's edit of `p` itself, if any, says whether it is still listed.
+                let listed = match pending.get(next).filter(|(q, _)| q.as_slice() == p) {
+                    Some(&(_, add)) => {
+                        next += 1;
+                        add
+                    }
+                    None => true,
+                };
+                if listed && visit(p)? {
                     return Ok(());
                 }
+            }
+        }
+        for (q, add) in pending.get(next..).unwrap_or_default() {
+            if *add && visit(q)? {
+                return Ok(());
             }
         }
         Ok(())

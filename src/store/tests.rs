@@ -1503,14 +1503,14 @@ fn reopen(dir: &Path) -> Result<Store, StoreError> {
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    store.tree.insert(SCHEMA_KEY, &b"5"[..]).expect("insert");
+    store.tree.insert(SCHEMA_KEY, &b"6"[..]).expect("insert");
     store.flush().expect("flush");
     drop(store);
     let err = reopen(dir.path())
         .err()
         .expect("a newer schema must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 4 } if found == "5"),
+        matches!(err, StoreError::Schema { ref found, supported: 5 } if found == "6"),
         "the error names both versions: {err}"
     );
 }
@@ -1659,7 +1659,7 @@ fn a_tree_of_a_newer_layout_is_refused() {
         .err()
         .expect("a store written by a newer binary must not open");
     assert!(
-        matches!(err, StoreError::NewerTree { ref tree, supported: 4 } if tree == "v4"),
+        matches!(err, StoreError::NewerTree { ref tree, supported: 5 } if tree == "v4"),
         "the error names the tree and this binary's schema: {err}"
     );
 }
@@ -2405,6 +2405,22 @@ fn posting_blocks_split_and_stay_in_order_through_writes_moves_and_deletes() {
         store.put_spans(&batch).expect("put");
         i += size;
     }
+    // Some of the postings are still in the journal (read merged with the blocks), until a
+    // fold puts them all in blocks.
+    let journalled = store.journal_edits();
+    assert!(journalled > 0, "the last writes are journalled");
+    let before_fold = store
+        .list_traces(&TraceQuery {
+            limit: 1000,
+            q: s("shared"),
+            ..TraceQuery::default()
+        })
+        .expect("list");
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.journal_edits, journalled as u64, "{report:?}");
+    assert!(store.fold_journal().expect("fold"));
+    assert_eq!(store.journal_edits(), 0);
     let blocks = store.tree.scan_prefix(term_prefix("shared")).count();
     assert!(
         blocks as u64 >= N / BLOCK_POSITIONS as u64,
@@ -2440,6 +2456,11 @@ fn posting_blocks_split_and_stay_in_order_through_writes_moves_and_deletes() {
     };
     assert_eq!(paged("shared"), newest_first(&|_| true), "one list, paged");
     assert_eq!(
+        ids(&before_fold),
+        newest_first(&|_| true),
+        "the same before the journal was folded"
+    );
+    assert_eq!(
         paged("odd shared"),
         newest_first(&|i| i % 2 == 1),
         "an intersection, paged"
@@ -2452,7 +2473,19 @@ fn posting_blocks_split_and_stay_in_order_through_writes_moves_and_deletes() {
     store
         .put_spans(&[make(0, N * 10 + 5)])
         .expect("re-send with a later start");
-    assert_eq!(paged("shared").first().map(String::as_str), Some("bk-0"));
+    let mut moved = newest_first(&|i| i != 0);
+    moved.insert(0, "bk-0".to_string());
+    assert_eq!(
+        paged("shared"),
+        moved,
+        "the journal's new position merged with the blocks'"
+    );
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+    assert!(
+        report.journal_edits >= 2,
+        "moved in the journal: {report:?}"
+    );
     // Deleting every third trace.
     for i in (0..N).step_by(3) {
         assert!(store.delete_trace(&format!("bk-{i}")).expect("delete"));
@@ -2569,6 +2602,11 @@ fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
         store
             .put_spans(&(0..40).map(make).collect::<Vec<_>>())
             .expect("put");
+        // Schema 3 had no journal: its postings were all in blocks.
+        assert!(
+            store.fold_journal().expect("fold"),
+            "the put was journalled"
+        );
         let plain = |positions: &Positions| {
             let mut e = Enc::with_capacity(64);
             e.u8(1);
@@ -2595,7 +2633,7 @@ fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
     let store = reopen(dir.path()).expect("a schema-3 store opens");
     assert_eq!(
         store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
-        Some(&b"4"[..]),
+        Some(&b"5"[..]),
         "upgraded in place"
     );
     let formats = |term: &str| -> Vec<u8> {
@@ -2622,12 +2660,180 @@ fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
     assert!(report.is_clean(), "{report:?}");
 
     store.put_spans(&[make(40)]).expect("put one more");
-    assert_eq!(search("legacy"), newest_first(41));
+    assert_eq!(search("legacy"), newest_first(41), "found from the journal");
+    assert!(store.fold_journal().expect("fold"));
+    assert_eq!(search("legacy"), newest_first(41), "found in the blocks");
     assert_eq!(
         formats("legacy").first(),
         Some(&2),
         "the newest block was rewritten in format 2"
     );
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// The posting journal (`journal`): small writes log their postings as `j` records that searches
+/// read merged with the blocks; the records outlive a reopen; a delete folds them into the
+/// blocks; a write that would overflow the journal folds it; `check` counts the journal's edits
+/// and reports a record that does not decode, which open skips and the next fold removes.
+#[test]
+fn posting_journal_is_searched_kept_across_reopen_and_folded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let make = |i: u64| {
+        span(&format!("jn-{i}"), &format!("jn-{i}-s"), i * 10, 5).with(|s| {
+            s.input = Value::String(format!("alpha beta word{i}"));
+        })
+    };
+    let records = |store: &Store| store.tree.scan_prefix([P_JOURNAL]).count();
+    let blocks = |store: &Store, term: &str| store.tree.scan_prefix(term_prefix(term)).count();
+    let search = |store: &Store, q: &str| {
+        let page = store
+            .list_traces(&TraceQuery {
+                limit: 1000,
+                q: s(q),
+                ..TraceQuery::default()
+            })
+            .expect("list");
+        ids(&page).into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let newest_first = |keep: &dyn Fn(u64) -> bool, n: u64| {
+        (0..n)
+            .rev()
+            .filter(|&i| keep(i))
+            .map(|i| format!("jn-{i}"))
+            .collect::<Vec<_>>()
+    };
+    {
+        let store = open(dir.path());
+        for i in 0..50 {
+            store.put_spans(&[make(i)]).expect("put");
+        }
+        assert_eq!(records(&store), 50, "one journal record per write");
+        assert_eq!(blocks(&store, "alpha"), 0, "nothing folded yet");
+        assert!(store.journal_edits() >= 150, "{}", store.journal_edits());
+        assert_eq!(search(&store, "alpha"), newest_first(&|_| true, 50));
+        assert_eq!(search(&store, "beta word7"), ["jn-7"]);
+        let report = store.check().expect("check");
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.journal_edits, store.journal_edits() as u64);
+        assert!(
+            report.postings >= 150,
+            "journalled postings count: {report:?}"
+        );
+        // Dropped without a fold, as a crash would leave it.
+    }
+    let store = reopen(dir.path()).expect("reopen");
+    assert_eq!(records(&store), 50, "the records are kept");
+    assert_eq!(
+        search(&store, "alpha"),
+        newest_first(&|_| true, 50),
+        "read back at open"
+    );
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+
+    // A delete folds the journal: every record goes, the postings move into blocks.
+    let edits = store.journal_edits();
+    assert!(store.delete_trace("jn-7").expect("delete"));
+    assert_eq!(records(&store), 0);
+    assert_eq!(store.journal_edits(), 0);
+    assert!(blocks(&store, "alpha") > 0);
+    assert_eq!(search(&store, "alpha"), newest_first(&|i| i != 7, 50));
+    assert!(search(&store, "word7").is_empty());
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(
+        report.postings,
+        edits as u64 / 50 * 49,
+        "every trace has as many terms; one trace's went: {report:?}"
+    );
+
+    // Writes fold the journal before it passes its bound.
+    let mut folds = 0;
+    let mut last = 0;
+    let mut i = 50;
+    while folds < 2 && i < 2_000 {
+        // 60 distinct terms a trace.
+        let words: Vec<String> = (0..60).map(|w| format!("w{i}x{w}")).collect();
+        store
+            .put_spans(&[make(i).with(|s| s.output = Value::String(words.join(" ")))])
+            .expect("put");
+        let now = store.journal_edits();
+        assert!(now <= JOURNAL_MAX_EDITS, "{now}");
+        if now < last {
+            folds += 1;
+            assert_eq!(records(&store), 0, "a fold removes every record");
+        }
+        last = now;
+        i += 1;
+    }
+    assert_eq!(folds, 2, "the journal folded twice in {} writes", i - 50);
+    assert_eq!(search(&store, "alpha").len() as u64, i - 1);
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+
+    // A record that does not decode: reported, skipped at open, removed by the next fold.
+    store.put_spans(&[make(i)]).expect("put");
+    let bad = journal_key(1 << 40);
+    store.insert_raw(&bad, &[1, 1, 3, b'x']);
+    let report = store.check().expect("check");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("posting journal record") && p.contains("does not decode")),
+        "{report:?}"
+    );
+    drop(store);
+    let store = reopen(dir.path()).expect("a store with a bad journal record still opens");
+    assert_eq!(
+        search(&store, &format!("word{i}")),
+        [format!("jn-{i}")],
+        "the good records are read"
+    );
+    assert!(store.fold_journal().expect("fold"));
+    assert!(store.tree.get(&bad).expect("get").is_none(), "folded away");
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// A journal entry wins over the blocks: a position the journal removes is not listed even
+/// though its block still holds it, and `check` counts it as gone.
+#[test]
+fn a_journal_removal_hides_a_posting_its_block_still_holds() {
+    let (_dir, store) = temp_store();
+    let first = span("jr-1", "jr-1-s", 10, 5).with(|s| s.input = Value::String("gamma".into()));
+    store.put_spans(std::slice::from_ref(&first)).expect("put");
+    store.fold_journal().expect("fold");
+    // The same span again without the term: its removal is journalled, the block keeps it.
+    store
+        .put_spans(&[first.with(|s| s.input = Value::String("delta".into()))])
+        .expect("put");
+    assert_eq!(store.tree.scan_prefix(term_prefix("gamma")).count(), 1);
+    let position = store
+        .load_agg("jr-1")
+        .expect("agg")
+        .expect("summary")
+        .position();
+    let mut after = position.clone();
+    after.push(0);
+    let prefix = term_prefix("gamma");
+    assert_eq!(
+        store
+            .block_seek(&prefix, &position, &after)
+            .expect("seek")
+            .as_deref(),
+        Some(position.as_slice()),
+        "the block still holds it"
+    );
+    assert_eq!(
+        store
+            .posting_seek(&prefix, &position, &after)
+            .expect("seek"),
+        None
+    );
+    assert!(!store.has_posting("gamma", &position).expect("lookup"));
+    assert!(store.has_posting("delta", &position).expect("lookup"));
     let report = store.check().expect("check");
     assert!(report.is_clean(), "{report:?}");
 }

@@ -1,5 +1,5 @@
-//! Writes: `put_spans` (spans, span-id records, call records, summaries and index keys in one
-//! atomic batch) and `delete_trace`.
+//! Writes: `put_spans` (spans, span-id records, call records, summaries, index keys and a
+//! posting journal record in one atomic batch) and `delete_trace`.
 
 use super::*;
 
@@ -139,8 +139,9 @@ impl Store {
             }
             batch.insert(ukey, agg.encode());
         }
-        self.apply_postings(&mut batch, postings)?;
+        let (update, _) = self.write_postings(&mut batch, postings, false)?;
         self.tree.apply_batch(batch)?;
+        self.journal_applied(update);
         Ok(())
     }
 
@@ -192,15 +193,17 @@ impl Store {
             batch.remove(ckey);
             batch.remove(key);
         }
-        if let Some(agg) = &agg {
+        let position = agg.as_ref().map(Agg::position);
+        let mut update = JournalUpdate::Nothing;
+        if let (Some(agg), Some(position)) = (&agg, &position) {
             for key in agg.index_keys() {
                 count(&key, 0);
                 batch.remove(key);
             }
-            let position = agg.position();
             let mut postings = PostingEdits::default();
-            postings.diff(Some((agg, &position)), None);
-            posting_freed = self.apply_postings(&mut batch, postings)?;
+            postings.diff(Some((agg, position)), None);
+            // Folded, not journalled: retention counts the bytes a delete frees.
+            (update, posting_freed) = self.write_postings(&mut batch, postings, true)?;
         }
         let ukey = summary_key(trace_id);
         if let Some(summary) = self.tree.get(&ukey)? {
@@ -209,6 +212,7 @@ impl Store {
         batch.remove(ukey);
         if existed {
             self.tree.apply_batch(batch)?;
+            self.journal_applied(update);
             Ok(Some(freed.saturating_add(posting_freed)))
         } else {
             Ok(None)

@@ -1,0 +1,300 @@
+//! The posting journal: each write logs its full-text posting edits as one record, and the
+//! records are folded into the `w` blocks (see `postings`) many writes at a time.
+//!
+//! Rewriting the newest block of every term a write touches cost about 45 % of a write of
+//! one-span traces in small batches, the proxy's own shape (each call without trace headers is
+//! its own trace, and a lightly loaded writer stores a few at a time): `bench/store_callgrind.sh`
+//! counted 595k instructions per span, 331k without postings. So a write adds ONE record,
+//!
+//! `j` seq(be) → [`JOURNAL_FORMAT`], then per trace side: 1 (added) or 0 (removed), its position
+//! (length-prefixed), its terms (each length-prefixed, never empty), an empty term
+//!
+//! in the same atomic batch as its spans and summaries, and the write that would take the
+//! journal past [`JOURNAL_MAX_EDITS`] edits folds it instead: the journal's edits and its own
+//! are applied to the blocks and every record is removed, in that write's batch. A common term's
+//! block is then rewritten once per fold rather than once per write, and a crash leaves each
+//! edit either in a record or in the blocks, never in neither. Deletes (and retention) fold, so
+//! the bytes they free are counted when they delete.
+//!
+//! The journal is kept in memory too (read back at open): per term, each position's last edit.
+//! Readers see the blocks with it applied ([`Store::posting_walk`]), so a search finds a trace
+//! as soon as its write returns; `check` verifies the records and counts their edits with the
+//! blocks'.
+
+use super::*;
+
+/// A write folds the journal when its own edits would take it past this many (about 270
+/// one-span traces of ~30 terms). Bounds the records' bytes (≈ 10 bytes an edit, so they stay
+/// below sled's blob threshold of 128 KiB) and the memory that mirrors them (≈ 100 bytes an
+/// edit). A write with more edits than this folds at once (what every write did before).
+pub(super) const JOURNAL_MAX_EDITS: usize = 8192;
+
+/// First byte of a journal record: its layout (the only one so far).
+const JOURNAL_FORMAT: u8 = 1;
+
+/// The journal in memory: what its records say, term by term.
+#[derive(Default)]
+pub(super) struct Journal {
+    /// Term → position → its last edit (`true` = added, `false` = removed).
+    terms: FnvMap<Box<str>, BTreeMap<Box<[u8]>, bool>>,
+    /// Entries in `terms`.
+    edits: usize,
+    /// The records: sequence number and bytes (key + value), each one removed by the next fold
+    /// (those that did not decode at open too).
+    records: Vec<(u64, u64)>,
+    /// The next record's sequence number: above every record's.
+    next: u64,
+}
+
+impl Journal {
+    fn apply(&mut self, term: &str, position: &[u8], add: bool) {
+        let list = match self.terms.get_mut(term) {
+            Some(list) => list,
+            None => self.terms.entry(term.into()).or_default(),
+        };
+        if list.insert(position.into(), add).is_none() {
+            self.edits += 1;
+        }
+    }
+
+    /// Every entry: (term, position, added).
+    pub(super) fn entries(&self) -> impl Iterator<Item = JournalEdit<'_>> {
+        self.terms.iter().flat_map(|(term, list)| {
+            list.iter()
+                .map(move |(position, &add)| (&**term, &**position, add))
+        })
+    }
+
+    /// The entry for `term` at `position`, if any.
+    pub(super) fn get(&self, term: &str, position: &[u8]) -> Option<bool> {
+        self.terms.get(term)?.get(position).copied()
+    }
+
+    pub(super) fn edits(&self) -> usize {
+        self.edits
+    }
+}
+
+/// What a write does to the in-memory journal once its batch is applied.
+pub(super) enum JournalUpdate<'a> {
+    /// No posting changed.
+    Nothing,
+    /// These edits were logged as record `seq`, of this many bytes (key + value).
+    Append(u64, u64, PostingEdits<'a>),
+    /// The journal was folded into the blocks and its records removed.
+    Folded,
+}
+
+/// Opens a group in a record under construction: a trace side's position and whether its terms
+/// are added there or removed.
+pub(super) fn journal_group_start(out: &mut Vec<u8>, position: &[u8], add: bool) {
+    let mut e = Enc(std::mem::take(out));
+    e.bool(add);
+    e.u64(position.len() as u64);
+    e.raw(position);
+    *out = e.0;
+}
+
+/// One term of the open group (terms are never empty: see `search`).
+pub(super) fn journal_group_term(out: &mut Vec<u8>, term: &str) {
+    let mut e = Enc(std::mem::take(out));
+    e.str(term);
+    *out = e.0;
+}
+
+/// Closes the open group: an empty term.
+pub(super) fn journal_group_end(out: &mut Vec<u8>) {
+    out.push(0);
+}
+
+pub(super) fn journal_key(seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(P_JOURNAL);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// One journal edit: (term, position, added).
+pub(super) type JournalEdit<'v> = (&'v str, &'v [u8], bool);
+
+/// A record's edits, in the order written.
+pub(super) fn decode_journal_record<'v>(
+    key: &[u8],
+    value: &'v [u8],
+) -> Result<Vec<JournalEdit<'v>>, StoreError> {
+    decode_bin(key, value, |d| {
+        if d.u8()? != JOURNAL_FORMAT {
+            return None;
+        }
+        let mut out = Vec::new();
+        while !d.rest().is_empty() {
+            let add = d.bool()?;
+            let position = d.bytes()?;
+            parse_position(position)?;
+            let mut terms = 0;
+            loop {
+                let term = d.str()?;
+                if term.is_empty() {
+                    break;
+                }
+                out.push((term, position, add));
+                terms += 1;
+            }
+            // A group always has a term (the encoder opens one only for a term).
+            if terms == 0 {
+                return None;
+            }
+        }
+        Some(out)
+    })
+}
+
+impl Store {
+    /// Reads the journal's records into memory (at open). A record that does not decode is
+    /// skipped with a warning (the postings it held are missing until the traces are written
+    /// again; `check` reports them) and removed by the next fold.
+    pub(super) fn load_journal(&self) -> Result<(), StoreError> {
+        let mut journal = Journal::default();
+        for item in self.tree.scan_prefix([P_JOURNAL]) {
+            let (key, value) = item?;
+            let Some(seq) = key
+                .get(1..)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_be_bytes)
+            else {
+                tracing::warn!(key = %show_key(&key), "store: a posting journal key is malformed");
+                continue;
+            };
+            journal
+                .records
+                .push((seq, (key.len() + value.len()) as u64));
+            journal.next = journal.next.max(seq.saturating_add(1));
+            match decode_journal_record(&key, &value) {
+                Ok(edits) => {
+                    for (term, position, add) in edits {
+                        journal.apply(term, position, add);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "store: a posting journal record does not decode; its postings are missing until the traces are written again"
+                ),
+            }
+        }
+        *self.journal.write().unwrap_or_else(PoisonError::into_inner) = journal;
+        Ok(())
+    }
+
+    /// The journal's entries for the term of `prefix` (`w` term 0x00) in `[lower, upper)`,
+    /// ascending: (position, added).
+    pub(super) fn journal_entries(
+        &self,
+        prefix: &[u8],
+        lower: &[u8],
+        upper: &[u8],
+    ) -> Vec<(Vec<u8>, bool)> {
+        let Some(term) = prefix
+            .get(1..prefix.len().saturating_sub(1))
+            .and_then(|t| std::str::from_utf8(t).ok())
+        else {
+            return Vec::new();
+        };
+        if lower >= upper {
+            return Vec::new();
+        }
+        let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(list) = journal.terms.get(term) else {
+            return Vec::new();
+        };
+        list.range::<[u8], _>((Bound::Included(lower), Bound::Excluded(upper)))
+            .map(|(p, &add)| (p.to_vec(), add))
+            .collect()
+    }
+
+    /// Adds a write's posting edits to its `batch`: as one journal record, or, when `fold` is
+    /// asked or they would take the journal past [`JOURNAL_MAX_EDITS`], by folding the journal
+    /// and them into the blocks. Returns what to do to the in-memory journal once `batch` is
+    /// applied ([`Store::journal_applied`]; nothing, if it is not), and how many bytes the blocks
+    /// and records shrink by (retention's accounting). The caller holds the writer lock.
+    pub(super) fn write_postings<'a>(
+        &self,
+        batch: &mut sled::Batch,
+        edits: PostingEdits<'a>,
+        fold: bool,
+    ) -> Result<(JournalUpdate<'a>, u64), StoreError> {
+        let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
+        let fold = fold || journal.edits.saturating_add(edits.len()) > JOURNAL_MAX_EDITS;
+        if !fold {
+            if edits.len() == 0 {
+                return Ok((JournalUpdate::Nothing, 0));
+            }
+            let seq = journal.next;
+            let key = journal_key(seq);
+            let mut value = Vec::with_capacity(1 + edits.record_groups().len());
+            value.push(JOURNAL_FORMAT);
+            value.extend_from_slice(edits.record_groups());
+            let bytes = (key.len() + value.len()) as u64;
+            batch.insert(key, value);
+            return Ok((JournalUpdate::Append(seq, bytes, edits), 0));
+        }
+        let mut record_bytes = 0u64;
+        for &(seq, bytes) in &journal.records {
+            record_bytes = record_bytes.saturating_add(bytes);
+            batch.remove(journal_key(seq));
+        }
+        let mut all = PostingEdits::default();
+        for (term, position, add) in journal.entries() {
+            all.push(term, position, add);
+        }
+        all.extend(edits);
+        let (read, written) = self.apply_postings(batch, all)?;
+        let freed = read.saturating_add(record_bytes).saturating_sub(written);
+        Ok((JournalUpdate::Folded, freed))
+    }
+
+    /// Brings the in-memory journal in line with a write whose batch was applied.
+    pub(super) fn journal_applied(&self, update: JournalUpdate<'_>) {
+        let mut journal = self.journal.write().unwrap_or_else(PoisonError::into_inner);
+        match update {
+            JournalUpdate::Nothing => {}
+            JournalUpdate::Append(seq, bytes, edits) => {
+                for (term, position, add) in edits.iter() {
+                    journal.apply(term, position, add);
+                }
+                journal.records.push((seq, bytes));
+                journal.next = seq.saturating_add(1);
+            }
+            JournalUpdate::Folded => {
+                journal.terms.clear();
+                journal.edits = 0;
+                journal.records.clear();
+            }
+        }
+    }
+
+    /// Folds the posting journal into the blocks now (a write does when the journal is full).
+    /// `true` when there was anything to fold.
+    pub fn fold_journal(&self) -> Result<bool, StoreError> {
+        let _mimalloc = crate::malloc::StoreScope::enter();
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
+            if journal.records.is_empty() && journal.edits == 0 {
+                return Ok(false);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        let (update, _) = self.write_postings(&mut batch, PostingEdits::default(), true)?;
+        self.tree.apply_batch(batch)?;
+        self.journal_applied(update);
+        Ok(true)
+    }
+
+    /// Edits waiting in the posting journal.
+    pub fn journal_edits(&self) -> usize {
+        self.journal
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .edits()
+    }
+}
