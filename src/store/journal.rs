@@ -85,26 +85,21 @@ pub(super) enum JournalUpdate<'a> {
     Folded,
 }
 
-/// Opens a group in a record under construction: a trace side's position and whether its terms
-/// are added there or removed.
-pub(super) fn journal_group_start(out: &mut Vec<u8>, position: &[u8], add: bool) {
-    let mut e = Enc(std::mem::take(out));
-    e.bool(add);
-    e.u64(position.len() as u64);
-    e.raw(position);
-    *out = e.0;
-}
-
-/// One term of the open group (terms are never empty: see `search`).
-pub(super) fn journal_group_term(out: &mut Vec<u8>, term: &str) {
-    let mut e = Enc(std::mem::take(out));
-    e.str(term);
-    *out = e.0;
-}
-
-/// Closes the open group: an empty term.
-pub(super) fn journal_group_end(out: &mut Vec<u8>) {
-    out.push(0);
+/// A journal record's value: [`JOURNAL_FORMAT`], then each trace side's group (see the module
+/// doc).
+fn encode_journal_record(edits: &PostingEdits<'_>) -> Vec<u8> {
+    let mut e = Enc::with_capacity(64 + edits.len() * 10);
+    e.u8(JOURNAL_FORMAT);
+    for (position, add, terms) in edits.groups() {
+        e.bool(add);
+        e.u64(position.len() as u64);
+        e.raw(position);
+        for term in terms {
+            e.str(term);
+        }
+        e.str("");
+    }
+    e.0
 }
 
 pub(super) fn journal_key(seq: u64) -> Vec<u8> {
@@ -230,9 +225,7 @@ impl Store {
             }
             let seq = journal.next;
             let key = journal_key(seq);
-            let mut value = Vec::with_capacity(1 + edits.record_groups().len());
-            value.push(JOURNAL_FORMAT);
-            value.extend_from_slice(edits.record_groups());
+            let value = encode_journal_record(&edits);
             let bytes = (key.len() + value.len()) as u64;
             batch.insert(key, value);
             return Ok((JournalUpdate::Append(seq, bytes, edits), 0));

@@ -12,9 +12,9 @@
 //! position is above the previous one's last), so a seek is one sled range lookup plus a binary
 //! search, and the list is walked in key order. New traces are the newest, so they go into the
 //! term's first block; a block over [`BLOCK_POSITIONS`] is cut into full blocks from its old end,
-//! which keeps old blocks full and the rewritten one small. A `put_spans` batch rewrites each
-//! touched block once, whatever the number of traces it adds, inside the same atomic batch as
-//! everything else.
+//! which keeps old blocks full and the rewritten one small. Writes reach the blocks through the
+//! posting journal (see `journal`): a fold rewrites each touched block once, whatever the number
+//! of traces and writes it adds, inside the atomic batch of the write that folds.
 
 use super::*;
 
@@ -253,8 +253,10 @@ pub(super) struct PostingEdits<'a> {
     lists: FnvMap<&'a str, Vec<Edit<'a>>>,
     /// How many edits `lists` holds.
     count: usize,
-    /// The same edits grouped per trace, as a journal record's groups (see `journal`).
-    record: Vec<u8>,
+    /// The same edits per trace side, for a journal record (see `journal`), encoded only if
+    /// the write is journalled: (position, added, the end of its terms in `group_terms`).
+    groups: Vec<(&'a [u8], bool, usize)>,
+    group_terms: Vec<&'a str>,
 }
 
 impl<'a> PostingEdits<'a> {
@@ -291,18 +293,14 @@ impl<'a> PostingEdits<'a> {
         terms: impl Iterator<Item = &'a str>,
         unchanged: impl Fn(&str) -> bool,
     ) {
-        let mut opened = false;
+        let from = self.group_terms.len();
         for term in terms.filter(|t| !unchanged(t)) {
-            if !opened {
-                journal_group_start(&mut self.record, position, add);
-                opened = true;
-            }
             self.lists.entry(term).or_default().push((position, add));
             self.count += 1;
-            journal_group_term(&mut self.record, term);
+            self.group_terms.push(term);
         }
-        if opened {
-            journal_group_end(&mut self.record);
+        if self.group_terms.len() > from {
+            self.groups.push((position, add, self.group_terms.len()));
         }
     }
 
@@ -332,9 +330,14 @@ impl<'a> PostingEdits<'a> {
         self.count
     }
 
-    /// The journal groups of these edits (see `journal`): empty when there is no edit.
-    pub(super) fn record_groups(&self) -> &[u8] {
-        &self.record
+    /// These edits per trace side, for a journal record: (position, added, terms).
+    pub(super) fn groups(&self) -> impl Iterator<Item = (&'a [u8], bool, &[&'a str])> + '_ {
+        let mut from = 0;
+        self.groups.iter().map(move |&(position, add, to)| {
+            let terms = self.group_terms.get(from..to).unwrap_or_default();
+            from = to;
+            (position, add, terms)
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! Full-text search (`q=`): what a term is, which text of a span is indexed, and the terms of a
 //! query. A term's postings (inv(trace start) trace_id positions) are stored in blocks under
-//! `w` term 0x00 (see `postings`), written in the same batch as the trace's other index keys, so
-//! `delete_trace`, retention and `check` keep them in step like every other index entry.
+//! `w` term 0x00 (see `postings`), reached through the posting journal (see `journal`), whose
+//! record is written in the same batch as the trace's other index keys, so `delete_trace`,
+//! retention and `check` keep them in step like every other index entry.
 //!
 //! A term is a maximal run of Unicode letters and digits, lowercased, cut to its first
 //! [`MAX_TERM_CHARS`] chars; [`STOP_WORDS`] are not terms. A span contributes the terms of its name, model, session, user,
