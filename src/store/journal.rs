@@ -35,8 +35,9 @@ const JOURNAL_FORMAT: u8 = 1;
 /// The journal in memory: what its records say, term by term.
 #[derive(Default)]
 pub(super) struct Journal {
-    /// Term → position → its last edit (`true` = added, `false` = removed).
-    terms: FnvMap<Box<str>, BTreeMap<Box<[u8]>, bool>>,
+    /// Term → position → its last edit (`true` = added, `false` = removed). A position is
+    /// shared by the terms of its trace side (one allocation per trace, not per term).
+    terms: FnvMap<Box<str>, BTreeMap<Arc<[u8]>, bool>>,
     /// Entries in `terms`.
     edits: usize,
     /// The records: sequence number and bytes (key + value), each one removed by the next fold
@@ -47,12 +48,12 @@ pub(super) struct Journal {
 }
 
 impl Journal {
-    fn apply(&mut self, term: &str, position: &[u8], add: bool) {
+    fn apply(&mut self, term: &str, position: &Arc<[u8]>, add: bool) {
         let list = match self.terms.get_mut(term) {
             Some(list) => list,
             None => self.terms.entry(term.into()).or_default(),
         };
-        if list.insert(position.into(), add).is_none() {
+        if list.insert(Arc::clone(position), add).is_none() {
             self.edits += 1;
         }
     }
@@ -166,8 +167,15 @@ impl Store {
             journal.next = journal.next.max(seq.saturating_add(1));
             match decode_journal_record(&key, &value) {
                 Ok(edits) => {
+                    // A group's edits share one position.
+                    let mut shared: Option<Arc<[u8]>> = None;
                     for (term, position, add) in edits {
-                        journal.apply(term, position, add);
+                        let p = match shared.take() {
+                            Some(p) if *p == *position => p,
+                            _ => Arc::from(position),
+                        };
+                        journal.apply(term, &p, add);
+                        shared = Some(p);
                     }
                 }
                 Err(e) => tracing::warn!(
@@ -251,8 +259,11 @@ impl Store {
         match update {
             JournalUpdate::Nothing => {}
             JournalUpdate::Append(seq, bytes, edits) => {
-                for (term, position, add) in edits.iter() {
-                    journal.apply(term, position, add);
+                for (position, add, terms) in edits.groups() {
+                    let position: Arc<[u8]> = Arc::from(position);
+                    for term in terms {
+                        journal.apply(term, &position, add);
+                    }
                 }
                 journal.records.push((seq, bytes));
                 journal.next = seq.saturating_add(1);

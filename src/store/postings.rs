@@ -304,7 +304,8 @@ impl<'a> PostingEdits<'a> {
         }
     }
 
-    /// Adds one edit (a journal entry being folded; edits added later win over it).
+    /// Adds one edit (a journal entry being folded; edits added later win over it). Not part of
+    /// [`PostingEdits::groups`]: only edits that are folded, never journalled, are pushed.
     pub(super) fn push(&mut self, term: &'a str, position: &'a [u8], add: bool) {
         self.lists.entry(term).or_default().push((position, add));
         self.count += 1;
@@ -316,13 +317,6 @@ impl<'a> PostingEdits<'a> {
             self.count += list.len();
             self.lists.entry(term).or_default().extend(list);
         }
-    }
-
-    /// Every edit: (term, position, added).
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&'a str, &'a [u8], bool)> + '_ {
-        self.lists
-            .iter()
-            .flat_map(|(&term, list)| list.iter().map(move |&(p, add)| (term, p, add)))
     }
 
     /// How many edits there are.
