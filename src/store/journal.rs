@@ -226,7 +226,11 @@ impl Store {
         fold: bool,
     ) -> Result<(JournalUpdate<'a>, u64), StoreError> {
         let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
-        let fold = fold || journal.edits.saturating_add(edits.len()) > JOURNAL_MAX_EDITS;
+        // (A record keyed u64::MAX, which only a foreign writer could leave, leaves no key for
+        // the next record: fold.)
+        let fold = fold
+            || journal.edits.saturating_add(edits.len()) > JOURNAL_MAX_EDITS
+            || journal.next == u64::MAX;
         if !fold {
             if edits.len() == 0 {
                 return Ok((JournalUpdate::Nothing, 0));
