@@ -712,9 +712,18 @@ impl StatRow {
     }
 }
 
-/// ClickHouse prints NaN (no values) as `null`, hence the `Option`s.
+/// ClickHouse prints NaN (no values) as `null`, hence the `Option`s. Values are rounded to the
+/// microsecond: latencies and the proxy's TTFTs are whole microseconds in milliseconds (µs /
+/// 1000.0, as the sled store keeps them), and ClickHouse 18.16's float parser can read such a
+/// number from the inserted JSON one bit off (4.2620000000000005 for 4.262), so the two backends
+/// would answer differently.
 fn quantiles(n: u64, q: &[Option<f64>]) -> Quantiles {
-    let at = |i: usize| (n > 0).then(|| q.get(i).copied().flatten()).flatten();
+    let at = |i: usize| {
+        (n > 0)
+            .then(|| q.get(i).copied().flatten())
+            .flatten()
+            .map(|v| (v * 1000.0).round() / 1000.0)
+    };
     Quantiles {
         p50: at(0),
         p95: at(1),

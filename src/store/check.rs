@@ -409,7 +409,7 @@ impl Store {
     fn check_journal(&self, found: &mut Digest, r: &mut CheckReport) -> Result<(), StoreError> {
         for item in self.tree.scan_prefix([P_JOURNAL]) {
             let (key, value) = item?;
-            if key.len() != 9 {
+            if journal_seq(&key).is_none() {
                 r.problem(format!(
                     "posting journal key {} is malformed",
                     show_key(&key)
@@ -421,21 +421,11 @@ impl Store {
                 ));
             }
         }
-        let entries: Vec<(String, Vec<u8>, bool)> = {
-            let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
-            journal
-                .entries()
-                .map(|(t, p, add)| (t.to_string(), p.to_vec(), add))
-                .collect()
-        };
+        let entries = self.journal_snapshot();
         r.journal_edits = entries.len() as u64;
         for (term, position, add) in entries {
             let prefix = term_prefix(&term);
-            let mut after = position.clone();
-            after.push(0);
-            let in_blocks = self.block_seek(&prefix, &position, &after)?.as_deref()
-                == Some(position.as_slice());
-            match (add, in_blocks) {
+            match (add, self.block_has(&prefix, &position)?) {
                 (true, false) => {
                     found.add(&[&prefix, &position]);
                     r.postings += 1;
@@ -616,16 +606,10 @@ impl Store {
                 }
             }
         }
-        let added: Vec<(String, Vec<u8>)> = {
-            let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
-            journal
-                .entries()
-                .filter(|&(_, _, add)| add)
-                .map(|(t, p, _)| (t.to_string(), p.to_vec()))
-                .collect()
-        };
-        for (term, position) in added {
-            self.expect_listed(&term, &position, r);
+        for (term, position, add) in self.journal_snapshot() {
+            if add {
+                self.expect_listed(&term, &position, r);
+            }
         }
         Ok(())
     }

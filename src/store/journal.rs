@@ -13,20 +13,24 @@
 //! journal past [`JOURNAL_MAX_EDITS`] edits folds it instead: the journal's edits and its own
 //! are applied to the blocks and every record is removed, in that write's batch. A common term's
 //! block is then rewritten once per fold rather than once per write, and a crash leaves each
-//! edit either in a record or in the blocks, never in neither. Deletes (and retention) fold, so
-//! the bytes they free are counted when they delete.
+//! edit either in a record or in the blocks, never in neither. Deletes (and retention) fold:
+//! the journal first, in a batch of its own, then the delete's own edits in the delete's batch,
+//! so the bytes a delete frees are counted when it deletes.
 //!
 //! The journal is kept in memory too (read back at open): per term, each position's last edit.
 //! Readers see the blocks with it applied ([`Store::posting_walk`]), so a search finds a trace
-//! as soon as its write returns; `check` verifies the records and counts their edits with the
-//! blocks'.
+//! as soon as its write returns. A write applies its batch and updates the in-memory journal
+//! under the journal's write lock, and a walk holds the read lock throughout, so a walk never
+//! sees the blocks after a fold with the journal from before it. `check` verifies the records
+//! and counts their edits with the blocks'.
 
 use super::*;
 
-/// A write folds the journal when its own edits would take it past this many (about 270
-/// one-span traces of ~30 terms). Bounds the records' bytes (≈ 10 bytes an edit, so they stay
-/// below sled's blob threshold of 128 KiB) and the memory that mirrors them (≈ 100 bytes an
-/// edit). A write with more edits than this folds at once (what every write did before).
+/// A write folds the journal when its own edits would take the edits its records hold past
+/// this many (about 270 one-span traces of ~30 terms). Bounds the records' bytes (≈ 10 bytes an
+/// edit with short terms, so they usually stay below sled's blob threshold of 128 KiB; a term
+/// takes up to 128 bytes) and the memory that mirrors them (≈ 100 bytes an edit). A write with
+/// more edits than this folds at once (what every write did before).
 pub(super) const JOURNAL_MAX_EDITS: usize = 8192;
 
 /// First byte of a journal record: its layout (the only one so far).
@@ -40,9 +44,11 @@ pub(super) struct Journal {
     terms: FnvMap<Box<str>, BTreeMap<Arc<[u8]>, bool>>,
     /// Entries in `terms`.
     edits: usize,
-    /// The records: sequence number and bytes (key + value), each one removed by the next fold
-    /// (those that did not decode at open too).
-    records: Vec<(u64, u64)>,
+    /// Edits the records hold (a position edited again counts again): what the bound is on.
+    logged: usize,
+    /// The records' keys and bytes (key + value), each one removed by the next fold (those
+    /// that did not decode at open, or whose key is malformed, too).
+    records: Vec<(Vec<u8>, u64)>,
     /// The next record's sequence number: above every record's.
     next: u64,
 }
@@ -58,6 +64,20 @@ impl Journal {
         }
     }
 
+    /// One trace side's edits: `terms` added at `position` or removed from it.
+    fn apply_group<'t>(
+        &mut self,
+        position: &[u8],
+        add: bool,
+        terms: impl IntoIterator<Item = &'t str>,
+    ) {
+        let position: Arc<[u8]> = Arc::from(position);
+        for term in terms {
+            self.apply(term, &position, add);
+            self.logged += 1;
+        }
+    }
+
     /// Every entry: (term, position, added).
     pub(super) fn entries(&self) -> impl Iterator<Item = JournalEdit<'_>> {
         self.terms.iter().flat_map(|(term, list)| {
@@ -66,13 +86,39 @@ impl Journal {
         })
     }
 
+    /// The entries for `term` in `[lower, upper)`, ascending: (position, added).
+    fn range<'j>(
+        &'j self,
+        term: &str,
+        lower: &[u8],
+        upper: &[u8],
+    ) -> impl Iterator<Item = (&'j [u8], bool)> + use<'j> {
+        // (`BTreeMap::range` panics on bounds in the wrong order.)
+        let range =
+            self.terms.get(term).filter(|_| lower < upper).map(|list| {
+                list.range::<[u8], _>((Bound::Included(lower), Bound::Excluded(upper)))
+            });
+        range.into_iter().flatten().map(|(p, &add)| (&**p, add))
+    }
+
     /// The entry for `term` at `position`, if any.
     pub(super) fn get(&self, term: &str, position: &[u8]) -> Option<bool> {
         self.terms.get(term)?.get(position).copied()
     }
 
-    pub(super) fn edits(&self) -> usize {
-        self.edits
+    /// Brings it in line with a write whose batch was applied.
+    fn applied(&mut self, update: JournalUpdate<'_>) {
+        match update {
+            JournalUpdate::Nothing => {}
+            JournalUpdate::Append(seq, bytes, edits) => {
+                for (position, add, terms) in edits.groups() {
+                    self.apply_group(position, add, terms.iter().copied());
+                }
+                self.records.push((journal_key(seq), bytes));
+                self.next = seq.saturating_add(1);
+            }
+            JournalUpdate::Folded => *self = Journal::default(),
+        }
     }
 }
 
@@ -110,14 +156,25 @@ pub(super) fn journal_key(seq: u64) -> Vec<u8> {
     key
 }
 
+/// The sequence number of a journal key; `None` when it is malformed.
+pub(super) fn journal_seq(key: &[u8]) -> Option<u64> {
+    key.get(1..)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
+}
+
 /// One journal edit: (term, position, added).
 pub(super) type JournalEdit<'v> = (&'v str, &'v [u8], bool);
 
-/// A record's edits, in the order written.
+/// One trace side of a record: (position, added, its terms).
+pub(super) type JournalGroup<'v> = (&'v [u8], bool, Vec<&'v str>);
+
+/// A record's groups, in the order written. Terms are checked to be terms (non-empty, no 0x00,
+/// at most [`MAX_TERM_CHARS`] chars), positions to be positions.
 pub(super) fn decode_journal_record<'v>(
     key: &[u8],
     value: &'v [u8],
-) -> Result<Vec<JournalEdit<'v>>, StoreError> {
+) -> Result<Vec<JournalGroup<'v>>, StoreError> {
     decode_bin(key, value, |d| {
         if d.u8()? != JOURNAL_FORMAT {
             return None;
@@ -127,19 +184,22 @@ pub(super) fn decode_journal_record<'v>(
             let add = d.bool()?;
             let position = d.bytes()?;
             parse_position(position)?;
-            let mut terms = 0;
+            let mut terms = Vec::new();
             loop {
                 let term = d.str()?;
                 if term.is_empty() {
                     break;
                 }
-                out.push((term, position, add));
-                terms += 1;
+                if term.contains('\0') || term.chars().count() > MAX_TERM_CHARS {
+                    return None;
+                }
+                terms.push(term);
             }
             // A group always has a term (the encoder opens one only for a term).
-            if terms == 0 {
+            if terms.is_empty() {
                 return None;
             }
+            out.push((position, add, terms));
         }
         Some(out)
     })
@@ -148,34 +208,23 @@ pub(super) fn decode_journal_record<'v>(
 impl Store {
     /// Reads the journal's records into memory (at open). A record that does not decode is
     /// skipped with a warning (the postings it held are missing until the traces are written
-    /// again; `check` reports them) and removed by the next fold.
+    /// again; `check` reports them) and removed by the next fold, as is a malformed key.
     pub(super) fn load_journal(&self) -> Result<(), StoreError> {
         let mut journal = Journal::default();
         for item in self.tree.scan_prefix([P_JOURNAL]) {
             let (key, value) = item?;
-            let Some(seq) = key
-                .get(1..)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes)
-            else {
+            journal
+                .records
+                .push((key.to_vec(), (key.len() + value.len()) as u64));
+            let Some(seq) = journal_seq(&key) else {
                 tracing::warn!(key = %show_key(&key), "store: a posting journal key is malformed");
                 continue;
             };
-            journal
-                .records
-                .push((seq, (key.len() + value.len()) as u64));
             journal.next = journal.next.max(seq.saturating_add(1));
             match decode_journal_record(&key, &value) {
-                Ok(edits) => {
-                    // A group's edits share one position.
-                    let mut shared: Option<Arc<[u8]>> = None;
-                    for (term, position, add) in edits {
-                        let p = match shared.take() {
-                            Some(p) if *p == *position => p,
-                            _ => Arc::from(position),
-                        };
-                        journal.apply(term, &p, add);
-                        shared = Some(p);
+                Ok(groups) => {
+                    for (position, add, terms) in groups {
+                        journal.apply_group(position, add, terms);
                     }
                 }
                 Err(e) => tracing::warn!(
@@ -188,37 +237,31 @@ impl Store {
         Ok(())
     }
 
-    /// The journal's entries for the term of `prefix` (`w` term 0x00) in `[lower, upper)`,
-    /// ascending: (position, added).
-    pub(super) fn journal_entries(
+    /// Calls `visit` with the journal's entries for the term of `prefix` (`w` term 0x00) in
+    /// `[lower, upper)`, ascending, holding the journal's read lock throughout: a write applies
+    /// its batch and updates the journal under the write lock ([`Store::apply_with_journal`]),
+    /// so what `visit` reads of the blocks meanwhile matches these entries.
+    pub(super) fn with_journal_range<T>(
         &self,
         prefix: &[u8],
         lower: &[u8],
         upper: &[u8],
-    ) -> Vec<(Vec<u8>, bool)> {
-        let Some(term) = prefix
+        visit: impl FnOnce(&mut dyn Iterator<Item = (&[u8], bool)>) -> T,
+    ) -> T {
+        let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
+        let term = prefix
             .get(1..prefix.len().saturating_sub(1))
             .and_then(|t| std::str::from_utf8(t).ok())
-        else {
-            return Vec::new();
-        };
-        if lower >= upper {
-            return Vec::new();
-        }
-        let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(list) = journal.terms.get(term) else {
-            return Vec::new();
-        };
-        list.range::<[u8], _>((Bound::Included(lower), Bound::Excluded(upper)))
-            .map(|(p, &add)| (p.to_vec(), add))
-            .collect()
+            .unwrap_or_default();
+        let mut entries = journal.range(term, lower, upper);
+        visit(&mut entries)
     }
 
     /// Adds a write's posting edits to its `batch`: as one journal record, or, when `fold` is
     /// asked or they would take the journal past [`JOURNAL_MAX_EDITS`], by folding the journal
-    /// and them into the blocks. Returns what to do to the in-memory journal once `batch` is
-    /// applied ([`Store::journal_applied`]; nothing, if it is not), and how many bytes the blocks
-    /// and records shrink by (retention's accounting). The caller holds the writer lock.
+    /// and them into the blocks. Returns what to do to the in-memory journal when `batch` is
+    /// applied ([`Store::apply_with_journal`]), and how many bytes the blocks and records shrink
+    /// by (retention's accounting). The caller holds the writer lock.
     pub(super) fn write_postings<'a>(
         &self,
         batch: &mut sled::Batch,
@@ -227,9 +270,9 @@ impl Store {
     ) -> Result<(JournalUpdate<'a>, u64), StoreError> {
         let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
         // (A record keyed u64::MAX, which only a foreign writer could leave, leaves no key for
-        // the next record: fold.)
+        // the next record: fold, which starts the numbering again.)
         let fold = fold
-            || journal.edits.saturating_add(edits.len()) > JOURNAL_MAX_EDITS
+            || journal.logged.saturating_add(edits.len()) > JOURNAL_MAX_EDITS
             || journal.next == u64::MAX;
         if !fold {
             if edits.len() == 0 {
@@ -243,9 +286,9 @@ impl Store {
             return Ok((JournalUpdate::Append(seq, bytes, edits), 0));
         }
         let mut record_bytes = 0u64;
-        for &(seq, bytes) in &journal.records {
-            record_bytes = record_bytes.saturating_add(bytes);
-            batch.remove(journal_key(seq));
+        for (key, bytes) in &journal.records {
+            record_bytes = record_bytes.saturating_add(*bytes);
+            batch.remove(key.as_slice());
         }
         let mut all = PostingEdits::default();
         for (term, position, add) in journal.entries() {
@@ -257,34 +300,23 @@ impl Store {
         Ok((JournalUpdate::Folded, freed))
     }
 
-    /// Brings the in-memory journal in line with a write whose batch was applied.
-    pub(super) fn journal_applied(&self, update: JournalUpdate<'_>) {
+    /// Applies a write's `batch` and brings the in-memory journal in line with it, both under
+    /// the journal's write lock, so no reader sees the blocks of one and the journal of the
+    /// other. The caller holds the writer lock.
+    pub(super) fn apply_with_journal(
+        &self,
+        batch: sled::Batch,
+        update: JournalUpdate<'_>,
+    ) -> Result<(), StoreError> {
         let mut journal = self.journal.write().unwrap_or_else(PoisonError::into_inner);
-        match update {
-            JournalUpdate::Nothing => {}
-            JournalUpdate::Append(seq, bytes, edits) => {
-                for (position, add, terms) in edits.groups() {
-                    let position: Arc<[u8]> = Arc::from(position);
-                    for term in terms {
-                        journal.apply(term, &position, add);
-                    }
-                }
-                journal.records.push((seq, bytes));
-                journal.next = seq.saturating_add(1);
-            }
-            JournalUpdate::Folded => {
-                journal.terms.clear();
-                journal.edits = 0;
-                journal.records.clear();
-            }
-        }
+        self.tree.apply_batch(batch)?;
+        journal.applied(update);
+        Ok(())
     }
 
-    /// Folds the posting journal into the blocks now (a write does when the journal is full).
-    /// `true` when there was anything to fold.
-    pub fn fold_journal(&self) -> Result<bool, StoreError> {
-        let _mimalloc = crate::malloc::StoreScope::enter();
-        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Folds the whole journal into the blocks in a batch of its own, when it holds anything.
+    /// The caller holds the writer lock.
+    pub(super) fn fold_journal_locked(&self) -> Result<bool, StoreError> {
         {
             let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
             if journal.records.is_empty() && journal.edits == 0 {
@@ -293,16 +325,33 @@ impl Store {
         }
         let mut batch = sled::Batch::default();
         let (update, _) = self.write_postings(&mut batch, PostingEdits::default(), true)?;
-        self.tree.apply_batch(batch)?;
-        self.journal_applied(update);
+        self.apply_with_journal(batch, update)?;
         Ok(true)
     }
 
-    /// Edits waiting in the posting journal.
-    pub fn journal_edits(&self) -> usize {
+    /// A copy of the journal's entries (for `check`, which reads the store meanwhile).
+    pub(super) fn journal_snapshot(&self) -> Vec<(String, Vec<u8>, bool)> {
+        let journal = self.journal.read().unwrap_or_else(PoisonError::into_inner);
+        journal
+            .entries()
+            .map(|(t, p, add)| (t.to_string(), p.to_vec(), add))
+            .collect()
+    }
+
+    /// Folds the posting journal into the blocks now (tests: a write folds when it is full).
+    #[cfg(test)]
+    pub(crate) fn fold_journal(&self) -> Result<bool, StoreError> {
+        let _mimalloc = crate::malloc::StoreScope::enter();
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.fold_journal_locked()
+    }
+
+    /// Edits waiting in the posting journal (tests).
+    #[cfg(test)]
+    pub(crate) fn journal_edits(&self) -> usize {
         self.journal
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .edits()
+            .edits
     }
 }

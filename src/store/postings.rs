@@ -18,9 +18,10 @@
 
 use super::*;
 
-/// Most positions in one posting block: a block is rewritten whenever a trace in it gains or
-/// loses the term, so it is kept small (≈ 1.3 KB with 32-char trace ids). Measured with
-/// callgrind on `store_bench` (20k spans): 16 → 157k, 32 → 151k, 64 → 153k instructions per span.
+/// Most positions in one posting block: a block is rewritten by every fold (see `journal`) in
+/// which a trace in it gains or loses the term, so it is kept small (≈ 1.3 KB with 32-char trace
+/// ids). Measured with callgrind on `store_bench` (20k spans, before the journal, when every
+/// write rewrote its blocks): 16 → 157k, 32 → 151k, 64 → 153k instructions per span.
 pub(super) const BLOCK_POSITIONS: usize = 32;
 
 /// First byte of a block value: the layout of its positions. Format 1 (length-prefixed positions
@@ -30,7 +31,7 @@ const BLOCK_FORMAT_PLAIN: u8 = 1;
 /// Format 2: each position as the gap from the previous one's start (varint; positions are
 /// ascending, so gaps are never negative, and the first one is its inv(start) itself) and its
 /// trace id, a lowercase hex id of even length packed two digits to a byte (a W3C or generated
-/// id: 16 bytes instead of 32). About 20 bytes per position instead of 41: every batch rewrites
+/// id: 16 bytes instead of 32). About 20 bytes per position instead of 41: every fold rewrites
 /// the newest block of each term it touches, so the bytes per position are what sled copies and
 /// logs.
 const BLOCK_FORMAT: u8 = 2;
@@ -295,8 +296,7 @@ impl<'a> PostingEdits<'a> {
     ) {
         let from = self.group_terms.len();
         for term in terms.filter(|t| !unchanged(t)) {
-            self.lists.entry(term).or_default().push((position, add));
-            self.count += 1;
+            self.push(term, position, add);
             self.group_terms.push(term);
         }
         if self.group_terms.len() > from {
@@ -504,48 +504,46 @@ impl Store {
         upper: &[u8],
         mut visit: impl FnMut(&[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let pending = self.journal_entries(prefix, lower, upper);
-        let mut next = 0; // the first journal entry not yet passed
-        let start = [prefix, lower].concat();
-        let end = prefix_end(prefix);
-        'blocks: for item in self.tree.range(start.as_slice()..end.as_slice()) {
-            let (key, value) = item?;
-            for p in decode_block(&key, &value)?.iter() {
-                if p < lower {
-                    continue;
-                }
-                if p >= upper {
-                    break 'blocks;
-                }
-                // The journal's additions before `p`.
-                while let Some((q, add)) = pending.get(next).filter(|(q, _)| q.as_slice() < p) {
-                    next += 1;
-                    if *add && visit(q)? {
+        if lower >= upper {
+            return Ok(());
+        }
+        self.with_journal_range(prefix, lower, upper, |pending| {
+            let mut pending = pending.peekable();
+            let start = [prefix, lower].concat();
+            let end = prefix_end(prefix);
+            'blocks: for item in self.tree.range(start.as_slice()..end.as_slice()) {
+                let (key, value) = item?;
+                for p in decode_block(&key, &value)?.iter() {
+                    if p < lower {
+                        continue;
+                    }
+                    if p >= upper {
+                        break 'blocks;
+                    }
+                    // The journal's additions before `p`.
+                    while let Some((q, add)) = pending.next_if(|&(q, _)| q < p) {
+                        if add && visit(q)? {
+                            return Ok(());
+                        }
+                    }
+                    // The journal's edit of `p` itself, if any, says whether it is still listed.
+                    let listed = pending.next_if(|&(q, _)| q == p).is_none_or(|(_, add)| add);
+                    if listed && visit(p)? {
                         return Ok(());
                     }
                 }
-                // The journal's edit of `p` itself, if any, says whether it is still listed.
-                let listed = match pending.get(next).filter(|(q, _)| q.as_slice() == p) {
-                    Some(&(_, add)) => {
-                        next += 1;
-                        add
-                    }
-                    None => true,
-                };
-                if listed && visit(p)? {
+            }
+            for (q, add) in pending {
+                if add && visit(q)? {
                     return Ok(());
                 }
             }
-        }
-        for (q, add) in pending.get(next..).unwrap_or_default() {
-            if *add && visit(q)? {
-                return Ok(());
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// Whether the posting list of `term` holds `position`.
+    /// Whether the posting list of `term` holds `position` (the blocks with the journal
+    /// applied).
     pub(super) fn has_posting(&self, term: &str, position: &[u8]) -> Result<bool, StoreError> {
         let mut after = position.to_vec();
         after.push(0);
@@ -553,6 +551,13 @@ impl Store {
             .posting_seek(&term_prefix(term), position, &after)?
             .as_deref()
             == Some(position))
+    }
+
+    /// Whether a block of the list under `prefix` holds `position` (without the journal).
+    pub(super) fn block_has(&self, prefix: &[u8], position: &[u8]) -> Result<bool, StoreError> {
+        let mut after = position.to_vec();
+        after.push(0);
+        Ok(self.block_seek(prefix, position, &after)?.as_deref() == Some(position))
     }
 }
 

@@ -2837,3 +2837,81 @@ fn a_journal_removal_hides_a_posting_its_block_still_holds() {
     let report = store.check().expect("check");
     assert!(report.is_clean(), "{report:?}");
 }
+
+/// The journal's bound counts every edit logged, so re-sending one span with alternating terms
+/// (few distinct entries, ever more records) still folds; a record keyed `u64::MAX` makes one
+/// write fold and the numbering start again; malformed keys and records whose terms are not
+/// terms are reported by `check`, skipped at open and removed by the next fold.
+#[test]
+fn the_journal_folds_on_logged_edits_and_clears_foreign_records() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let records = |store: &Store| store.tree.scan_prefix([P_JOURNAL]).count();
+    let words = |tag: &str| {
+        (0..100)
+            .map(|w| format!("{tag}{w}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (odd, even) = (words("odd"), words("even"));
+    let make = |text: &str| {
+        span("flip", "flip-s", 10, 5).with(|s| s.input = Value::String(text.to_string()))
+    };
+    {
+        let store = open(dir.path());
+        let mut folded = false;
+        for i in 0..200 {
+            let before = records(&store);
+            store
+                .put_spans(&[make(if i % 2 == 0 { &even } else { &odd })])
+                .expect("put");
+            if i > 0 && records(&store) < before {
+                folded = true;
+                break;
+            }
+        }
+        assert!(folded, "200 alternating re-sends (200 edits each) fold");
+        let report = store.check().expect("check");
+        assert!(report.is_clean(), "{report:?}");
+    }
+    // Foreign records: one keyed u64::MAX, a malformed key, a term with 0x00 in it.
+    {
+        let store = reopen(dir.path()).expect("reopen");
+        store.insert_raw(&journal_key(u64::MAX), &[1]);
+        store.insert_raw(b"jshort", &[1]);
+        let position = store
+            .load_agg("flip")
+            .expect("agg")
+            .expect("summary")
+            .position();
+        let mut bad = vec![1u8, 1, position.len() as u8];
+        bad.extend_from_slice(&position);
+        bad.extend_from_slice(&[3, b'a', 0, b'b', 0]);
+        store.insert_raw(&journal_key(7), &bad);
+        let report = store.check().expect("check");
+        let named = |what: &str| report.problems.iter().any(|p| p.contains(what));
+        assert!(
+            named("posting journal key jshort is malformed"),
+            "{report:?}"
+        );
+        assert!(named("does not decode"), "{report:?}");
+    }
+    let store = reopen(dir.path()).expect("foreign journal records do not keep a store closed");
+    store.put_spans(&[make("after one")]).expect("put");
+    assert_eq!(
+        records(&store),
+        0,
+        "the write after a record keyed u64::MAX folds"
+    );
+    store.put_spans(&[make("after two")]).expect("put");
+    assert_eq!(records(&store), 1, "and the next one is journalled again");
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+    let page = store
+        .list_traces(&TraceQuery {
+            limit: 10,
+            q: s("two"),
+            ..TraceQuery::default()
+        })
+        .expect("list");
+    assert_eq!(ids(&page), ["flip"]);
+}

@@ -140,8 +140,7 @@ impl Store {
             batch.insert(ukey, agg.encode());
         }
         let (update, _) = self.write_postings(&mut batch, postings, false)?;
-        self.tree.apply_batch(batch)?;
-        self.journal_applied(update);
+        self.apply_with_journal(batch, update)?;
         Ok(())
     }
 
@@ -200,9 +199,11 @@ impl Store {
                 count(&key, 0);
                 batch.remove(key);
             }
+            // Folded, not journalled, and the journal first on its own: retention counts the
+            // bytes this delete frees.
+            self.fold_journal_locked()?;
             let mut postings = PostingEdits::default();
             postings.diff(Some((agg, position)), None);
-            // Folded, not journalled: retention counts the bytes a delete frees.
             (update, posting_freed) = self.write_postings(&mut batch, postings, true)?;
         }
         let ukey = summary_key(trace_id);
@@ -211,8 +212,7 @@ impl Store {
         }
         batch.remove(ukey);
         if existed {
-            self.tree.apply_batch(batch)?;
-            self.journal_applied(update);
+            self.apply_with_journal(batch, update)?;
             Ok(Some(freed.saturating_add(posting_freed)))
         } else {
             Ok(None)
