@@ -13,9 +13,10 @@
 //! journal past [`JOURNAL_MAX_EDITS`] edits folds it instead: the journal's edits and its own
 //! are applied to the blocks and every record is removed, in that write's batch. A common term's
 //! block is then rewritten once per fold rather than once per write, and a crash leaves each
-//! edit either in a record or in the blocks, never in neither. Deletes (and retention) fold:
-//! the journal first, in a batch of its own, then the delete's own edits in the delete's batch,
-//! so the bytes a delete frees are counted when it deletes.
+//! edit either in a record or in the blocks, never in neither. Deletes fold: the journal first,
+//! in a batch of its own, then the delete's own edits in the delete's batch; retention by size
+//! folds before it measures the live data; so the bytes a delete frees are counted as it
+//! deletes.
 //!
 //! The journal is kept in memory too (read back at open): per term, each position's last edit.
 //! Readers see the blocks with it applied ([`Store::posting_walk`]), so a search finds a trace
@@ -338,8 +339,8 @@ impl Store {
             .collect()
     }
 
-    /// Folds the posting journal into the blocks now (tests: a write folds when it is full).
-    #[cfg(test)]
+    /// Folds the posting journal into the blocks now (retention, before it measures the live
+    /// data; otherwise a write folds when it is full). `true` when there was anything to fold.
     pub(crate) fn fold_journal(&self) -> Result<bool, StoreError> {
         let _mimalloc = crate::malloc::StoreScope::enter();
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
