@@ -55,7 +55,7 @@ async fn check_passes_a_served_store_and_names_a_stray_key() {
 
     // Corrupt it from outside, as a bad disk or a foreign writer would.
     {
-        let db = sled::open(&dir).unwrap();
+        let db = open_sled(&dir);
         let tree = db.open_tree("v3").unwrap(); // the store's tree (schema 5)
         tree.insert(b"qstray", b"x").unwrap();
         tree.remove(b"ucheck-1").unwrap();
@@ -72,6 +72,23 @@ async fn check_passes_a_served_store_and_names_a_stray_key() {
         stdout.contains("trace check-1 has spans but no summary"),
         "the missing summary is named: {stdout}"
     );
+}
+
+/// The store's sled database, opened from outside as a foreign writer would. A server that has
+/// just stopped may still hold sled's directory lock for a moment (sled lets go of it from its
+/// own threads), so the open is retried for up to 10 s.
+fn open_sled(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("the store stays locked: {e}"),
+        }
+    }
 }
 
 /// The trace ids a full-text search over the admin API returns.
@@ -99,20 +116,7 @@ async fn searches_and_check_see_the_posting_journal_across_a_restart() {
     let mut proxy = TestProxy::start(&upstream.url()).await;
     let ids: Vec<String> = (0..5).map(|i| format!("journal-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        let rsp = client()
-            .post(proxy.url("/v1/chat/completions"))
-            .header("x-tracer-trace-id", id)
-            .json(&chat_body(
-                "gpt-4o-mini",
-                &format!("zebra{i} quokka"),
-                false,
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(rsp.status(), 200);
-        rsp.bytes().await.unwrap();
-        proxy.wait_for_trace(id, 1).await;
+        proxy.chat_stored(id, &format!("zebra{i} quokka")).await;
     }
     assert_eq!(search(&proxy, "quokka").await, ids);
     assert_eq!(search(&proxy, "zebra3").await, ["journal-3"]);
@@ -142,7 +146,7 @@ async fn searches_and_check_see_the_posting_journal_across_a_restart() {
     again.stop().await;
 
     {
-        let db = sled::open(&dir).unwrap();
+        let db = open_sled(&dir);
         let tree = db.open_tree("v3").unwrap();
         let mut key = vec![b'j'];
         key.extend_from_slice(&u64::MAX.to_be_bytes());

@@ -378,16 +378,7 @@ fn reports_mount_root(path: &Path) -> bool {
 async fn one_call_store(dir: &Path, id: &str) {
     let upstream = MockUpstream::start().await.unwrap();
     let mut proxy = TestProxy::start_with(test_config(dir, &upstream.url())).await;
-    let rsp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-tracer-trace-id", id)
-        .json(&chat_body("gpt-4o-mini", "on a volume", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 200);
-    rsp.bytes().await.unwrap();
-    proxy.wait_for_trace(id, 1).await;
+    proxy.chat_stored(id, "on a volume").await;
     proxy.stop().await;
 }
 

@@ -133,6 +133,18 @@ fn summary(store: &Store, trace: &str) -> TraceSummary {
         .0
 }
 
+/// The trace ids `q` finds (up to 1000), newest first.
+fn search(store: &Store, q: &str) -> Vec<String> {
+    let page = store
+        .list_traces(&TraceQuery {
+            limit: 1000,
+            q: Some(q.to_string()),
+            ..TraceQuery::default()
+        })
+        .expect("list");
+    ids(&page).into_iter().map(String::from).collect()
+}
+
 fn ids(page: &TracePage) -> Vec<&str> {
     page.traces.iter().map(|t| t.trace_id.as_str()).collect()
 }
@@ -2644,16 +2656,7 @@ fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
             .collect()
     };
     assert!(formats("legacy").iter().all(|&f| f == 1));
-    let search = |q: &str| {
-        let page = store
-            .list_traces(&TraceQuery {
-                limit: 100,
-                q: s(q),
-                ..TraceQuery::default()
-            })
-            .expect("list");
-        ids(&page).into_iter().map(String::from).collect::<Vec<_>>()
-    };
+    let search = |q: &str| search(&store, q);
     let newest_first = |n: u64| (0..n).rev().map(|i| format!("f1-{i}")).collect::<Vec<_>>();
     assert_eq!(search("legacy words"), newest_first(40));
     let report = store.check().expect("check");
@@ -2686,16 +2689,6 @@ fn posting_journal_is_searched_kept_across_reopen_and_folded() {
     };
     let records = |store: &Store| store.tree.scan_prefix([P_JOURNAL]).count();
     let blocks = |store: &Store, term: &str| store.tree.scan_prefix(term_prefix(term)).count();
-    let search = |store: &Store, q: &str| {
-        let page = store
-            .list_traces(&TraceQuery {
-                limit: 1000,
-                q: s(q),
-                ..TraceQuery::default()
-            })
-            .expect("list");
-        ids(&page).into_iter().map(String::from).collect::<Vec<_>>()
-    };
     let newest_first = |keep: &dyn Fn(u64) -> bool, n: u64| {
         (0..n)
             .rev()
@@ -2906,12 +2899,5 @@ fn the_journal_folds_on_logged_edits_and_clears_foreign_records() {
     assert_eq!(records(&store), 1, "and the next one is journalled again");
     let report = store.check().expect("check");
     assert!(report.is_clean(), "{report:?}");
-    let page = store
-        .list_traces(&TraceQuery {
-            limit: 10,
-            q: s("two"),
-            ..TraceQuery::default()
-        })
-        .expect("list");
-    assert_eq!(ids(&page), ["flip"]);
+    assert_eq!(search(&store, "two"), ["flip"]);
 }

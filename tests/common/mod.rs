@@ -222,16 +222,30 @@ pub fn metric_family_sum(text: &str, family: &str) -> f64 {
 }
 
 impl TestProxy {
+    /// A `gpt-4o-mini` chat call saying `content` under trace `trace`, through the proxy.
+    async fn chat(&self, trace: &str, content: &str, stream: bool) -> reqwest::Response {
+        client()
+            .post(self.url("/v1/chat/completions"))
+            .header("x-tracer-trace-id", trace)
+            .json(&chat_body("gpt-4o-mini", content, stream))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// One non-streamed chat call saying `content` under trace `trace`, answered 200 and then
+    /// stored (waits until its span is in the store).
+    pub async fn chat_stored(&self, trace: &str, content: &str) {
+        let rsp = self.chat(trace, content, false).await;
+        assert_eq!(rsp.status(), 200);
+        rsp.bytes().await.unwrap();
+        self.wait_for_trace(trace, 1).await;
+    }
+
     /// One chat call under trace `trace` (streamed or not) that must succeed with the mock's
     /// answer, whatever happens to its capture.
     pub async fn call_traced(&self, trace: &str, stream: bool) {
-        let rsp = client()
-            .post(self.url("/v1/chat/completions"))
-            .header("x-tracer-trace-id", trace)
-            .json(&chat_body("gpt-4o-mini", trace, stream))
-            .send()
-            .await
-            .unwrap();
+        let rsp = self.chat(trace, trace, stream).await;
         assert_eq!(rsp.status(), 200, "a capture problem never fails a call");
         let body = rsp.text().await.unwrap();
         assert!(
