@@ -712,17 +712,25 @@ impl StatRow {
     }
 }
 
-/// ClickHouse prints NaN (no values) as `null`, hence the `Option`s. Values are rounded to the
-/// microsecond: latencies and the proxy's TTFTs are whole microseconds in milliseconds (µs /
-/// 1000.0, as the sled store keeps them), and ClickHouse 18.16's float parser can read such a
-/// number from the inserted JSON one bit off (4.2620000000000005 for 4.262), so the two backends
-/// would answer differently.
+/// ClickHouse prints NaN (no values) as `null`, hence the `Option`s. Latencies and the proxy's
+/// TTFTs are whole microseconds in milliseconds (µs / 1000.0, as the sled store keeps them), and
+/// ClickHouse 18.16's float parser can read such a number from the inserted JSON one bit off
+/// (4.2620000000000005 for 4.262), so a value that close to a whole microsecond is snapped back
+/// to it; others (a TTFT an app sent over OTLP) are left as they are.
 fn quantiles(n: u64, q: &[Option<f64>]) -> Quantiles {
+    let snap = |v: f64| {
+        let us = (v * 1000.0).round();
+        if (v * 1000.0 - us).abs() < 1e-6 {
+            us / 1000.0
+        } else {
+            v
+        }
+    };
     let at = |i: usize| {
         (n > 0)
             .then(|| q.get(i).copied().flatten())
             .flatten()
-            .map(|v| (v * 1000.0).round() / 1000.0)
+            .map(snap)
     };
     Quantiles {
         p50: at(0),

@@ -20,10 +20,10 @@
 //!
 //! The journal is kept in memory too (read back at open): per term, each position's last edit.
 //! Readers see the blocks with it applied ([`Store::posting_walk`]), so a search finds a trace
-//! as soon as its write returns. A write applies its batch and updates the in-memory journal
-//! under the journal's write lock, and a walk holds the read lock throughout, so a walk never
-//! sees the blocks after a fold with the journal from before it. `check` verifies the records
-//! and counts their edits with the blocks'.
+//! as soon as its write returns. A walk copies the term's entries in its range (a seek reads
+//! them in place, under the read lock), and a write updates the in-memory journal only after its
+//! batch is applied, so a walk that overlaps a fold sees each position as it was before the
+//! write or after it. `check` verifies the records and counts their edits with the blocks'.
 
 use super::*;
 
@@ -170,8 +170,8 @@ pub(super) type JournalEdit<'v> = (&'v str, &'v [u8], bool);
 /// One trace side of a record: (position, added, its terms).
 pub(super) type JournalGroup<'v> = (&'v [u8], bool, Vec<&'v str>);
 
-/// A record's groups, in the order written. Terms are checked to be terms (non-empty, no 0x00,
-/// at most [`MAX_TERM_CHARS`] chars), positions to be positions.
+/// A record's groups, in the order written. Terms are checked to be non-empty and free of 0x00,
+/// positions to be positions.
 pub(super) fn decode_journal_record<'v>(
     key: &[u8],
     value: &'v [u8],
@@ -191,7 +191,9 @@ pub(super) fn decode_journal_record<'v>(
                 if term.is_empty() {
                     break;
                 }
-                if term.contains('\0') || term.chars().count() > MAX_TERM_CHARS {
+                // 0x00 would end the term early in a `w` key. (No length check: a term keeps
+                // 32 chars of its text, and lowercasing can make a char two.)
+                if term.contains('\0') {
                     return None;
                 }
                 terms.push(term);
@@ -239,9 +241,8 @@ impl Store {
     }
 
     /// Calls `visit` with the journal's entries for the term of `prefix` (`w` term 0x00) in
-    /// `[lower, upper)`, ascending, holding the journal's read lock throughout: a write applies
-    /// its batch and updates the journal under the write lock ([`Store::apply_with_journal`]),
-    /// so what `visit` reads of the blocks meanwhile matches these entries.
+    /// `[lower, upper)`, ascending, holding the journal's read lock meanwhile (so `visit` must
+    /// be short: a seek, or a copy).
     pub(super) fn with_journal_range<T>(
         &self,
         prefix: &[u8],
@@ -301,17 +302,21 @@ impl Store {
         Ok((JournalUpdate::Folded, freed))
     }
 
-    /// Applies a write's `batch` and brings the in-memory journal in line with it, both under
-    /// the journal's write lock, so no reader sees the blocks of one and the journal of the
-    /// other. The caller holds the writer lock.
+    /// Applies a write's `batch`, then brings the in-memory journal in line with it. In that
+    /// order, a reader that lays the journal from before a fold over the blocks after it still
+    /// sees each position as it was before the write or after it (the fold put the journal's
+    /// edits into the blocks, so applying them again changes nothing; only the folding write's
+    /// own edits look unwritten). The caller holds the writer lock.
     pub(super) fn apply_with_journal(
         &self,
         batch: sled::Batch,
         update: JournalUpdate<'_>,
     ) -> Result<(), StoreError> {
-        let mut journal = self.journal.write().unwrap_or_else(PoisonError::into_inner);
         self.tree.apply_batch(batch)?;
-        journal.applied(update);
+        self.journal
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .applied(update);
         Ok(())
     }
 

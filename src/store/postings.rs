@@ -457,7 +457,8 @@ impl Store {
     }
 
     /// The first position at or after `from` and before `upper` in the posting list of
-    /// `prefix` (its blocks with the journal applied).
+    /// `prefix` (its blocks with the journal applied). Reads the journal in place: a seek is
+    /// short (it stops at the first listed position).
     pub(super) fn posting_seek(
         &self,
         prefix: &[u8],
@@ -465,10 +466,14 @@ impl Store {
         upper: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut found = None;
-        self.posting_walk(prefix, from, upper, |p| {
-            found = Some(p.to_vec());
-            Ok(true)
-        })?;
+        if from < upper {
+            self.with_journal_range(prefix, from, upper, |pending| {
+                self.merge_walk(prefix, from, upper, pending, |p| {
+                    found = Some(p.to_vec());
+                    Ok(true)
+                })
+            })?;
+        }
         Ok(found)
     }
 
@@ -496,50 +501,66 @@ impl Store {
 
     /// Calls `visit` with each position in `[lower, upper)` of the posting list of `prefix`,
     /// newest first, until it returns `true`: the blocks' positions merged with the journal's
-    /// entries for the term (an added position is visited once, a removed one not at all).
+    /// entries for the term (an added position is visited once, a removed one not at all). The
+    /// entries are copied first, so no lock is held while `visit` runs.
     pub(super) fn posting_walk(
         &self,
         prefix: &[u8],
         lower: &[u8],
         upper: &[u8],
-        mut visit: impl FnMut(&[u8]) -> Result<bool, StoreError>,
+        visit: impl FnMut(&[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         if lower >= upper {
             return Ok(());
         }
-        self.with_journal_range(prefix, lower, upper, |pending| {
-            let mut pending = pending.peekable();
-            let start = [prefix, lower].concat();
-            let end = prefix_end(prefix);
-            'blocks: for item in self.tree.range(start.as_slice()..end.as_slice()) {
-                let (key, value) = item?;
-                for p in decode_block(&key, &value)?.iter() {
-                    if p < lower {
-                        continue;
-                    }
-                    if p >= upper {
-                        break 'blocks;
-                    }
-                    // The journal's additions before `p`.
-                    while let Some((q, add)) = pending.next_if(|&(q, _)| q < p) {
-                        if add && visit(q)? {
-                            return Ok(());
-                        }
-                    }
-                    // The journal's edit of `p` itself, if any, says whether it is still listed.
-                    let listed = pending.next_if(|&(q, _)| q == p).is_none_or(|(_, add)| add);
-                    if listed && visit(p)? {
+        let pending: Vec<(Vec<u8>, bool)> = self.with_journal_range(prefix, lower, upper, |p| {
+            p.map(|(q, add)| (q.to_vec(), add)).collect()
+        });
+        let mut pending = pending.iter().map(|(q, add)| (q.as_slice(), *add));
+        self.merge_walk(prefix, lower, upper, &mut pending, visit)
+    }
+
+    /// The walk of [`Store::posting_walk`] with the journal's entries in `[lower, upper)`,
+    /// ascending, as `pending`.
+    fn merge_walk(
+        &self,
+        prefix: &[u8],
+        lower: &[u8],
+        upper: &[u8],
+        pending: &mut dyn Iterator<Item = (&[u8], bool)>,
+        mut visit: impl FnMut(&[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut pending = pending.peekable();
+        let start = [prefix, lower].concat();
+        let end = prefix_end(prefix);
+        'blocks: for item in self.tree.range(start.as_slice()..end.as_slice()) {
+            let (key, value) = item?;
+            for p in decode_block(&key, &value)?.iter() {
+                if p < lower {
+                    continue;
+                }
+                if p >= upper {
+                    break 'blocks;
+                }
+                // The journal's additions before `p`.
+                while let Some((q, add)) = pending.next_if(|&(q, _)| q < p) {
+                    if add && visit(q)? {
                         return Ok(());
                     }
                 }
-            }
-            for (q, add) in pending {
-                if add && visit(q)? {
+                // The journal's edit of `p` itself, if any, says whether it is still listed.
+                let listed = pending.next_if(|&(q, _)| q == p).is_none_or(|(_, add)| add);
+                if listed && visit(p)? {
                     return Ok(());
                 }
             }
-            Ok(())
-        })
+        }
+        for (q, add) in pending {
+            if add && visit(q)? {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Whether the posting list of `term` holds `position` (the blocks with the journal

@@ -40,10 +40,13 @@ impl Store {
         }
         if let Some(max) = max_bytes.filter(|&m| self.size_on_disk() > m) {
             let target = max / 10 * 9;
-            // The journal's postings in blocks first (a fold changes the live bytes), so each
-            // delete below counts what it frees.
-            self.fold_journal()?;
+            // Over the target, the journal's postings go into blocks first (a fold changes the
+            // live bytes), so each delete below counts what it frees. (sled's files shrink
+            // lazily, so most ticks after a pass find the live data under the target already.)
             let mut live = self.live_bytes()?;
+            if live > target && self.fold_journal()? {
+                live = self.live_bytes()?;
+            }
             'outer: while live > target {
                 let oldest = self.oldest_traces(RETENTION_CHUNK)?;
                 let mut progress = false;

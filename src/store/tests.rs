@@ -2901,3 +2901,27 @@ fn the_journal_folds_on_logged_edits_and_clears_foreign_records() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(search(&store, "two"), ["flip"]);
 }
+
+/// A term can be longer than 32 chars once lowercased ('İ' becomes 'i' and a combining dot): its
+/// journal record still decodes at the next open, and the trace is still found.
+#[test]
+fn a_journal_record_with_a_term_that_grew_when_lowercased_is_read_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = "İ".repeat(40);
+    {
+        let store = open(dir.path());
+        store
+            .put_spans(&[span("dotted", "dotted-s", 10, 5).with(|s| s.input = json!(text))])
+            .expect("put");
+        assert!(store.journal_edits() > 0, "journalled");
+        assert_eq!(search(&store, &text), ["dotted"]);
+    }
+    let store = reopen(dir.path()).expect("reopen");
+    assert_eq!(
+        search(&store, &text),
+        ["dotted"],
+        "read back from the journal"
+    );
+    let report = store.check().expect("check");
+    assert!(report.is_clean(), "{report:?}");
+}
