@@ -20,10 +20,11 @@
 //!
 //! The journal is kept in memory too (read back at open): per term, each position's last edit.
 //! Readers see the blocks with it applied ([`Store::posting_walk`]), so a search finds a trace
-//! as soon as its write returns. A walk copies the term's entries in its range (a seek reads
-//! them in place, under the read lock), and a write updates the in-memory journal only after its
-//! batch is applied, so a walk that overlaps a fold sees each position as it was before the
-//! write or after it. `check` verifies the records and counts their edits with the blocks'.
+//! as soon as its write returns. A write applies its batch and updates the in-memory journal
+//! under the journal's write lock; a walk copies the term's entries in its range under the read
+//! lock (a seek reads them in place), so a search that starts after a write became visible sees
+//! its postings, and one that overlaps a fold sees each position as it was before the write or
+//! after it. `check` verifies the records and counts their edits with the blocks'.
 
 use super::*;
 
@@ -302,21 +303,21 @@ impl Store {
         Ok((JournalUpdate::Folded, freed))
     }
 
-    /// Applies a write's `batch`, then brings the in-memory journal in line with it. In that
-    /// order, a reader that lays the journal from before a fold over the blocks after it still
-    /// sees each position as it was before the write or after it (the fold put the journal's
-    /// edits into the blocks, so applying them again changes nothing; only the folding write's
-    /// own edits look unwritten). The caller holds the writer lock.
+    /// Applies a write's `batch` and brings the in-memory journal in line with it, both under
+    /// the journal's write lock, so a search that starts once the write's summaries are visible
+    /// (a `GET` found the trace) waits for its journal entries rather than missing them. A
+    /// search that copied the journal before the write and reads the blocks after it sees each
+    /// position as it was before the write (a fold put the journal's edits into the blocks, so
+    /// applying them again changes nothing; only the folding write's own edits look unwritten).
+    /// The caller holds the writer lock.
     pub(super) fn apply_with_journal(
         &self,
         batch: sled::Batch,
         update: JournalUpdate<'_>,
     ) -> Result<(), StoreError> {
+        let mut journal = self.journal.write().unwrap_or_else(PoisonError::into_inner);
         self.tree.apply_batch(batch)?;
-        self.journal
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .applied(update);
+        journal.applied(update);
         Ok(())
     }
 
