@@ -304,8 +304,9 @@ impl<'a> PostingEdits<'a> {
         }
     }
 
-    /// Adds one edit (a journal entry being folded; edits added later win over it). Not part of
-    /// [`PostingEdits::groups`]: only edits that are folded, never journalled, are pushed.
+    /// Adds one edit; edits added later win over it. Not part of [`PostingEdits::groups`]
+    /// (`diff` records those): pushed alone, as a fold does with the journal's entries, an edit
+    /// is folded, never journalled.
     pub(super) fn push(&mut self, term: &'a str, position: &'a [u8], add: bool) {
         self.lists.entry(term).or_default().push((position, add));
         self.count += 1;
@@ -566,20 +567,27 @@ impl Store {
     /// Whether the posting list of `term` holds `position` (the blocks with the journal
     /// applied).
     pub(super) fn has_posting(&self, term: &str, position: &[u8]) -> Result<bool, StoreError> {
-        let mut after = position.to_vec();
-        after.push(0);
-        Ok(self
-            .posting_seek(&term_prefix(term), position, &after)?
-            .as_deref()
-            == Some(position))
+        let prefix = term_prefix(term);
+        holds(position, |after| {
+            self.posting_seek(&prefix, position, after)
+        })
     }
 
     /// Whether a block of the list under `prefix` holds `position` (without the journal).
     pub(super) fn block_has(&self, prefix: &[u8], position: &[u8]) -> Result<bool, StoreError> {
-        let mut after = position.to_vec();
-        after.push(0);
-        Ok(self.block_seek(prefix, position, &after)?.as_deref() == Some(position))
+        holds(position, |after| self.block_seek(prefix, position, after))
     }
+}
+
+/// Whether `seek`, given the bound just above `position` (no trace id contains 0x00), finds
+/// `position` itself.
+fn holds(
+    position: &[u8],
+    seek: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<bool, StoreError> {
+    let mut after = position.to_vec();
+    after.push(0);
+    Ok(seek(&after)?.as_deref() == Some(position))
 }
 
 /// A block's positions (ascending) with `edits` (ascending) applied: added positions merged in,
