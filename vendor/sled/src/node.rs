@@ -2,6 +2,9 @@ use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
 
+/// A leaf with more entries than this is split by the next traversal that reaches it.
+pub(crate) const LEAF_SPLIT_THRESHOLD: usize = 16;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -602,7 +605,7 @@ impl Node {
         } else if self.data.is_index() {
             256
         } else {
-            16
+            LEAF_SPLIT_THRESHOLD
         };
 
         let size_checks = self.data.len() > threshold;

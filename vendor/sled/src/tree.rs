@@ -386,11 +386,27 @@ impl Tree {
     ) -> Result<()> {
         let peg = self.context.pin_log(guard)?;
         trace!("applying batch {:?}", batch);
-        for (k, v_opt) in batch.writes {
-            loop {
-                if self.insert_inner(&k, v_opt.clone(), guard)?.is_ok() {
-                    break;
+        if self.subscribers.ever_used() {
+            for (k, v_opt) in batch.writes {
+                loop {
+                    if self.insert_inner(&k, v_opt.clone(), guard)?.is_ok() {
+                        break;
+                    }
                 }
+            }
+        } else {
+            // llm-tracer patch (vendor/sled/PATCHED.md): sorted by key, the writes that land in
+            // one leaf are consecutive; each such run is applied to the leaf as one page
+            // replacement instead of one link (a node clone, a log record and a CAS) per key.
+            // (A batch's map is a `HashMap` outside sled's tests, so it must be sorted here.)
+            // Subscribers are never told about such runs, so a tree that has ever had a
+            // subscriber keeps the per-key path above.
+            let mut writes: Vec<(IVec, Option<IVec>)> =
+                batch.writes.into_iter().collect();
+            writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut at = 0;
+            while at < writes.len() {
+                at = self.apply_leaf_run(&writes, at, guard)?;
             }
         }
 
@@ -398,6 +414,84 @@ impl Tree {
         // written to the log since its creation are
         // recovered atomically
         peg.seal_batch()
+    }
+
+    /// llm-tracer patch: applies `writes[at]` and the writes after it that fall in the same
+    /// leaf (at most `MAX_LEAF_RUN` of them) and returns the index of the first write it did not
+    /// apply. A run of one key is linked to the leaf as `insert_inner` does it; a longer run
+    /// clones the leaf once, applies every write to the clone and installs it with one
+    /// `replace`, which logs the whole node, as sled's own consolidation of a page does. A
+    /// replacement that loses a race (the page moved or changed) starts over from a fresh view.
+    /// The leaf may end up above the split threshold; the next traversal that reaches it splits
+    /// it, as it splits any other oversized node.
+    fn apply_leaf_run(
+        &self,
+        writes: &[(IVec, Option<IVec>)],
+        at: usize,
+        guard: &mut Guard,
+    ) -> Result<usize> {
+        /// At most this many writes go into one leaf at a time, so a leaf holds at most twice
+        /// the split threshold before the next traversal splits it.
+        const MAX_LEAF_RUN: usize = crate::node::LEAF_SPLIT_THRESHOLD;
+        loop {
+            let (pid, installed, end) = {
+                let view = self.view_for_key(writes[at].0.as_ref(), guard)?;
+                let hi = &view.hi;
+                let mut end = at + 1;
+                while end < writes.len()
+                    && end - at < MAX_LEAF_RUN
+                    && (hi.is_empty() || writes[end].0.as_ref() < hi.as_ref())
+                {
+                    end += 1;
+                }
+                let installed = if end - at == 1 {
+                    let (key, value) = &writes[at];
+                    let (encoded_key, last_value) =
+                        view.node_kv_pair(key.as_ref());
+                    if *value == last_value {
+                        return Ok(end);
+                    }
+                    let frag = match value {
+                        Some(value) => Link::Set(encoded_key, value.clone()),
+                        None => Link::Del(encoded_key),
+                    };
+                    self.context
+                        .pagecache
+                        .link(view.pid, view.node_view.0, frag, guard)?
+                        .is_ok()
+                } else {
+                    let mut node: Node = view.deref().clone();
+                    let mut changed = false;
+                    for (key, value) in &writes[at..end] {
+                        let (encoded_key, last_value) =
+                            node.node_kv_pair(key.as_ref());
+                        if *value == last_value {
+                            continue;
+                        }
+                        changed = true;
+                        match value {
+                            Some(value) => {
+                                node.set_leaf(encoded_key, value.clone())
+                            }
+                            None => node.del_leaf(&encoded_key),
+                        }
+                    }
+                    if !changed {
+                        return Ok(end);
+                    }
+                    self.context
+                        .pagecache
+                        .replace(view.pid, view.node_view.0, node, guard)?
+                        .is_ok()
+                };
+                (view.pid, installed, end)
+            };
+            if installed {
+                guard.writeset.push(pid);
+                return Ok(end);
+            }
+            M.tree_looped();
+        }
     }
 
     /// Retrieve a value from the `Tree` if it exists.
