@@ -7,6 +7,7 @@
 #   bench/store_callgrind.sh                     # 4,000 spans per shape, this tree's build
 #   bench/store_callgrind.sh --bin OLD_BENCH     # another build of examples/store_bench
 #   bench/store_callgrind.sh --spans 2000 --keep DIR   # keep the dumps for callgrind_annotate
+#   bench/store_callgrind.sh --time-ordered-ids  # trace ids as the proxy mints them
 #
 # Counts only put_spans (--toggle-collect), on the calling thread: sled's background flusher is
 # not in the figure, and its timing makes counts vary by ~1-2 % from run to run.
@@ -15,12 +16,14 @@ cd "$(dirname "$0")/.."
 bin=""
 spans=4000
 keep=""
+ids=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --bin) bin="$2"; shift 2 ;;
         --spans) spans="$2"; shift 2 ;;
         --keep) keep="$2"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --time-ordered-ids) ids=(--time-ordered-ids); shift ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -39,7 +42,7 @@ for shape in "10 512" "10 16" "1 512" "1 16"; do
     rm -rf "$work/db"
     valgrind --tool=callgrind --callgrind-out-file="$dump" --toggle-collect='*put_spans*' \
         "$bin" --ingest-only --spans "$spans" --spans-per-trace "$per_trace" --batch "$batch" \
-        --dir "$work/db" >/dev/null 2>"$work/valgrind.log"
+        --dir "$work/db" "${ids[@]}" >/dev/null 2>"$work/valgrind.log"
     ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
     printf 'spans/trace %-3s batch %-4s %6d instructions per span\n' "$per_trace" "$batch" $((ir / spans))
 done

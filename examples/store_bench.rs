@@ -91,6 +91,10 @@ struct Args {
     /// server's default.
     #[arg(long)]
     cache_mib: Option<u64>,
+    /// Trace ids as the proxy mints them (the trace's start in milliseconds, then random
+    /// digits), instead of fully random ones as apps send (W3C `traceparent`, OTLP).
+    #[arg(long, conflicts_with = "queries_only")]
+    time_ordered_ids: bool,
 }
 
 const MODELS: [&str; 5] = [
@@ -331,7 +335,12 @@ fn load(
     while next < to && Instant::now() < deadline {
         batch.clear();
         while batch.len() < batch_size && next < to {
-            batch.push(span(next, args.spans_per_trace, base_us));
+            batch.push(span(
+                next,
+                args.spans_per_trace,
+                base_us,
+                args.time_ordered_ids,
+            ));
             next += 1;
         }
         each(next, &batch);
@@ -360,13 +369,30 @@ fn trace_id(t: usize) -> String {
     format!("{:016x}{:016x}", mix(t as u64), mix(!(t as u64)))
 }
 
+/// The id of trace `t` starting at `start_us`, laid out as the proxy mints ids
+/// (`propagate::new_trace_id`: 12 hex digits of milliseconds, then 20 random ones).
+fn minted_trace_id(t: usize, start_us: u64) -> String {
+    format!(
+        "{:012x}{:04x}{:016x}",
+        start_us / 1000,
+        mix(t as u64) & 0xffff,
+        mix(!(t as u64))
+    )
+}
+
 /// Span `i`: trace `i / per_trace`; the first span of a trace is its chain root, the rest LLM
 /// calls under it (with one span per trace, each is a parentless LLM call, as the proxy records). A few models (one rare), 2% errors, realistic bodies.
-fn span(i: usize, per_trace: usize, base_us: u64) -> Span {
+/// `time_ordered`: the trace's id is [`minted_trace_id`], else [`trace_id`].
+fn span(i: usize, per_trace: usize, base_us: u64, time_ordered: bool) -> Span {
     let per_trace = per_trace.max(1);
     let (t, k) = (i / per_trace, i % per_trace);
-    let trace_id = trace_id(t);
-    let start = base_us + t as u64 * TRACE_EVERY_US + k as u64 * 150_000;
+    let trace_start = base_us + t as u64 * TRACE_EVERY_US;
+    let trace_id = if time_ordered {
+        minted_trace_id(t, trace_start)
+    } else {
+        trace_id(t)
+    };
+    let start = trace_start + k as u64 * 150_000;
     let dur = 400_000 + (mix(i as u64) % 2_000_000);
     let model = if t % 100 == 7 {
         MODELS[4]

@@ -170,3 +170,46 @@ async fn invalid_trace_headers_are_ignored_and_a_fresh_trace_is_minted() {
     let trace = proxy.wait_for_trace(&trace_id, 1).await;
     assert!(trace["spans"][0]["parent_span_id"].is_null());
 }
+
+#[tokio::test]
+async fn traces_the_proxy_starts_have_ids_that_begin_with_the_time() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = TestProxy::start(&upstream.url()).await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let before = now_ms();
+        let rsp = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&chat_body("gpt-4o-mini", "hi", false))
+            .send()
+            .await
+            .unwrap();
+        let after = now_ms();
+        let id = rsp.headers()["x-tracer-trace-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        rsp.bytes().await.unwrap();
+        let minted = u64::from_str_radix(&id[..12], 16).unwrap();
+        assert!(
+            (before..=after).contains(&minted),
+            "{id}: its first 12 hex digits are the milliseconds it was minted at \
+             ({before}..={after})"
+        );
+        ids.push(id);
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "later traces sort after earlier ones");
+    for id in &ids {
+        let trace = proxy.wait_for_trace(id, 1).await;
+        assert_eq!(trace["spans"][0]["trace_id"], id.as_str());
+    }
+}
