@@ -347,6 +347,9 @@ pub(crate) enum Link {
     ParentMergeConfirm,
     /// A Node is marked for being merged into its left sibling
     ChildMergeCap,
+    /// llm-tracer patch (vendor/sled/PATCHED.md): several keys of one leaf set (`Some`) or
+    /// removed (`None`) at once, by one batch: one log record and one CAS instead of one each.
+    Batch(Vec<(IVec, Option<IVec>)>),
 }
 
 /// A fast map that is not resistant to collision attacks. Works

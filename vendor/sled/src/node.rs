@@ -106,6 +106,14 @@ impl Node {
             ChildMergeCap => {
                 self.merging = true;
             }
+            Batch(ref writes) => {
+                for (key, value) in writes {
+                    match value {
+                        Some(value) => self.set_leaf(key.clone(), value.clone()),
+                        None => self.del_leaf(key),
+                    }
+                }
+            }
         }
     }
 

@@ -350,6 +350,16 @@ impl Serialize for Link {
             }
             Link::ParentMergeIntention(a) => 1 + a.serialized_size(),
             Link::ParentMergeConfirm | Link::ChildMergeCap => 1,
+            Link::Batch(writes) => {
+                1 + (writes.len() as u64).serialized_size()
+                    + writes
+                        .iter()
+                        .map(|(key, value)| {
+                            1 + key.serialized_size()
+                                + value.as_ref().map_or(0, |v| v.serialized_size())
+                        })
+                        .sum::<u64>()
+            }
         }
     }
 
@@ -374,6 +384,20 @@ impl Serialize for Link {
             Link::ChildMergeCap => {
                 4_u8.serialize_into(buf);
             }
+            Link::Batch(writes) => {
+                5_u8.serialize_into(buf);
+                (writes.len() as u64).serialize_into(buf);
+                for (key, value) in writes {
+                    if let Some(value) = value {
+                        0_u8.serialize_into(buf);
+                        key.serialize_into(buf);
+                        value.serialize_into(buf);
+                    } else {
+                        1_u8.serialize_into(buf);
+                        key.serialize_into(buf);
+                    }
+                }
+            }
         }
     }
 
@@ -389,6 +413,29 @@ impl Serialize for Link {
             2 => Link::ParentMergeIntention(u64::deserialize(buf)?),
             3 => Link::ParentMergeConfirm,
             4 => Link::ChildMergeCap,
+            5 => {
+                let count = u64::deserialize(buf)?;
+                // Never trust the count for an allocation: each write takes >= 2 bytes.
+                if count > buf.len() as u64 {
+                    return Err(Error::corruption(None));
+                }
+                let mut writes = Vec::new();
+                for _ in 0..count {
+                    if buf.is_empty() {
+                        return Err(Error::corruption(None));
+                    }
+                    let kind = buf[0];
+                    *buf = &buf[1..];
+                    let key = IVec::deserialize(buf)?;
+                    let value = match kind {
+                        0 => Some(IVec::deserialize(buf)?),
+                        1 => None,
+                        _ => return Err(Error::corruption(None)),
+                    };
+                    writes.push((key, value));
+                }
+                Link::Batch(writes)
+            }
             _ => return Err(Error::corruption(None)),
         })
     }

@@ -418,12 +418,11 @@ impl Tree {
 
     /// llm-tracer patch: applies `writes[at]` and the writes after it that fall in the same
     /// leaf (at most `MAX_LEAF_RUN` of them) and returns the index of the first write it did not
-    /// apply. A run of one key is linked to the leaf as `insert_inner` does it; a longer run
-    /// clones the leaf once, applies every write to the clone and installs it with one
-    /// `replace`, which logs the whole node, as sled's own consolidation of a page does. A
-    /// replacement that loses a race (the page moved or changed) starts over from a fresh view.
-    /// The leaf may end up above the split threshold; the next traversal that reaches it splits
-    /// it, as it splits any other oversized node.
+    /// apply. The writes that change something are linked to the leaf as one fragment: a single
+    /// key as `insert_inner` links it (`Link::Set` / `Link::Del`), several as one `Link::Batch`
+    /// (one node clone, one log record holding just those writes, one CAS). A link that loses a
+    /// race starts over from a fresh view. The leaf may end up above the split threshold; the
+    /// next traversal that reaches it splits it, as it splits any other oversized node.
     fn apply_leaf_run(
         &self,
         writes: &[(IVec, Option<IVec>)],
@@ -444,46 +443,28 @@ impl Tree {
                 {
                     end += 1;
                 }
-                let installed = if end - at == 1 {
-                    let (key, value) = &writes[at];
+                let mut changes = Vec::with_capacity(end - at);
+                for (key, value) in &writes[at..end] {
                     let (encoded_key, last_value) =
                         view.node_kv_pair(key.as_ref());
-                    if *value == last_value {
-                        return Ok(end);
+                    if *value != last_value {
+                        changes.push((encoded_key, value.clone()));
                     }
-                    let frag = match value {
-                        Some(value) => Link::Set(encoded_key, value.clone()),
-                        None => Link::Del(encoded_key),
-                    };
-                    self.context
-                        .pagecache
-                        .link(view.pid, view.node_view.0, frag, guard)?
-                        .is_ok()
-                } else {
-                    let mut node: Node = view.deref().clone();
-                    let mut changed = false;
-                    for (key, value) in &writes[at..end] {
-                        let (encoded_key, last_value) =
-                            node.node_kv_pair(key.as_ref());
-                        if *value == last_value {
-                            continue;
-                        }
-                        changed = true;
-                        match value {
-                            Some(value) => {
-                                node.set_leaf(encoded_key, value.clone())
-                            }
-                            None => node.del_leaf(&encoded_key),
-                        }
-                    }
-                    if !changed {
-                        return Ok(end);
-                    }
-                    self.context
-                        .pagecache
-                        .replace(view.pid, view.node_view.0, node, guard)?
-                        .is_ok()
+                }
+                let frag = match changes.len() {
+                    0 => return Ok(end),
+                    1 => match changes.pop() {
+                        Some((key, Some(value))) => Link::Set(key, value),
+                        Some((key, None)) => Link::Del(key),
+                        None => unreachable!(),
+                    },
+                    _ => Link::Batch(changes),
                 };
+                let installed = self
+                    .context
+                    .pagecache
+                    .link(view.pid, view.node_view.0, frag, guard)?
+                    .is_ok();
                 (view.pid, installed, end)
             };
             if installed {

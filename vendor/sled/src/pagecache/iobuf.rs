@@ -35,8 +35,25 @@ unsafe impl Send for AlignedBuf {}
 #[allow(unsafe_code)]
 unsafe impl Sync for AlignedBuf {}
 
+/// llm-tracer patch (vendor/sled/PATCHED.md): this many freed segment buffers are kept for the
+/// next segment instead of being handed back to the allocator. A buffer is 8 KiB aligned and a
+/// segment long (512 KiB by default), so glibc's malloc served every one with a fresh `mmap` and
+/// the log writer page-faulted its way through each new buffer: 12 % of a busy store writer's
+/// time. Every byte sled writes out of a buffer is written into it first (messages, headers, the
+/// padding that caps a full segment), so what a reused buffer held before never reaches disk.
+const KEPT_BUFS: usize = 2;
+
+static FREE_BUFS: parking_lot::Mutex<Vec<AlignedBuf>> =
+    parking_lot::const_mutex(Vec::new());
+
 impl AlignedBuf {
     fn new(len: usize) -> AlignedBuf {
+        {
+            let mut free = FREE_BUFS.lock();
+            if let Some(at) = free.iter().position(|buf| buf.1 == len) {
+                return free.swap_remove(at);
+            }
+        }
         let layout = Layout::from_size_align(len, 8192).unwrap();
         let ptr = unsafe { alloc(layout) };
 
@@ -48,6 +65,17 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.0.is_null() {
+            return;
+        }
+        {
+            let mut free = FREE_BUFS.lock();
+            if free.len() < KEPT_BUFS {
+                free.push(AlignedBuf(self.0, self.1));
+                self.0 = std::ptr::null_mut();
+                return;
+            }
+        }
         let layout = Layout::from_size_align(self.1, 8192).unwrap();
         unsafe {
             dealloc(self.0, layout);
