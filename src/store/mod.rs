@@ -5,8 +5,8 @@
 //!
 //! All calls block: callers on the runtime use `spawn_blocking`.
 //!
-//! Layout: ONE sled tree (`v3`, schema 5; schemas 1 and 2 used `v1` and `v2` and are migrated at
-//! open, schemas 3 and 4 are upgraded in place)
+//! Layout: ONE sled tree (`v3`, schema 6; schemas 1 and 2 used `v1` and `v2` and are migrated at
+//! open, schemas 3 to 5 are upgraded in place)
 //! whose keys carry a one-byte prefix per logical key space, so every
 //! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
 //! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
@@ -14,7 +14,7 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `m` | `m` `schema_version` | `"5"` |
+//! | `m` | `m` `schema_version` | `"6"` |
 //! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
 //! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
 //! | `u` | `u` trace_id | stored summary, binary (`codec::Enc`: public fields' inputs + merge bookkeeping + terms) |
@@ -165,7 +165,9 @@ impl Default for StoreOptions {
     }
 }
 
-/// The schema this binary writes and understands. 5: postings are journalled (`j` records, see
+/// The schema this binary writes and understands. 6: the same records as 5, but sled's log may
+/// hold `Link::Batch` fragments (vendor/sled/PATCHED.md), which an older binary's sled cannot read;
+/// a schema-5 store is upgraded in place at open, before anything is written. 5: postings are journalled (`j` records, see
 /// `journal`) and folded into the blocks many writes at a time; a store of schema 4 or 3 (tree
 /// `v3` too) is upgraded in place at open (it simply has no journal yet; the version key keeps
 /// an older binary, which would not see the journal's postings, from opening it). 4: posting
@@ -173,9 +175,9 @@ impl Default for StoreOptions {
 /// in format 2 as they change). 3: full-text postings in blocks (`w`); 2 (tree `v2`): one key
 /// per posting; 1 (tree `v1`): JSON summaries and call records, no postings. Schemas 1 and 2
 /// are migrated at open.
-const SCHEMA_VERSION: u32 = 5;
+const SCHEMA_VERSION: u32 = 6;
 /// The schemas of tree `v3` before this one: upgraded by rewriting the version key.
-const SCHEMAS_IN_PLACE: [u32; 2] = [3, 4];
+const SCHEMAS_IN_PLACE: [u32; 3] = [3, 4, 5];
 const SCHEMA_KEY: &[u8] = b"mschema_version";
 const TREE: &str = "v3";
 /// The layout number of [`TREE`]: a tree `v<N>` with a higher N was written by a newer binary.
@@ -368,7 +370,7 @@ impl Store {
                 tracing::info!(
                     from = %String::from_utf8_lossy(&raw),
                     to = SCHEMA_VERSION,
-                    "store: schema upgraded in place (posting blocks are rewritten in the compact format as they change; postings are journalled from now on)"
+                    "store: schema upgraded in place (older binaries refuse it from now on)"
                 );
                 store
                     .tree

@@ -1515,14 +1515,14 @@ fn reopen(dir: &Path) -> Result<Store, StoreError> {
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    store.tree.insert(SCHEMA_KEY, &b"6"[..]).expect("insert");
+    store.tree.insert(SCHEMA_KEY, &b"7"[..]).expect("insert");
     store.flush().expect("flush");
     drop(store);
     let err = reopen(dir.path())
         .err()
         .expect("a newer schema must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 5 } if found == "6"),
+        matches!(err, StoreError::Schema { ref found, supported: 6 } if found == "7"),
         "the error names both versions: {err}"
     );
 }
@@ -1664,14 +1664,14 @@ fn a_tree_of_a_newer_layout_is_refused() {
             .open()
             .expect("sled opens");
         let newer = db.open_tree("v4").expect("tree v4");
-        newer.insert(SCHEMA_KEY, &b"5"[..]).expect("insert");
+        newer.insert(SCHEMA_KEY, &b"6"[..]).expect("insert");
         db.flush().expect("flush");
     }
     let err = reopen(dir.path())
         .err()
         .expect("a store written by a newer binary must not open");
     assert!(
-        matches!(err, StoreError::NewerTree { ref tree, supported: 5 } if tree == "v4"),
+        matches!(err, StoreError::NewerTree { ref tree, supported: 6 } if tree == "v4"),
         "the error names the tree and this binary's schema: {err}"
     );
 }
@@ -2645,7 +2645,7 @@ fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
     let store = reopen(dir.path()).expect("a schema-3 store opens");
     assert_eq!(
         store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
-        Some(&b"5"[..]),
+        Some(&b"6"[..]),
         "upgraded in place"
     );
     let formats = |term: &str| -> Vec<u8> {

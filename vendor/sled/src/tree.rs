@@ -396,11 +396,10 @@ impl Tree {
             }
         } else {
             // llm-tracer patch (vendor/sled/PATCHED.md): sorted by key, the writes that land in
-            // one leaf are consecutive; each such run is applied to the leaf as one page
-            // replacement instead of one link (a node clone, a log record and a CAS) per key.
-            // (A batch's map is a `HashMap` outside sled's tests, so it must be sorted here.)
-            // Subscribers are never told about such runs, so a tree that has ever had a
-            // subscriber keeps the per-key path above.
+            // one leaf are consecutive; each such run is linked to the leaf as one fragment
+            // (`apply_leaf_run`) instead of one link per key. (A batch's map is a `HashMap`
+            // outside sled's tests, so it must be sorted here.) Subscribers are never told about
+            // such runs, so a tree that has ever had a subscriber keeps the per-key path above.
             let mut writes: Vec<(IVec, Option<IVec>)> =
                 batch.writes.into_iter().collect();
             writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
