@@ -2599,8 +2599,34 @@ fn posting_blocks_round_trip_every_id_shape_and_reject_bad_ones() {
 }
 
 /// A schema-3 store (blocks in format 1: positions as they are) is upgraded in place at open:
-/// its version key says 4, its blocks still answer `q=` and pass `check`, and the next write that
+/// its version key says 6, its blocks still answer `q=` and pass `check`, and the next write that
 /// touches one rewrites it in format 2. An older binary would refuse the upgraded store.
+/// A schema-5 store (written before sled could log `Link::Batch` fragments) is upgraded in place
+/// at open and keeps its data.
+#[test]
+fn a_schema_5_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = open(dir.path());
+        store
+            .put_spans(&[span("t-five", "s-five", 0, 10)])
+            .expect("put");
+        store.tree.insert(SCHEMA_KEY, &b"5"[..]).expect("insert");
+        store.flush().expect("flush");
+    }
+    let store = reopen(dir.path()).expect("a schema-5 store opens");
+    assert_eq!(
+        store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
+        Some(&b"6"[..]),
+        "upgraded in place"
+    );
+    let trace = store
+        .get_trace("t-five")
+        .expect("get")
+        .expect("the trace is kept");
+    assert_eq!(trace.1.len(), 1);
+}
+
 #[test]
 fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
     let dir = tempfile::tempdir().expect("temp dir");
