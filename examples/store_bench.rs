@@ -32,6 +32,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use llm_tracer::{
+    propagate,
     span::{CaptureInfo, HttpInfo, Kind, LlmInfo, Span, Status, Timestamp},
     store::{Store, StoreOptions},
 };
@@ -372,12 +373,7 @@ fn trace_id(t: usize) -> String {
 /// The id of trace `t` starting at `start_us`, laid out as the proxy mints ids
 /// (`propagate::new_trace_id`: 12 hex digits of milliseconds, then 20 random ones).
 fn minted_trace_id(t: usize, start_us: u64) -> String {
-    format!(
-        "{:012x}{:04x}{:016x}",
-        start_us / 1000,
-        mix(t as u64) & 0xffff,
-        mix(!(t as u64))
-    )
+    propagate::time_first_trace_id(start_us / 1000, mix(t as u64) as u16, mix(!(t as u64)))
 }
 
 /// Span `i`: trace `i / per_trace`; the first span of a trace is its chain root, the rest LLM

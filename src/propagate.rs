@@ -239,12 +239,17 @@ pub fn new_trace_id() -> String {
 
 /// [`new_trace_id`] for a given time in milliseconds since the Unix epoch.
 fn new_trace_id_at(millis: u64) -> String {
+    time_first_trace_id(millis, fast_random() as u16, fast_random())
+}
+
+/// The layout of [`new_trace_id`]: 48 bits of `millis`, then the 80 bits of `random_hi` and
+/// `random_lo` (the last bit forced on if everything else is zero). Public for benchmarks that
+/// need such ids deterministically.
+pub fn time_first_trace_id(millis: u64, random_hi: u16, random_lo: u64) -> String {
     let mut buf = [0u8; 32];
-    let (hi, lo) = (fast_random(), fast_random());
-    // 48 bits of time, 16 random bits, then 64 more random bits.
-    let head = (millis << 16) | (hi & 0xffff);
+    let head = (millis << 16) | u64::from(random_hi);
     hex_into(head, &mut buf[..16]);
-    hex_into(lo | u64::from(head == 0), &mut buf[16..]);
+    hex_into(random_lo | u64::from(head == 0), &mut buf[16..]);
     hex_string(&buf)
 }
 

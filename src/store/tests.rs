@@ -1511,6 +1511,24 @@ fn reopen(dir: &Path) -> Result<Store, StoreError> {
     }
 }
 
+/// Marks `store` (open on `dir`) as schema `old`, closes it and opens it again: the reopened
+/// store must have been upgraded in place.
+fn reopen_from_schema(store: Store, dir: &Path, old: &str) -> Store {
+    store
+        .tree
+        .insert(SCHEMA_KEY, old.as_bytes())
+        .expect("insert");
+    store.flush().expect("flush");
+    drop(store);
+    let store = reopen(dir).unwrap_or_else(|e| panic!("a schema-{old} store opens: {e}"));
+    assert_eq!(
+        store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
+        Some(&b"6"[..]),
+        "upgraded in place"
+    );
+    store
+}
+
 #[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -2606,20 +2624,11 @@ fn posting_blocks_round_trip_every_id_shape_and_reject_bad_ones() {
 #[test]
 fn a_schema_5_store_is_upgraded_in_place() {
     let dir = tempfile::tempdir().expect("temp dir");
-    {
-        let store = open(dir.path());
-        store
-            .put_spans(&[span("t-five", "s-five", 0, 10)])
-            .expect("put");
-        store.tree.insert(SCHEMA_KEY, &b"5"[..]).expect("insert");
-        store.flush().expect("flush");
-    }
-    let store = reopen(dir.path()).expect("a schema-5 store opens");
-    assert_eq!(
-        store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
-        Some(&b"6"[..]),
-        "upgraded in place"
-    );
+    let store = open(dir.path());
+    store
+        .put_spans(&[span("t-five", "s-five", 0, 10)])
+        .expect("put");
+    let store = reopen_from_schema(store, dir.path(), "5");
     let trace = store
         .get_trace("t-five")
         .expect("get")
@@ -2635,7 +2644,7 @@ fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
             s.input = Value::String("legacy words".into());
         })
     };
-    {
+    let store = {
         let store = open(dir.path());
         store
             .put_spans(&(0..40).map(make).collect::<Vec<_>>())
@@ -2665,15 +2674,9 @@ fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
             let positions = decode_block(key, value).expect("decodes");
             store.insert_raw(key, &plain(&positions));
         }
-        store.tree.insert(SCHEMA_KEY, &b"3"[..]).expect("insert");
-        store.flush().expect("flush");
-    }
-    let store = reopen(dir.path()).expect("a schema-3 store opens");
-    assert_eq!(
-        store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
-        Some(&b"6"[..]),
-        "upgraded in place"
-    );
+        store
+    };
+    let store = reopen_from_schema(store, dir.path(), "3");
     let formats = |term: &str| -> Vec<u8> {
         store
             .tree

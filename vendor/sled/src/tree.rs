@@ -450,14 +450,15 @@ impl Tree {
                         changes.push((encoded_key, value.clone()));
                     }
                 }
-                let frag = match changes.len() {
-                    0 => return Ok(end),
-                    1 => match changes.pop() {
-                        Some((key, Some(value))) => Link::Set(key, value),
-                        Some((key, None)) => Link::Del(key),
-                        None => unreachable!(),
-                    },
-                    _ => Link::Batch(changes),
+                let frag = if changes.len() > 1 {
+                    Link::Batch(changes)
+                } else if let Some((key, value)) = changes.pop() {
+                    match value {
+                        Some(value) => Link::Set(key, value),
+                        None => Link::Del(key),
+                    }
+                } else {
+                    return Ok(end);
                 };
                 let installed = self
                     .context
