@@ -8,7 +8,9 @@
 //! them immediately, and they mostly use CPU nothing else wants; the capture spool absorbs what
 //! they cannot store while the proxy is saturated. (Not always: when a request thread is already
 //! queued, the scheduler can still pick an idle thread that waited long and let it run to the
-//! next tick; bench/RESULTS.md, session 7.)
+//! next tick; bench/RESULTS.md, session 7.) And on the benchmark host a woken request thread
+//! often waited for the next tick anyway, so the writer also yields on its own: [`yield_point`]s
+//! in its work give the CPU away every [`YIELD_EVERY`] (bench/RESULTS.md, session 17).
 //!
 //! The store is opened at normal priority (an open that starves delays every capture), then
 //! [`lower_store_threads`] lowers the threads it started. Threads inherit their creator's policy,
@@ -22,6 +24,12 @@
 //!
 //! Owns the crate's second `unsafe`: libc's `sched_setscheduler`, which reads a local struct.
 //! Where `SCHED_IDLE` is refused or missing the thread falls back to nice 10.
+
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
 
 /// The nice value used where `SCHED_IDLE` is not available.
 const FALLBACK_NICE: i32 = 10;
@@ -37,9 +45,12 @@ pub enum Lowered {
     Unchanged,
 }
 
-/// Lowers the calling thread (not the process) to `SCHED_IDLE`, else to nice 10.
+/// Lowers the calling thread (not the process) to `SCHED_IDLE`, else to nice 10. At
+/// `SCHED_IDLE` its [`yield_point`]s yield from now on (at nice 10 the kernel shares the CPU by
+/// time slices anyway).
 pub fn lower_this_thread() -> Lowered {
     if set_idle_policy() {
+        YIELDS.with(|last| last.set(Some(Instant::now())));
         return Lowered::Idle;
     }
     #[cfg(target_os = "linux")]
@@ -47,6 +58,57 @@ pub fn lower_this_thread() -> Lowered {
         return Lowered::Nice;
     }
     Lowered::Unchanged
+}
+
+/// A lowered thread yields at the first yield point reached at least this long (wall time)
+/// after its last yield. (A long step between two points runs longer.)
+pub const YIELD_EVERY: Duration = Duration::from_micros(50);
+
+/// Set while the watchdog has raised the writer to nice 10 ([`raise_store_writer`]): yield
+/// points do nothing then, since a yield would hand back the time slice the raise is for (and
+/// the wait after it would count as starvation again).
+static RAISED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// When a lowered thread last yielded (`None`: the thread was never lowered, and its
+    /// yield points do nothing).
+    static YIELDS: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// How many times this thread yielded at its yield points.
+    static YIELDED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times the calling thread has yielded at [`yield_point`]s.
+pub fn yields_of_this_thread() -> u64 {
+    YIELDED.with(Cell::get)
+}
+
+/// A point where a lowered thread (the capture writer) gives the CPU to a runnable request
+/// thread, if it has run [`YIELD_EVERY`] since it last did. A no-op on other threads (the
+/// admin API's, the runtime's), so store code can call it on any thread.
+///
+/// Why (issue #7, bench/RESULTS.md session 17): on the benchmark host a request thread woken
+/// while the writer computed (span assembly, a store write) often waited for the scheduler's
+/// next tick (4 ms at HZ=250) before it got the CPU, `SCHED_IDLE` notwithstanding: at 2,000
+/// calls a second, capture on added +3 ms to p99 while nothing was saturated. A `sched_yield`
+/// every 50 µs of writer work bounds that wait; when no other thread is runnable it returns at
+/// once (about a microsecond).
+pub fn yield_point() {
+    if RAISED.load(Relaxed) {
+        return;
+    }
+    YIELDS.with(|last| {
+        if due(last.get(), Instant::now()) {
+            std::thread::yield_now();
+            YIELDED.with(|n| n.set(n.get() + 1));
+            last.set(Some(Instant::now()));
+        }
+    });
+}
+
+/// Whether a yield point at `now` yields, for a thread that last yielded at `last` (`None`:
+/// never lowered).
+fn due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_some_and(|at| now.saturating_duration_since(at) >= YIELD_EVERY)
 }
 
 /// The calling thread's id, for [`raise`].
@@ -83,6 +145,7 @@ pub fn store_threads() -> Vec<i32> {
 /// still wait.
 pub fn raise_store_writer(writer: i32) -> bool {
     let raised = raise(writer);
+    RAISED.store(raised, Relaxed);
     if raised {
         for tid in store_threads() {
             raise(tid);
@@ -95,6 +158,7 @@ pub fn raise_store_writer(writer: i32) -> bool {
 pub fn lower_store_writer(writer: i32) {
     #[cfg(target_os = "linux")]
     set_policy(writer, libc::SCHED_IDLE);
+    RAISED.store(false, Relaxed);
     #[cfg(not(target_os = "linux"))]
     let _ = writer;
     lower_store_threads();
@@ -181,6 +245,52 @@ mod tests {
         assert_eq!(child, libc::SCHED_IDLE);
         // The caller's own thread is untouched.
         assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn a_yield_is_due_once_the_interval_has_passed_since_the_last() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let every = YIELD_EVERY.as_micros() as u64;
+        assert!(
+            !due(None, at(10 * every)),
+            "a thread never lowered never yields"
+        );
+        assert!(!due(Some(t0), t0), "not straight after a yield");
+        assert!(
+            !due(Some(t0), at(every - 1)),
+            "not before the interval has passed"
+        );
+        assert!(due(Some(t0), at(every)), "once it has passed");
+        assert!(due(Some(t0), at(100 * every)), "and any time after");
+        assert!(
+            !due(Some(at(every)), t0),
+            "a clock read before the last yield is not due"
+        );
+    }
+
+    #[test]
+    fn only_a_lowered_thread_yields_at_its_yield_points() {
+        let spin_then_yield = || {
+            let t0 = Instant::now();
+            while t0.elapsed() < YIELD_EVERY * 2 {
+                std::hint::spin_loop();
+            }
+            yield_point();
+            yields_of_this_thread()
+        };
+        let normal = std::thread::spawn(spin_then_yield).join().unwrap();
+        assert_eq!(normal, 0, "a runtime or admin thread never yields");
+        let lowered = std::thread::spawn(move || {
+            assert_eq!(lower_this_thread(), Lowered::Idle);
+            spin_then_yield()
+        })
+        .join()
+        .unwrap();
+        assert!(
+            lowered >= 1,
+            "a lowered thread yields after working past the interval"
+        );
     }
 
     #[test]

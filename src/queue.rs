@@ -775,7 +775,11 @@ impl Writer {
     fn write_batch(&self, records: Vec<CallRecord>) -> Result<usize, WriteError> {
         let spans: Vec<Span> = records
             .into_iter()
-            .map(|r| span::assemble(r, &self.opts))
+            .map(|r| {
+                let span = span::assemble(r, &self.opts);
+                crate::priority::yield_point();
+                span
+            })
             .collect();
         let attempt = || -> Result<usize, WriteError> {
             if let Some(fault) = self.faults.before_write() {

@@ -173,3 +173,36 @@ fn a_watched_tree_still_reports_every_write_of_a_batch() {
     }
     assert_eq!(db.len(), 40);
 }
+
+thread_local! {
+    /// Calls of the yield point the test below installs, on this thread (`cargo test` runs
+    /// this file's tests as threads of one process, and the yield point is process-wide).
+    static YIELD_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_yield_point() {
+    YIELD_CALLS.with(|n| n.set(n.get() + 1));
+}
+
+/// `sled::set_yield_point` (PATCHED.md, "Yield points"): sled calls the function once per leaf
+/// run of a batch, so a low-priority writer can give the CPU away inside a large batch.
+#[test]
+fn a_batch_calls_the_yield_point_between_its_leaf_runs() {
+    sled::set_yield_point(count_yield_point);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = open(dir.path());
+    // 2,000 ascending keys: leaves split at 16 entries, so well over a hundred runs.
+    let mut batch = sled::Batch::default();
+    for i in 0u32..2000 {
+        batch.insert(&i.to_be_bytes()[..], &b"v"[..]);
+    }
+    let before = YIELD_CALLS.with(std::cell::Cell::get);
+    db.apply_batch(batch).expect("batch");
+    let calls = YIELD_CALLS.with(std::cell::Cell::get) - before;
+    // One call per run: at least one per 16 keys (a run never crosses a leaf), at most one per key.
+    assert!(
+        (2000 / 16..=2000).contains(&calls),
+        "{calls} yield-point calls"
+    );
+    assert_eq!(db.len(), 2000);
+}

@@ -320,6 +320,8 @@ impl Store {
             dir: dir.to_owned(),
             source,
         };
+        // A lowered writer yields between the leaf runs of a large batch too (`priority`).
+        sled::set_yield_point(crate::priority::yield_point);
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)

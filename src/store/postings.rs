@@ -349,6 +349,7 @@ impl Store {
         // Bytes (keys + values) of the blocks read, and of the blocks written in their place.
         let mut sizes = (0u64, 0u64);
         for (term, mut list) in edits.lists {
+            crate::priority::yield_point();
             if list.len() > 1 {
                 // Stable, so of two edits of one position (a journal entry and a later write's)
                 // the later one is kept.

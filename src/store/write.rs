@@ -22,6 +22,8 @@ impl Store {
         let mut located: FnvMap<&str, (&str, u64)> = FnvMap::default();
 
         for span in spans {
+            // The capture writer gives way to requests now and then (see `priority`).
+            crate::priority::yield_point();
             let (trace_id, span_id) = (span.trace_id.as_str(), span.span_id.as_str());
             if !is_valid_id(trace_id) || !is_valid_id(span_id) {
                 tracing::warn!(
@@ -102,6 +104,7 @@ impl Store {
         done.sort_unstable_by(|x, y| x.position().cmp(&y.position()));
         let mut postings = PostingEdits::default();
         for settled in &done {
+            crate::priority::yield_point();
             let Settled {
                 trace_id,
                 before,

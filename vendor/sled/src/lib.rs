@@ -139,6 +139,21 @@ mod sys_limits;
 pub mod transaction;
 mod tree;
 
+/// llm-tracer patch (PATCHED.md): a function sled calls between the leaf runs of a batch, so
+/// that a low-priority writer can give the CPU away in the middle of a large batch. Set once per
+/// process; later calls are ignored.
+pub fn set_yield_point(f: fn()) {
+    let _ = YIELD_POINT.set(f);
+}
+
+static YIELD_POINT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+pub(crate) fn yield_point() {
+    if let Some(f) = YIELD_POINT.get() {
+        f();
+    }
+}
+
 /// Functionality for conditionally triggering failpoints under test.
 #[cfg(feature = "failpoints")]
 pub mod fail;

@@ -405,6 +405,7 @@ impl Tree {
             writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut at = 0;
             while at < writes.len() {
+                crate::yield_point();
                 at = self.apply_leaf_run(&writes, at, guard)?;
             }
         }
