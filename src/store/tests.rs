@@ -2616,9 +2616,6 @@ fn posting_blocks_round_trip_every_id_shape_and_reject_bad_ones() {
     }
 }
 
-/// A schema-3 store (blocks in format 1: positions as they are) is upgraded in place at open:
-/// its version key says 6, its blocks still answer `q=` and pass `check`, and the next write that
-/// touches one rewrites it in format 2. An older binary would refuse the upgraded store.
 /// A schema-5 store (written before sled could log `Link::Batch` fragments) is upgraded in place
 /// at open and keeps its data.
 #[test]
@@ -2636,6 +2633,9 @@ fn a_schema_5_store_is_upgraded_in_place() {
     assert_eq!(trace.1.len(), 1);
 }
 
+/// A schema-3 store (blocks in format 1: positions as they are) is upgraded in place at open:
+/// its version key says 6, its blocks still answer `q=` and pass `check`, and the next write that
+/// touches one rewrites it in format 2. An older binary would refuse the upgraded store.
 #[test]
 fn a_schema_3_store_is_upgraded_in_place_and_its_blocks_are_read() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -388,13 +388,11 @@ impl Serialize for Link {
                 5_u8.serialize_into(buf);
                 (writes.len() as u64).serialize_into(buf);
                 for (key, value) in writes {
+                    // Tag 0: set (the value follows the key); 1: remove.
+                    u8::from(value.is_none()).serialize_into(buf);
+                    key.serialize_into(buf);
                     if let Some(value) = value {
-                        0_u8.serialize_into(buf);
-                        key.serialize_into(buf);
                         value.serialize_into(buf);
-                    } else {
-                        1_u8.serialize_into(buf);
-                        key.serialize_into(buf);
                     }
                 }
             }
