@@ -15,6 +15,7 @@ writer, `llm-tracer-spoo` the spool appender); numbered pools fold into one row 
     python3 bench/sched_waits.py target/release/llm-tracer
     python3 bench/sched_waits.py BIN --rate 5000 --seconds 8 --window 3 --over 0.3
     CAPTURE=0 python3 bench/sched_waits.py BIN
+    python3 bench/sched_waits.py BIN --store /tmp/big-store   # on a copy of a large data dir
 
 Needs `perf` (Debian: linux-perf) and permission to trace the scheduler (root, or
 kernel.perf_event_paranoid ≤ -1). Not part of CI; bench/RESULTS.md (session 8) shows its use.
@@ -50,6 +51,9 @@ def args():
     p.add_argument("--seconds", type=float, default=8.0, help="load duration")
     p.add_argument("--window", type=float, default=3.0, help="seconds recorded, centred in the load")
     p.add_argument("--over", type=float, default=0.3, help="delays above this (ms) are attributed")
+    p.add_argument("--store", help="start the proxy on a copy of this data dir (a large store, say)")
+    p.add_argument("--warm", type=float, default=0.0,
+                   help="seconds of the same load first, then wait until every call is stored")
     return p.parse_args()
 
 
@@ -117,7 +121,13 @@ def main():
     port = bench.free_port()
     bench.start_mock_nginx(work, port)
     upstream = f"http://127.0.0.1:{port}"
-    tracer = bench.Tracer(a.binary, work, "t", capture, upstream, upstream)
+    if a.store:
+        shutil.copytree(a.store, os.path.join(work, "t-data"))
+    tracer = bench.Tracer(a.binary, work, "t", capture, upstream, upstream, timeout=120)
+    body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
+    if a.warm > 0:
+        bench.run_loadgen(loadgen, bench.rate_args(tracer.proxy, a.rate, 32, a.warm, body), a.warm + 60)
+        tracer.wait_drained()
     data = os.path.join(work, "perf.data")
     lead = (a.seconds - a.window) / 2
     recorded = {}
@@ -137,7 +147,6 @@ def main():
 
     rec = threading.Thread(target=record, daemon=True)
     rec.start()
-    body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
     try:
         x = bench.run_loadgen(loadgen, ["rate", "--url", tracer.proxy + "/v1/chat/completions",
                                         "--rate", str(a.rate), "--connections", "32", "--duration",

@@ -108,6 +108,28 @@ pub fn yield_point() {
     });
 }
 
+/// Makes the calling thread's [`yield_point`]s yield from now on, at whatever priority it runs:
+/// for background threads not lowered through [`lower_this_thread`]. The spool appender stays at
+/// normal priority (it must keep up with the traffic) and sled's I/O threads are lowered by id
+/// from another thread; both hold the CPU long enough to delay requests (bench/RESULTS.md,
+/// session 18). At normal priority a yield only lets waiting threads go first: the thread keeps
+/// its share of the CPU.
+pub fn arm_yields() {
+    YIELDS.with(|last| {
+        if last.get().is_none() {
+            last.set(Some(Instant::now()));
+        }
+    });
+}
+
+/// The yield point sled calls between the slices of a log write, on its I/O threads
+/// (`sled::set_io_yield_point`): arms the thread ([`arm_yields`]) at its first call, then
+/// yields as [`yield_point`] does.
+pub fn io_yield_point() {
+    arm_yields();
+    yield_point();
+}
+
 /// Whether a yield point at `now` yields, for a thread that last yielded at `last` (`None`:
 /// never lowered).
 fn due(last: Option<Instant>, now: Instant) -> bool {
@@ -293,6 +315,47 @@ mod tests {
         assert!(
             lowered >= 1,
             "a lowered thread yields after working past the interval"
+        );
+    }
+
+    #[test]
+    fn an_armed_thread_yields_at_normal_priority() {
+        let spin_past_the_interval = || {
+            let t0 = Instant::now();
+            while t0.elapsed() < YIELD_EVERY * 2 {
+                std::hint::spin_loop();
+            }
+        };
+        let (policy, armed) = std::thread::spawn(move || {
+            arm_yields();
+            spin_past_the_interval();
+            yield_point();
+            (policy_of_this_thread(), yields_of_this_thread())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            policy,
+            libc::SCHED_OTHER,
+            "arming does not lower the thread"
+        );
+        assert_eq!(
+            armed, 1,
+            "an armed thread yields after working past the interval"
+        );
+        let io = std::thread::spawn(move || {
+            io_yield_point(); // arms; the interval starts now
+            let first = yields_of_this_thread();
+            spin_past_the_interval();
+            io_yield_point();
+            (first, yields_of_this_thread())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            io,
+            (0, 1),
+            "sled's I/O yield point arms the thread at its first call"
         );
     }
 

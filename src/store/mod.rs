@@ -322,6 +322,8 @@ impl Store {
         };
         // A lowered writer yields between the leaf runs of a large batch too (`priority`).
         sled::set_yield_point(crate::priority::yield_point);
+        // sled's I/O threads write the log a slice at a time and yield between slices.
+        sled::set_io_yield_point(crate::priority::io_yield_point);
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)

@@ -154,6 +154,21 @@ pub(crate) fn yield_point() {
     }
 }
 
+/// llm-tracer patch (PATCHED.md): a function sled's I/O threads call between the slices of a log
+/// write (see `IoBufs::write_to_log`), so that a low-priority I/O thread gives the CPU away in
+/// the middle of a segment's write. Set once per process; later calls are ignored.
+pub fn set_io_yield_point(f: fn()) {
+    let _ = IO_YIELD_POINT.set(f);
+}
+
+static IO_YIELD_POINT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+pub(crate) fn io_yield_point() {
+    if let Some(f) = IO_YIELD_POINT.get() {
+        f();
+    }
+}
+
 /// Functionality for conditionally triggering failpoints under test.
 #[cfg(feature = "failpoints")]
 pub mod fail;

@@ -83,6 +83,9 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// llm-tracer patch (PATCHED.md): the most bytes of the log written in one `pwrite`.
+const LOG_WRITE_SLICE: usize = 64 << 10;
+
 pub(crate) struct IoBuf {
     buf: Arc<UnsafeCell<AlignedBuf>>,
     header: CachePadded<AtomicU64>,
@@ -755,7 +758,18 @@ impl IoBufs {
         #[cfg(not(feature = "io_uring"))]
         {
             let f = &self.config.file;
-            pwrite_all(f, data, log_offset)?;
+            // llm-tracer patch (PATCHED.md): written a slice at a time, with a yield point
+            // between slices, rather than in one `pwrite` of up to a segment (512 KiB): copying a
+            // segment into the page cache ran for over a millisecond in the kernel, where no
+            // woken request thread could preempt it.
+            let mut written = 0;
+            for slice in data.chunks(LOG_WRITE_SLICE) {
+                if written > 0 {
+                    crate::io_yield_point();
+                }
+                pwrite_all(f, slice, log_offset + written as LogOffset)?;
+                written += slice.len();
+            }
             if !self.config.temporary {
                 #[cfg(target_os = "linux")]
                 {
