@@ -109,12 +109,9 @@ pub fn yield_point() {
 }
 
 /// Makes the calling thread's [`yield_point`]s yield from now on, at whatever priority it runs:
-/// for background threads not lowered through [`lower_this_thread`]. The spool appender stays at
-/// normal priority (it must keep up with the traffic) and sled's I/O threads are lowered by id
-/// from another thread; both hold the CPU long enough to delay requests (bench/RESULTS.md,
-/// session 18). At normal priority a yield only lets waiting threads go first: the thread keeps
-/// its share of the CPU.
-pub fn arm_yields() {
+/// for sled's I/O threads, which are lowered by id from another thread (and run at normal
+/// priority while a store opens).
+fn arm_yields() {
     YIELDS.with(|last| {
         if last.get().is_none() {
             last.set(Some(Instant::now()));

@@ -587,9 +587,9 @@ impl Worker {
 
 /// Appends to the spool on one long-lived thread of its own (at normal priority: it must keep
 /// up with the traffic, and costs a few microseconds per call), so encoding a batch never
-/// blocks a runtime thread and its allocations stay in one allocator arena. It yields at
-/// `priority` yield points all the same: a batch's encoding and writes ran for up to 1.7 ms at
-/// a time, and a woken request thread waited behind it (bench/RESULTS.md, session 18).
+/// blocks a runtime thread and its allocations stay in one allocator arena. It has no
+/// `priority` yield points: with them it fell behind at saturation and the queue dropped
+/// captures (6,716 and 11,135 in the first 10 s of throughput; bench/RESULTS.md, session 18).
 struct Appender {
     tx: std::sync::mpsc::Sender<(Vec<RawCall>, tokio::sync::oneshot::Sender<AppendResult>)>,
 }
@@ -605,17 +605,9 @@ impl Appender {
         let spawned = std::thread::Builder::new()
             .name("llm-tracer-spool".into())
             .spawn(move || {
-                // Normal priority, but it gives waiting request threads the CPU every
-                // `YIELD_EVERY` (per call here, per frame in `Spool::append`).
-                crate::priority::arm_yields();
                 while let Ok((raws, done)) = rx.recv() {
-                    let records: Vec<CallRecord> = raws
-                        .into_iter()
-                        .map(|raw| {
-                            crate::priority::yield_point();
-                            raw.into_record()
-                        })
-                        .collect();
+                    let records: Vec<CallRecord> =
+                        raws.into_iter().map(RawCall::into_record).collect();
                     let _ = done.send(spool.append(records));
                 }
             });

@@ -40,7 +40,7 @@ const HEADER: usize = 8;
 const MIN_FREE: u64 = 64 << 20;
 
 /// Appends are written in pieces of about this size (small enough that one `write` copies for
-/// well under a millisecond; the appender yields between them).
+/// well under a millisecond, during which a woken request thread may wait).
 const WRITE_CHUNK: usize = 64 << 10;
 /// A frame claiming more than this is corrupt (a call is bounded by the capture caps).
 const MAX_FRAME: u32 = 1 << 30;
@@ -250,7 +250,6 @@ impl Spool {
         let mut written = 0u64;
         let mut enc = Enc::with_capacity(WRITE_CHUNK + 4096);
         for r in records {
-            crate::priority::yield_point();
             let start = enc.0.len();
             enc.raw(&[0; HEADER]);
             record::encode(r, &mut enc);
