@@ -15,7 +15,8 @@ writer, `llm-tracer-spoo` the spool appender); numbered pools fold into one row 
     python3 bench/sched_waits.py target/release/llm-tracer
     python3 bench/sched_waits.py BIN --rate 5000 --seconds 8 --window 3 --over 0.3
     CAPTURE=0 python3 bench/sched_waits.py BIN
-    python3 bench/sched_waits.py BIN --store /tmp/big-store   # on a copy of a large data dir
+    python3 bench/sched_waits.py BIN --store /tmp/big-store --warm 10   # on a copy of a large store
+                       (filled by 60 s of closed-loop load and saved there on the first run)
 
 Needs `perf` (Debian: linux-perf) and permission to trace the scheduler (root, or
 kernel.perf_event_paranoid ≤ -1). Not part of CI; bench/RESULTS.md (session 8) shows its use.
@@ -51,7 +52,10 @@ def args():
     p.add_argument("--seconds", type=float, default=8.0, help="load duration")
     p.add_argument("--window", type=float, default=3.0, help="seconds recorded, centred in the load")
     p.add_argument("--over", type=float, default=0.3, help="delays above this (ms) are attributed")
-    p.add_argument("--store", help="start the proxy on a copy of this data dir (a large store, say)")
+    p.add_argument("--store", help="start the proxy on a copy of this data dir (a large store, say); "
+                   "if it does not exist, a store is first filled (--fill) and saved there")
+    p.add_argument("--fill", type=float, default=60.0,
+                   help="seconds of closed-loop load (wrk, 32 connections) that fill a new --store")
     p.add_argument("--warm", type=float, default=0.0,
                    help="seconds of the same load first, then wait until every call is stored")
     return p.parse_args()
@@ -105,6 +109,25 @@ def report(rows, over):
         print(f"| {task:28s} | {n:5d} | {total:7.1f} | {longest:6.3f} |")
 
 
+def fill_store(a, work, upstream, body):
+    """Fills a new store at `a.store`: a capture-on proxy takes `a.fill` seconds of closed-loop
+    load (about 20,000 calls a second here), stores every call, stops, and its data dir is kept."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("filling a --store needs wrk (bench/run.sh installs it)")
+    lua = os.path.join(work, "fill.lua")
+    with open(lua, "w") as f:
+        f.write(bench.WRK_LUA.format(body=open(body).read().strip()))
+    filler = bench.Tracer(a.binary, work, "fill", True, upstream, upstream)
+    left = a.fill
+    while left > 0:
+        bench.run_wrk(filler.proxy + "/v1/chat/completions", lua, 32, min(left, 20))
+        left -= 20
+    calls = filler.wait_drained(timeout=3600).get("llm_tracer_spans_captured_total", 0)
+    filler.stop()
+    shutil.copytree(os.path.join(work, "fill-data"), a.store)
+    print(f"filled {a.store}: {calls:.0f} calls", flush=True)
+
+
 def main():
     a = args()
     if shutil.which("perf") is None:
@@ -121,10 +144,12 @@ def main():
     port = bench.free_port()
     bench.start_mock_nginx(work, port)
     upstream = f"http://127.0.0.1:{port}"
+    body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
+    if a.store and not os.path.exists(a.store):
+        fill_store(a, work, upstream, body)
     if a.store:
         shutil.copytree(a.store, os.path.join(work, "t-data"))
     tracer = bench.Tracer(a.binary, work, "t", capture, upstream, upstream, timeout=120)
-    body = os.path.join(bench.ROOT, "bench/fixtures/chat_request.json")
     if a.warm > 0:
         bench.run_loadgen(loadgen, bench.rate_args(tracer.proxy, a.rate, 32, a.warm, body), a.warm + 60)
         tracer.wait_drained()
