@@ -364,16 +364,19 @@ class Tracer:
         deadline = time.time() + timeout
         while True:
             m = self.metrics()
-            done = m.get("llm_tracer_in_flight_requests", 0) == 0 and (
-                not self.capture
-                or m.get("llm_tracer_queue_length", 0) == 0
-                and m.get("llm_tracer_spool_bytes", 0) == 0
-                and m.get("llm_tracer_spans_captured_total", 0) + self.dropped(m)
-                >= m.get("llm_tracer_requests_total", 0)
-            )
-            if done or time.time() > deadline:
+            if self.is_drained(m) or time.time() > deadline:
                 return m
             time.sleep(poll)
+
+    def is_drained(self, m):
+        """Whether metrics `m` show every proxied call recorded (see `wait_drained`)."""
+        return m.get("llm_tracer_in_flight_requests", 0) == 0 and (
+            not self.capture
+            or m.get("llm_tracer_queue_length", 0) == 0
+            and m.get("llm_tracer_spool_bytes", 0) == 0
+            and m.get("llm_tracer_spans_captured_total", 0) + self.dropped(m)
+            >= m.get("llm_tracer_requests_total", 0)
+        )
 
     def stats_calls(self):
         with urllib.request.urlopen(self.admin + "/api/stats", timeout=120) as r:

@@ -54,7 +54,7 @@ def args():
     p.add_argument("--over", type=float, default=0.3, help="delays above this (ms) are attributed")
     p.add_argument("--store", help="start the proxy on a copy of this data dir (a large store, say); "
                    "if it does not exist, a store is first filled (--fill) and saved there")
-    p.add_argument("--fill", type=float, default=60.0,
+    p.add_argument("--fill", type=int, default=60,
                    help="seconds of closed-loop load (wrk, 32 connections) that fill a new --store")
     p.add_argument("--warm", type=float, default=0.0,
                    help="seconds of the same load first, then wait until every call is stored")
@@ -111,21 +111,51 @@ def report(rows, over):
 
 def fill_store(a, work, upstream, body):
     """Fills a new store at `a.store`: a capture-on proxy takes `a.fill` seconds of closed-loop
-    load (about 20,000 calls a second here), stores every call, stops, and its data dir is kept."""
+    load (about 20,000 calls a second here), stores every call and stops cleanly; then its data
+    dir is copied there (through a temporary name, so an interrupted copy leaves no store)."""
     if shutil.which("wrk") is None:
         raise SystemExit("filling a --store needs wrk (bench/run.sh installs it)")
     lua = os.path.join(work, "fill.lua")
-    with open(lua, "w") as f:
-        f.write(bench.WRK_LUA.format(body=open(body).read().strip()))
+    with open(body) as f, open(lua, "w") as out:
+        out.write(bench.WRK_LUA.format(body=f.read().strip()))
     filler = bench.Tracer(a.binary, work, "fill", True, upstream, upstream)
-    left = a.fill
+    left = int(a.fill)
     while left > 0:
-        bench.run_wrk(filler.proxy + "/v1/chat/completions", lua, 32, min(left, 20))
-        left -= 20
-    calls = filler.wait_drained(timeout=3600).get("llm_tracer_spans_captured_total", 0)
+        seconds = min(left, 20)
+        r = bench.run_wrk(filler.proxy + "/v1/chat/completions", lua, 32, seconds)
+        if r["errors"] or r["non_2xx"]:
+            raise SystemExit(f"filling the store: {r['errors']} errors, {r['non_2xx']} non-2xx")
+        left -= seconds
+    drained, m = wait_stored(filler, 3600)
+    if not drained:
+        raise SystemExit("filling the store: not every call was stored within an hour")
     filler.stop()
-    shutil.copytree(os.path.join(work, "fill-data"), a.store)
-    print(f"filled {a.store}: {calls:.0f} calls", flush=True)
+    if filler.proc.returncode != 0:
+        raise SystemExit(f"filling the store: the proxy exited with {filler.proc.returncode}")
+    tmp = a.store.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(os.path.join(work, "fill-data"), tmp)
+    os.rename(tmp, a.store)
+    print(f"filled {a.store}: {m.get('llm_tracer_spans_captured_total', 0):.0f} calls", flush=True)
+
+
+def wait_stored(tracer, timeout):
+    """Waits until every call is recorded; whether it got there, and the metrics."""
+    m = tracer.wait_drained(timeout=timeout)
+    return tracer.is_drained(m), m
+
+
+def wait_store_open(tracer, timeout=600):
+    """A large store opens in the background after the proxy listens: waits until the admin API
+    answers from it (`/api/stats` is 503 while it opens)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            tracer.stats_calls()
+            return
+        except OSError:  # urllib's HTTPError (503) and connection errors
+            time.sleep(0.5)
+    raise SystemExit(f"the store did not open within {timeout} s")
 
 
 def main():
@@ -150,9 +180,12 @@ def main():
     if a.store:
         shutil.copytree(a.store, os.path.join(work, "t-data"))
     tracer = bench.Tracer(a.binary, work, "t", capture, upstream, upstream, timeout=120)
+    if a.store:
+        wait_store_open(tracer)
     if a.warm > 0:
         bench.run_loadgen(loadgen, bench.rate_args(tracer.proxy, a.rate, 32, a.warm, body), a.warm + 60)
-        tracer.wait_drained()
+        if not wait_stored(tracer, 900)[0]:
+            raise SystemExit("the warm-up load was not stored within 900 s")
     data = os.path.join(work, "perf.data")
     lead = (a.seconds - a.window) / 2
     recorded = {}

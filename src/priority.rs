@@ -70,8 +70,8 @@ pub const YIELD_EVERY: Duration = Duration::from_micros(50);
 static RAISED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// When a lowered thread last yielded (`None`: the thread was never lowered, and its
-    /// yield points do nothing).
+    /// When a lowered or armed thread last yielded (`None`: the thread was never lowered nor
+    /// armed, and its yield points do nothing).
     static YIELDS: Cell<Option<Instant>> = const { Cell::new(None) };
     /// How many times this thread yielded at its yield points.
     static YIELDED: Cell<u64> = const { Cell::new(0) };
@@ -82,9 +82,10 @@ pub fn yields_of_this_thread() -> u64 {
     YIELDED.with(Cell::get)
 }
 
-/// A point where a lowered thread (the capture writer) gives the CPU to a runnable request
-/// thread, if it has run [`YIELD_EVERY`] since it last did. A no-op on other threads (the
-/// admin API's, the runtime's), so store code can call it on any thread.
+/// A point where a lowered thread (the capture writer) or an armed one (sled's I/O threads, see
+/// [`io_yield_point`]) gives the CPU to a runnable request thread, if it has run
+/// [`YIELD_EVERY`] since it last did. A no-op on other threads (the admin API's, the
+/// runtime's), so store code can call it on any thread.
 ///
 /// Why (issue #7, bench/RESULTS.md session 17): on the benchmark host a request thread woken
 /// while the writer computed (span assembly, a store write) often waited for the scheduler's
@@ -110,25 +111,28 @@ pub fn yield_point() {
 
 /// Makes the calling thread's [`yield_point`]s yield from now on, at whatever priority it runs:
 /// for sled's I/O threads, which are lowered by id from another thread (and run at normal
-/// priority while a store opens).
-fn arm_yields() {
+/// priority while a store opens). Whether it was armed already.
+fn arm_yields() -> bool {
     YIELDS.with(|last| {
-        if last.get().is_none() {
+        let armed = last.get().is_some();
+        if !armed {
             last.set(Some(Instant::now()));
         }
-    });
+        armed
+    })
 }
 
 /// The yield point sled calls between the slices of a log write, on its I/O threads
-/// (`sled::set_io_yield_point`): arms the thread ([`arm_yields`]) at its first call, then
-/// yields as [`yield_point`] does.
+/// (`sled::set_io_yield_point`): its first call on a thread arms the thread ([`arm_yields`])
+/// and returns; later calls yield as [`yield_point`] does.
 pub fn io_yield_point() {
-    arm_yields();
-    yield_point();
+    if arm_yields() {
+        yield_point();
+    }
 }
 
 /// Whether a yield point at `now` yields, for a thread that last yielded at `last` (`None`:
-/// never lowered).
+/// never lowered nor armed).
 fn due(last: Option<Instant>, now: Instant) -> bool {
     last.is_some_and(|at| now.saturating_duration_since(at) >= YIELD_EVERY)
 }
@@ -291,13 +295,20 @@ mod tests {
         );
     }
 
+    /// Busy for twice [`YIELD_EVERY`], so that the next yield point is due.
+    fn spin_past_the_interval() {
+        let t0 = Instant::now();
+        while t0.elapsed() < YIELD_EVERY * 2 {
+            std::hint::spin_loop();
+        }
+    }
+
+    // These yield tests assume nothing raises the store writer meanwhile (`RAISED` is
+    // process-wide); no test in this crate's lib does.
     #[test]
     fn only_a_lowered_thread_yields_at_its_yield_points() {
         let spin_then_yield = || {
-            let t0 = Instant::now();
-            while t0.elapsed() < YIELD_EVERY * 2 {
-                std::hint::spin_loop();
-            }
+            spin_past_the_interval();
             yield_point();
             yields_of_this_thread()
         };
@@ -317,14 +328,9 @@ mod tests {
 
     #[test]
     fn an_armed_thread_yields_at_normal_priority() {
-        let spin_past_the_interval = || {
-            let t0 = Instant::now();
-            while t0.elapsed() < YIELD_EVERY * 2 {
-                std::hint::spin_loop();
-            }
-        };
         let (policy, armed) = std::thread::spawn(move || {
-            arm_yields();
+            assert!(!arm_yields(), "a new thread is not armed yet");
+            assert!(arm_yields(), "and then it is");
             spin_past_the_interval();
             yield_point();
             (policy_of_this_thread(), yields_of_this_thread())
@@ -341,7 +347,8 @@ mod tests {
             "an armed thread yields after working past the interval"
         );
         let io = std::thread::spawn(move || {
-            io_yield_point(); // arms; the interval starts now
+            spin_past_the_interval();
+            io_yield_point(); // arms and returns; the interval starts now
             let first = yields_of_this_thread();
             spin_past_the_interval();
             io_yield_point();
@@ -352,7 +359,7 @@ mod tests {
         assert_eq!(
             io,
             (0, 1),
-            "sled's I/O yield point arms the thread at its first call"
+            "sled's I/O yield point arms the thread at its first call, then yields"
         );
     }
 

@@ -39,8 +39,8 @@ const HEADER: usize = 8;
 /// memory, as without a spool).
 const MIN_FREE: u64 = 64 << 20;
 
-/// Appends are written in pieces of about this size (small enough that one `write` copies for
-/// well under a millisecond, during which a woken request thread may wait).
+/// Appends are written in pieces of about this size, or one record when it is larger (small, so
+/// that a woken request thread rarely waits long behind one `write`'s copy).
 const WRITE_CHUNK: usize = 64 << 10;
 /// A frame claiming more than this is corrupt (a call is bounded by the capture caps).
 const MAX_FRAME: u32 = 1 << 30;
