@@ -119,7 +119,7 @@ def fill_store(a, work, upstream, body):
     with open(body) as f, open(lua, "w") as out:
         out.write(bench.WRK_LUA.format(body=f.read().strip()))
     filler = bench.Tracer(a.binary, work, "fill", True, upstream, upstream)
-    left = int(a.fill)
+    left = a.fill
     while left > 0:
         seconds = min(left, 20)
         r = bench.run_wrk(filler.proxy + "/v1/chat/completions", lua, 32, seconds)

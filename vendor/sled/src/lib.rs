@@ -139,34 +139,49 @@ mod sys_limits;
 pub mod transaction;
 mod tree;
 
+/// llm-tracer patch (PATCHED.md): a function the embedder installs once per process (later
+/// installs are ignored) for sled to call at some point of its work.
+struct Hook(std::sync::OnceLock<fn()>);
+
+impl Hook {
+    const fn new() -> Self {
+        Hook(std::sync::OnceLock::new())
+    }
+
+    fn install(&self, f: fn()) {
+        let _ = self.0.set(f);
+    }
+
+    fn call(&self) {
+        if let Some(f) = self.0.get() {
+            f();
+        }
+    }
+}
+
+static YIELD_POINT: Hook = Hook::new();
+static IO_YIELD_POINT: Hook = Hook::new();
+
 /// llm-tracer patch (PATCHED.md): a function sled calls between the leaf runs of a batch, so
 /// that a low-priority writer can give the CPU away in the middle of a large batch. Set once per
 /// process; later calls are ignored.
 pub fn set_yield_point(f: fn()) {
-    let _ = YIELD_POINT.set(f);
+    YIELD_POINT.install(f);
 }
 
-static YIELD_POINT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
 pub(crate) fn yield_point() {
-    if let Some(f) = YIELD_POINT.get() {
-        f();
-    }
+    YIELD_POINT.call();
 }
 
 /// llm-tracer patch (PATCHED.md): a function sled's I/O threads call between the slices of a log
 /// write (see `IoBufs::write_to_log`), so that a low-priority I/O thread gives the CPU away in
 /// the middle of a segment's write. Set once per process; later calls are ignored.
 pub fn set_io_yield_point(f: fn()) {
-    let _ = IO_YIELD_POINT.set(f);
+    IO_YIELD_POINT.install(f);
 }
 
-static IO_YIELD_POINT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
 pub(crate) fn io_yield_point() {
-    if let Some(f) = IO_YIELD_POINT.get() {
-        f();
-    }
+    IO_YIELD_POINT.call();
 }
 
 /// Functionality for conditionally triggering failpoints under test.
