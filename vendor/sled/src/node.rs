@@ -109,7 +109,9 @@ impl Node {
             Batch(ref writes) => {
                 for (key, value) in writes {
                     match value {
-                        Some(value) => self.set_leaf(key.clone(), value.clone()),
+                        Some(value) => {
+                            self.set_leaf(key.clone(), value.clone())
+                        }
                         None => self.del_leaf(key),
                     }
                 }
@@ -174,18 +176,83 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// llm-tracer patch (vendor/sled/PATCHED.md, "Splits at the insertion point"): how many
+    /// entries the left node keeps when a traversal looking for `key` splits this node.
+    ///
+    /// sled split every node in the middle. Now a node is split where `key` would be inserted,
+    /// as far as both halves stay within the node kind's merge and split thresholds, when that
+    /// place is where the node grows: its end (time-ordered keys appended), its start
+    /// (newest-first index keys prepended), or the one boundary between two key ranges that
+    /// both grow into it (the place whose neighbours share the shortest prefix of any two
+    /// neighbours in the node). Such a node then leaves a full half behind and keeps a small
+    /// one to grow in, so it splits once per `threshold - merge` inserts instead of once per
+    /// `threshold / 2`. Anywhere else (scattered keys) it is split in the middle, as before.
+    pub(crate) fn split_point_for(&self, key: &[u8]) -> usize {
+        let len = self.data.len();
+        let middle = len / 2 + 1;
+        let (merge_below, split_above) =
+            if cfg!(any(test, feature = "lock_free_delays")) {
+                (1, 2)
+            } else if self.data.is_index() {
+                (64, 256)
+            } else {
+                (4, LEAF_SPLIT_THRESHOLD)
+            };
+        // Both halves at least `merge_below` (or the next traversal merges them back) and at
+        // most `split_above` (or it splits them again).
+        let lowest = merge_below.max(len.saturating_sub(split_above)).max(1);
+        let highest = split_above.min(len.saturating_sub(merge_below));
+        if lowest > highest || len < 2 {
+            return middle;
+        }
+        let keys = match &self.data {
+            Data::Index(index) => &index.keys,
+            Data::Leaf(leaf) => &leaf.keys,
+        };
+        let position = if key < self.lo.as_ref() {
+            0
+        } else if !self.hi.is_empty() && key >= self.hi.as_ref() {
+            len
+        } else {
+            let suffix = &key[self.prefix_len as usize..];
+            keys.partition_point(|k| {
+                fastcmp(k, suffix) == std::cmp::Ordering::Less
+            })
+        };
+        let grows_here = position == 0 || position == len || {
+            let shared = |i: usize| {
+                keys[i - 1]
+                    .iter()
+                    .zip(keys[i].iter())
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            };
+            let here = shared(position);
+            (1..len).all(|i| i == position || shared(i) > here)
+        };
+        if grows_here { position.clamp(lowest, highest) } else { middle }
+    }
+
+    /// llm-tracer patch: splits where a traversal for `key` would insert (see
+    /// [`Node::split_point_for`]).
+    pub(crate) fn split_for(self, key: &[u8]) -> (Node, Node) {
+        let at = self.split_point_for(key);
+        self.split_at(at)
+    }
+
+    /// Splits so the left node keeps `split_point` entries (`1..len`).
+    fn split_at(mut self, split_point: usize) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -263,6 +330,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_point,
                     );
 
                 (
@@ -282,6 +350,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        split_point,
                     );
 
                 (
