@@ -109,9 +109,7 @@ impl Node {
             Batch(ref writes) => {
                 for (key, value) in writes {
                     match value {
-                        Some(value) => {
-                            self.set_leaf(key.clone(), value.clone())
-                        }
+                        Some(value) => self.set_leaf(key.clone(), value.clone()),
                         None => self.del_leaf(key),
                     }
                 }
@@ -179,58 +177,60 @@ impl Node {
     /// llm-tracer patch (vendor/sled/PATCHED.md, "Splits at the insertion point"): how many
     /// entries the left node keeps when a traversal looking for `key` splits this node.
     ///
-    /// sled split every node in the middle. Now a node is split where `key` would be inserted,
-    /// as far as both halves stay within the node kind's merge and split thresholds, when that
-    /// place is where the node grows: its end (time-ordered keys appended), its start
-    /// (newest-first index keys prepended), or the one boundary between two key ranges that
-    /// both grow into it (the place whose neighbours share the shortest prefix of any two
-    /// neighbours in the node). Such a node then leaves a full half behind and keeps a small
-    /// one to grow in, so it splits once per `threshold - merge` inserts instead of once per
-    /// `threshold / 2`. Anywhere else (scattered keys) it is split in the middle, as before.
+    /// Where `key` would be inserted, when that place is where the node grows: its end, its
+    /// start, or the one boundary whose two neighbours share a shorter prefix than any other
+    /// two neighbours (two key ranges growing into one gap); anywhere else in the middle, as
+    /// sled always split. Either way clamped so that both halves stay within the merge and
+    /// split thresholds, so neither is merged or split again by the next traversal.
     pub(crate) fn split_point_for(&self, key: &[u8]) -> usize {
         let len = self.data.len();
         let middle = len / 2 + 1;
-        let (merge_below, split_above) =
-            if cfg!(any(test, feature = "lock_free_delays")) {
-                (1, 2)
-            } else if self.data.is_index() {
-                (64, 256)
-            } else {
-                (4, LEAF_SPLIT_THRESHOLD)
-            };
-        // Both halves at least `merge_below` (or the next traversal merges them back) and at
-        // most `split_above` (or it splits them again).
-        let lowest = merge_below.max(len.saturating_sub(split_above)).max(1);
+        let (merge_below, split_above) = self.thresholds();
+        let lowest = merge_below.max(len.saturating_sub(split_above));
         let highest = split_above.min(len.saturating_sub(merge_below));
-        if lowest > highest || len < 2 {
+        if lowest > highest {
             return middle;
+        }
+        // A traversal whose key is outside this node (one that overshot, or one that follows
+        // `next` past a split its parent does not know yet) says nothing about where it grows;
+        // the guards also keep `key[prefix_len..]` below in bounds.
+        if key < self.lo.as_ref()
+            || (!self.hi.is_empty() && key >= self.hi.as_ref())
+        {
+            return middle.clamp(lowest, highest);
         }
         let keys = match &self.data {
             Data::Index(index) => &index.keys,
             Data::Leaf(leaf) => &leaf.keys,
         };
-        let position = if key < self.lo.as_ref() {
-            0
-        } else if !self.hi.is_empty() && key >= self.hi.as_ref() {
-            len
+        let suffix = &key[self.prefix_len as usize..];
+        let position = keys
+            .partition_point(|k| fastcmp(k, suffix) == std::cmp::Ordering::Less);
+        // An index node's first key is its low bound, so its start is position 1.
+        let start = if self.data.is_index() { 1 } else { 0 };
+        let shared = |i: usize| {
+            keys[i - 1]
+                .iter()
+                .zip(keys[i].iter())
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let grows_here = position <= start
+            || position == len
+            || (1..len).all(|i| i == position || shared(i) > shared(position));
+        let at = if grows_here { position.max(start) } else { middle };
+        at.clamp(lowest, highest)
+    }
+
+    /// Below how many entries this node is merged, and above how many it is split.
+    fn thresholds(&self) -> (usize, usize) {
+        if cfg!(any(test, feature = "lock_free_delays")) {
+            (1, 2)
+        } else if self.data.is_index() {
+            (64, 256)
         } else {
-            let suffix = &key[self.prefix_len as usize..];
-            keys.partition_point(|k| {
-                fastcmp(k, suffix) == std::cmp::Ordering::Less
-            })
-        };
-        let grows_here = position == 0 || position == len || {
-            let shared = |i: usize| {
-                keys[i - 1]
-                    .iter()
-                    .zip(keys[i].iter())
-                    .take_while(|(a, b)| a == b)
-                    .count()
-            };
-            let here = shared(position);
-            (1..len).all(|i| i == position || shared(i) > here)
-        };
-        if grows_here { position.clamp(lowest, highest) } else { middle }
+            (4, LEAF_SPLIT_THRESHOLD)
+        }
     }
 
     /// llm-tracer patch: splits where a traversal for `key` would insert (see
@@ -677,14 +677,7 @@ impl Node {
     }
 
     pub(crate) fn should_split(&self) -> bool {
-        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
-            2
-        } else if self.data.is_index() {
-            256
-        } else {
-            LEAF_SPLIT_THRESHOLD
-        };
-
+        let (_, threshold) = self.thresholds();
         let size_checks = self.data.len() > threshold;
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
@@ -692,14 +685,7 @@ impl Node {
     }
 
     pub(crate) fn should_merge(&self) -> bool {
-        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
-            1
-        } else if self.data.is_index() {
-            64
-        } else {
-            4
-        };
-
+        let (threshold, _) = self.thresholds();
         let size_checks = self.data.len() < threshold;
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
