@@ -5,7 +5,10 @@
 //! enough to be written as blobs) and compare every key with a model, before and after reopening.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+#[path = "support/sled_small_cache.rs"]
+mod sled_small_cache;
+
+use sled_small_cache::open;
 
 /// xorshift64*: deterministic, so a failure reproduces.
 struct Rng(u64);
@@ -24,15 +27,6 @@ impl Rng {
 }
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
-
-fn open(dir: &Path) -> sled::Db {
-    // A small cache, so replaced leaves are paged out and read back from the log.
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(256 * 1024)
-        .open()
-        .unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.display()))
-}
 
 fn value(rng: &mut Rng, tag: u64) -> Vec<u8> {
     let len = match rng.below(100) {

@@ -7,19 +7,13 @@
 //! before and after reopening.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+#[path = "support/sled_small_cache.rs"]
+mod sled_small_cache;
+
+use sled_small_cache::open;
 
 /// sled splits a leaf above this many entries (`LEAF_SPLIT_THRESHOLD`) and merges one below 4.
 const LEAF_MAX: usize = 16;
-
-fn open(dir: &Path) -> sled::Db {
-    // A small cache, so split leaves are paged out and read back from the log.
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(256 * 1024)
-        .open()
-        .unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.display()))
-}
 
 /// The leaves of the tree, from sled's `Debug` dump (one `Node` per page, level by level).
 fn leaves(tree: &sled::Tree) -> usize {
