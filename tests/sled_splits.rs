@@ -108,31 +108,13 @@ fn dense(n: u64) -> usize {
 #[test]
 fn appended_keys_fill_their_leaves() {
     let keys: Vec<Vec<u8>> = (0..KEYS).map(|n| key(b's', n)).collect();
-    let leaves = insert_one_by_one(&keys);
-    assert!(
-        leaves <= dense(KEYS),
-        "{KEYS} appended keys in {leaves} leaves (at most {} expected)",
-        dense(KEYS)
-    );
-    assert!(
-        leaves >= (KEYS as usize).div_ceil(LEAF_MAX),
-        "{leaves} leaves"
-    );
+    assert_dense("appended", KEYS, insert_one_by_one(&keys));
 }
 
 #[test]
 fn prepended_keys_fill_their_leaves() {
     let keys: Vec<Vec<u8>> = (0..KEYS).map(|n| key(b't', u64::MAX - n)).collect();
-    let leaves = insert_one_by_one(&keys);
-    assert!(
-        leaves <= dense(KEYS),
-        "{KEYS} prepended keys in {leaves} leaves (at most {} expected)",
-        dense(KEYS)
-    );
-    assert!(
-        leaves >= (KEYS as usize).div_ceil(LEAF_MAX),
-        "{leaves} leaves"
-    );
+    assert_dense("prepended", KEYS, insert_one_by_one(&keys));
 }
 
 /// The store's `s` (appended) and `t` (prepended) ranges meet: both grow into the same gap.

@@ -215,9 +215,10 @@ impl Node {
                 .take_while(|(a, b)| a == b)
                 .count()
         };
-        let grows_here = position <= start
-            || position == len
-            || (1..len).all(|i| i == position || shared(i) > shared(position));
+        let grows_here = position <= start || position == len || {
+            let here = shared(position);
+            (1..len).all(|i| i == position || shared(i) > here)
+        };
         let at = if grows_here { position.max(start) } else { middle };
         at.clamp(lowest, highest)
     }
