@@ -404,10 +404,11 @@ end
 """
 
 
-def run_wrk(url, lua, connections, duration):
+def run_wrk(url, lua, connections, duration, threads=1, cpu=LOADGEN_CPU):
+    """wrk against `url` (pinned to `cpu`; None = wherever the kernel puts it)."""
     argv = pin(
-        LOADGEN_CPU,
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", lua, url],
+        cpu,
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", lua, url],
     )
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     m = re.search(r"WRKJSON (\{.*\})", out.stdout)
