@@ -404,10 +404,11 @@ end
 """
 
 
-def run_wrk(url, lua, connections, duration, threads=1, cpu=LOADGEN_CPU):
-    """wrk against `url` (pinned to `cpu`; None = wherever the kernel puts it)."""
+def run_wrk(url, lua, connections, duration, threads=1, cpu="loadgen"):
+    """wrk against `url`, pinned to `cpu`: LOADGEN_CPU by default, None = wherever the kernel
+    puts it."""
     argv = pin(
-        cpu,
+        LOADGEN_CPU if cpu == "loadgen" else cpu,
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", lua, url],
     )
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
