@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 #[path = "support/sled_small_cache.rs"]
 mod sled_small_cache;
 
-use sled_small_cache::open;
+use sled_small_cache::{assert_gets, open};
 
 /// xorshift64*: deterministic, so a failure reproduces.
 struct Rng(u64);
@@ -122,14 +122,7 @@ fn batches_applied_a_leaf_at_a_time_match_a_model_and_survive_a_reopen() {
             db.apply_batch(batch)
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
             // Point reads through the tree after every batch.
-            for key in model.keys().step_by(97) {
-                let got = db.get(key).unwrap_or_else(|e| panic!("get: {e}"));
-                assert_eq!(
-                    got.as_deref(),
-                    model.get(key).map(Vec::as_slice),
-                    "round {round}: get {key:?}"
-                );
-            }
+            assert_gets(&db, &model, 97, &format!("round {round}"));
             if round % 30 == 29 {
                 assert_same(&db, &model, &format!("after round {round}"));
             }

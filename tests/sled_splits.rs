@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 #[path = "support/sled_small_cache.rs"]
 mod sled_small_cache;
 
-use sled_small_cache::open;
+use sled_small_cache::{assert_gets, open};
 
 /// sled splits a leaf above this many entries (`LEAF_SPLIT_THRESHOLD`) and merges one below 4.
 const LEAF_MAX: usize = 16;
@@ -80,14 +80,7 @@ fn assert_same(db: &sled::Db, model: &BTreeMap<Vec<u8>, Vec<u8>>, when: &str) {
     let want: Vec<(Vec<u8>, Vec<u8>)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     assert_eq!(stored.len(), want.len(), "{when}: number of keys");
     assert!(stored == want, "{when}: keys or values differ");
-    for key in model.keys().step_by(37) {
-        let got = db.get(key).unwrap_or_else(|e| panic!("{when}: get: {e}"));
-        assert_eq!(
-            got.as_deref(),
-            model.get(key).map(Vec::as_slice),
-            "{when}: get {key:?}"
-        );
-    }
+    assert_gets(db, model, 37, when);
 }
 
 fn key(prefix: u8, n: u64) -> Vec<u8> {
