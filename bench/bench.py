@@ -1034,6 +1034,9 @@ def callgrind(args):
     print(json.dumps(out, indent=1))
 
 
+# Inclusive instructions by function name. With the release profile's LTO (Cargo.toml) a function
+# inlined into its caller has no entry of its own and reads 0 here (the tap's `poll_frame` and the
+# queue's `offer`, for instance): compare `total_per_req` across builds, not these.
 SYMBOLS = {
     "proxy_handle": r"llm_tracer::forward::Proxy::handle",
     "tap_poll_frame": r"<llm_tracer::tap::TapBody<B> as http_body::Body>::poll_frame",

@@ -2,7 +2,7 @@
 # llm-tracer benchmark suite (issue 7): direct vs nginx vs llm-tracer (capture on/off), in one run.
 #
 #   bench/run.sh            # full run: 3 rounds x 10 s per target, ~10 min; appends to bench/RESULTS.md
-#   bench/run.sh --quick    # smoke run: 1 round x 2 s, < 3 min
+#   bench/run.sh --quick    # smoke run: 1 round x 2 s, < 3 min after the release build
 #   bench/run.sh --help     # every option (rounds, duration, rate, noise threshold, ...)
 #
 # Not part of CI's pass/fail. Builds release, installs nginx and wrk if missing (apt), then runs
