@@ -1045,7 +1045,6 @@ SYMBOLS = {
     # The tokio worker threads: accept, route, forward, tap, record, hyper and the upstream client.
     "request_path": r"tokio::runtime::scheduler::multi_thread::worker::run [",
     "queue_offer": r"llm_tracer::queue::SpanQueue::offer",
-    "malloc": r"^malloc$|^__libc_malloc$",
 }
 
 
@@ -1066,10 +1065,30 @@ def annotate(dump, requests):
             if not mm:
                 continue
             fn = mm.group(2)
-            if re.search(pat, fn) if name == "malloc" else pat in fn:
+            if pat in fn:
                 best = max(best, int(mm.group(1).replace(",", "")))
         res[name + "_per_req"] = best / requests
+    res["malloc_calls_per_req"] = malloc_calls(dump) / requests
     return res
+
+
+def malloc_calls(dump):
+    """Calls into glibc's `malloc`: the sum of the `(Nx)` call counts of its callers."""
+    lines = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--tree=caller", dump],
+        capture_output=True, text=True, timeout=300,
+    ).stdout.splitlines()
+    calls = 0
+    for i, line in enumerate(lines):
+        if not re.search(r"\*\s+\S*:(?:malloc|__libc_malloc) \[", line):
+            continue
+        j = i - 1
+        while j >= 0 and "<" in lines[j]:
+            m = re.search(r"\(([\d,]+)x\)", lines[j])
+            if m:
+                calls += int(m.group(1).replace(",", ""))
+            j -= 1
+    return calls
 
 
 # --------------------------------------------------------------------------------------------
