@@ -1068,26 +1068,42 @@ def annotate(dump, requests):
             if pat in fn:
                 best = max(best, int(mm.group(1).replace(",", "")))
         res[name + "_per_req"] = best / requests
-    res["malloc_calls_per_req"] = malloc_calls(dump) / requests
+    calls = malloc_calls(dump)
+    res["malloc_calls_per_req"] = None if calls is None else calls / requests
     return res
 
 
 def malloc_calls(dump):
-    """Calls into glibc's `malloc`: the sum of the `(Nx)` call counts of its callers."""
-    lines = subprocess.run(
+    """Calls into glibc's `malloc`: the sum of the `(Nx)` call counts of its callers. glibc's only:
+    not `realloc`/`calloc`, nor mimalloc (store writes allocate from it, src/malloc.rs). `None`
+    when the call graph has no such function."""
+    run = subprocess.run(
         ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--tree=caller", dump],
         capture_output=True, text=True, timeout=300,
-    ).stdout.splitlines()
-    calls = 0
+    )
+    if run.returncode != 0:
+        log(f"callgrind_annotate --tree=caller failed ({run.returncode}): no malloc count")
+        return None
+    lines = run.stdout.splitlines()
+    target = re.compile(
+        r"^\s*[\d,]+ \([^)]*\)\s+\*\s+\S*:(?:malloc|__libc_malloc) \[[^\]]*libc\.so[^\]]*\]\s*$")
+    caller = re.compile(r"^\s*[\d,]+ \([^)]*\)\s+<\s.*\(([\d,]+)x\)")
+    found, calls = 0, 0
     for i, line in enumerate(lines):
-        if not re.search(r"\*\s+\S*:(?:malloc|__libc_malloc) \[", line):
+        if not target.match(line):
             continue
+        found += 1
         j = i - 1
-        while j >= 0 and "<" in lines[j]:
-            m = re.search(r"\(([\d,]+)x\)", lines[j])
+        while j >= 0 and re.match(r"^\s*[\d,]+ \([^)]*\)\s+<\s", lines[j]):
+            m = caller.match(lines[j])
             if m:
                 calls += int(m.group(1).replace(",", ""))
             j -= 1
+    if found == 0:
+        log("no glibc malloc in the call graph: no malloc count")
+        return None
+    if found > 1:
+        log(f"glibc malloc appears {found} times in the call graph: its calls are summed")
     return calls
 
 
