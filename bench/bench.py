@@ -1087,15 +1087,16 @@ def malloc_calls(dump):
     lines = run.stdout.splitlines()
     target = re.compile(
         r"^\s*[\d,]+ \([^)]*\)\s+\*\s+\S*:(?:malloc|__libc_malloc) \[[^\]]*libc\.so[^\]]*\]\s*$")
-    caller = re.compile(r"^\s*[\d,]+ \([^)]*\)\s+<\s.*\(([\d,]+)x\)")
+    caller = re.compile(r"^\s*[\d,]+ \([^)]*\)\s+<\s")
+    count = re.compile(r"\(([\d,]+)x\)")
     found, calls = 0, 0
     for i, line in enumerate(lines):
         if not target.match(line):
             continue
         found += 1
         j = i - 1
-        while j >= 0 and re.match(r"^\s*[\d,]+ \([^)]*\)\s+<\s", lines[j]):
-            m = caller.match(lines[j])
+        while j >= 0 and caller.match(lines[j]):
+            m = count.search(lines[j])
             if m:
                 calls += int(m.group(1).replace(",", ""))
             j -= 1
