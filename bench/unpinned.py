@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Capture-off throughput with nothing pinned: the independent check may not pin as bench.py does.
-An nginx mock, a bare nginx reverse proxy (one worker) and llm-tracer with capture off, every
+"""Throughput with nothing pinned: the independent check may not pin as bench.py does.
+An nginx mock, a bare nginx reverse proxy (one worker) and llm-tracer (capture off, or on with
+CAPTURE=on), every
 process placed by the kernel; wrk -c32 with 1 and then 2 threads. Each round runs direct, nginx
 and llm-tracer for 3 s each, starting at a different one each round; prints req/s medians,
 llm-tracer/nginx, and context switches per request: every thread alive on the machine at both
 ends of the round, plus wrk's own (threads that exit during a round are not counted).
 
     python3 bench/unpinned.py BINARY ROUNDS
+    CAPTURE=on python3 bench/unpinned.py BINARY ROUNDS   # llm-tracer with capture on (target c/b ≥ 0.6)
 
 Standard library only; every process it starts is killed on exit (bench.py's process table).
 """
@@ -35,7 +37,8 @@ bench.start_mock_nginx(work, port)
 up = f"http://127.0.0.1:{port}"
 nport = bench.free_port()
 bench.start_proxy_nginx(work, nport, port)
-tracer = bench.Tracer(binary, work, "t", False, up, up, cpu=None)
+capture = os.environ.get("CAPTURE", "off") == "on"
+tracer = bench.Tracer(binary, work, "t", capture, up, up, cpu=None)
 lua = os.path.join(work, "chat.lua")
 with open(lua, "w") as f:
     f.write(bench.WRK_LUA.format(body=bench.fixture("bench/fixtures/chat_request.json").strip()))
@@ -81,4 +84,4 @@ for threads in (1, 2):
         print(f"  {name:10s} median {statistics.median(rps[name]):8.0f} req/s {[round(x) for x in rps[name]]}"
               f"  context switches/req {statistics.median(switches[name]):.2f}")
     ratio = statistics.median(rps["llm-tracer"]) / statistics.median(rps["nginx"])
-    print(f"  llm-tracer/nginx {ratio:.3f} (capture off)", flush=True)
+    print(f"  llm-tracer/nginx {ratio:.3f} (capture {'on' if capture else 'off'})", flush=True)

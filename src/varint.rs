@@ -151,7 +151,7 @@ impl<'a> Dec<'a> {
     }
     /// A count of items of at least one byte each: a count beyond what is left is corrupt, and
     /// checking it first keeps a bad count from looping long.
-    fn count(&mut self) -> Option<u64> {
+    pub(crate) fn count(&mut self) -> Option<u64> {
         let n = self.u64()?;
         (n <= self.buf.len() as u64).then_some(n)
     }

@@ -53,13 +53,13 @@ impl Store {
                 start_us: start,
                 trace_id: trace_id.to_string(),
             });
-            if let Some(agg) = self.load_agg(trace_id)? {
+            if let Some(read) = self.load_read_agg(trace_id, &terms)? {
                 // The batch keeps indexes and summaries in step; the start check is a guard only.
-                if agg.start == start && agg.matches(q, &terms) {
+                if read.agg().start == start && read.matches(q) {
                     if traces.len() == limit {
                         return Ok(true);
                     }
-                    traces.push(agg.summary());
+                    traces.push(read.agg().summary());
                 }
             }
             Ok(false)
@@ -179,9 +179,10 @@ impl Store {
         if !is_valid_id(trace_id) {
             return Ok(None);
         }
-        let Some(agg) = self.load_agg(trace_id)? else {
+        let Some(read) = self.load_read_agg(trace_id, &[])? else {
             return Ok(None);
         };
+        let agg = read.agg();
         let mut spans = Vec::with_capacity(usize::try_from(agg.span_count).unwrap_or(0));
         for item in self.tree.scan_prefix(span_prefix(trace_id)) {
             let (key, value) = item?;
@@ -204,10 +205,25 @@ impl Store {
         }
     }
 
+    /// The stored summary, term set included: what a write starts from.
     pub(super) fn load_agg(&self, trace_id: &str) -> Result<Option<Agg>, StoreError> {
         let key = summary_key(trace_id);
         match self.tree.get(&key)? {
             Some(value) => Ok(Some(Agg::decode(&key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored summary for a query, without its term set: [`ReadAgg::matches`] tells whether
+    /// every one of `terms` is in it.
+    pub(super) fn load_read_agg(
+        &self,
+        trace_id: &str,
+        terms: &[String],
+    ) -> Result<Option<ReadAgg>, StoreError> {
+        let key = summary_key(trace_id);
+        match self.tree.get(&key)? {
+            Some(value) => Ok(Some(ReadAgg::decode(&key, &value, terms)?)),
             None => Ok(None),
         }
     }

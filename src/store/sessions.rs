@@ -37,7 +37,8 @@ impl Store {
                 start_us: start,
                 trace_id: trace_id.to_string(),
             };
-            if let Some(agg) = self.load_agg(trace_id)? {
+            if let Some(read) = self.load_read_agg(trace_id, &[])? {
+                let agg = read.agg();
                 if let Some(session) = agg.session_id().filter(|_| agg.start == start) {
                     let wanted = needle.as_deref().is_none_or(|n| {
                         session.to_lowercase().contains(n)
@@ -130,9 +131,9 @@ impl Store {
             let Some((start, trace_id)) = key.get(prefix.len()..).and_then(parse_position) else {
                 return Err(corrupt(&key, "index key has no start and trace id"));
             };
-            if let Some(agg) = self.load_agg(trace_id)? {
-                if agg.start == start {
-                    traces.push(agg.summary());
+            if let Some(read) = self.load_read_agg(trace_id, &[])? {
+                if read.agg().start == start {
+                    traces.push(read.agg().summary());
                 }
             }
         }

@@ -254,8 +254,9 @@ impl Agg {
         keys
     }
 
-    /// All `list_traces` filters, checked on the summary (the chosen index already implies one).
-    pub(super) fn matches(&self, q: &TraceQuery, terms: &[String]) -> bool {
+    /// Every `list_traces` filter but the full-text terms, checked on the summary (the chosen
+    /// index already implies one).
+    pub(super) fn matches_fields(&self, q: &TraceQuery) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| have == Some(w))
         };
@@ -266,8 +267,45 @@ impl Agg {
             && q.tag.as_ref().is_none_or(|t| self.tags.contains(t))
             && eq(&q.session_id, self.session_id())
             && eq(&q.user_id, self.user_id())
-            && terms.iter().all(|t| self.terms.contains(t))
     }
+}
+
+/// A stored summary as the queries read it: everything but the term set. A summary holds up
+/// to [`MAX_TRACE_TERMS`] terms, and building that set was most of the cost of reading one
+/// (a list page reads 50); queries only ask whether a few terms are in it, which is answered
+/// on the encoded, sorted list without building anything. Never written back: writes read the
+/// whole [`Agg`] ([`Store::load_agg`]).
+pub(super) struct ReadAgg {
+    /// `terms` is always empty here.
+    agg: Agg,
+    /// Whether the terms asked for when it was read are all in the stored set.
+    has_terms: bool,
+}
+
+impl ReadAgg {
+    pub(super) fn agg(&self) -> &Agg {
+        &self.agg
+    }
+
+    /// All `list_traces` filters, the full-text terms given to [`ReadAgg::decode`] included.
+    pub(super) fn matches(&self, q: &TraceQuery) -> bool {
+        self.has_terms && self.agg.matches_fields(q)
+    }
+
+    /// Reads what [`Agg::encode`] wrote, skipping the term set; `wanted` are the terms checked
+    /// for [`ReadAgg::matches`].
+    pub(super) fn decode(key: &[u8], value: &[u8], wanted: &[String]) -> Result<Self, StoreError> {
+        let (agg, has_terms) = decode_agg(key, value, Terms::Check(wanted))?;
+        Ok(ReadAgg { agg, has_terms })
+    }
+}
+
+/// What [`decode_agg`] does with the stored term set.
+enum Terms<'a> {
+    /// Build the set.
+    Load,
+    /// Only tell whether all of these are in it.
+    Check(&'a [String]),
 }
 
 /// Adds `value`, keeping only the [`MAX_SUMMARY_VALUES`] smallest: the result is the same
@@ -357,57 +395,87 @@ impl Agg {
 
     /// Reads what [`Agg::encode`] wrote.
     pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<Agg, StoreError> {
-        decode_bin(key, value, |d| {
-            if d.u8()? != AGG_FORMAT {
-                return None;
-            }
-            let pick = |d: &mut Dec<'_>| {
-                d.opt(|d| {
-                    Some(Pick {
-                        at: d.u64()?,
-                        span_id: d.string()?,
-                        value: d.string()?,
-                    })
-                })
-            };
-            Some(Agg {
-                trace_id: d.string()?,
-                start: d.u64()?,
-                end: d.u64()?,
-                status: status_of(d.u8()?)?,
-                span_count: d.u64()?,
-                llm_calls: d.u64()?,
-                input_tokens: d.u64()?,
-                output_tokens: d.u64()?,
-                cost_pico: d.opt(Dec::u64)?,
-                models: d.strs()?,
-                tags: d.strs()?,
-                root: d.opt(|d| {
-                    Some(Root {
-                        has_parent: d.bool()?,
-                        start: d.u64()?,
-                        span_id: d.string()?,
-                        name: d.string()?,
-                        session_id: d.opt_string()?,
-                        user_id: d.opt_string()?,
-                        input_preview: d.opt_string()?,
-                        output_preview: d.opt_string()?,
-                    })
-                })?,
-                first_error: pick(d)?,
-                first_session: pick(d)?,
-                first_user: pick(d)?,
-                last_llm_output: pick(d)?,
-                terms: {
-                    let list = d.strs()?;
-                    let mut set = TermSet::with_capacity_and_hasher(list.len(), Default::default());
-                    set.extend(list);
-                    set
-                },
-                seen_texts: SeenTexts::default(),
-            })
-        })
+        decode_agg(key, value, Terms::Load).map(|(agg, _)| agg)
     }
+}
+
+/// Reads what [`Agg::encode`] wrote; with [`Terms::Check`] the term set stays empty and the bool
+/// says whether every wanted term is in the stored one (with [`Terms::Load`] it is `true`).
+fn decode_agg(key: &[u8], value: &[u8], terms: Terms<'_>) -> Result<(Agg, bool), StoreError> {
+    decode_bin(key, value, |d| {
+        if d.u8()? != AGG_FORMAT {
+            return None;
+        }
+        let pick = |d: &mut Dec<'_>| {
+            d.opt(|d| {
+                Some(Pick {
+                    at: d.u64()?,
+                    span_id: d.string()?,
+                    value: d.string()?,
+                })
+            })
+        };
+        let mut agg = Agg {
+            trace_id: d.string()?,
+            start: d.u64()?,
+            end: d.u64()?,
+            status: status_of(d.u8()?)?,
+            span_count: d.u64()?,
+            llm_calls: d.u64()?,
+            input_tokens: d.u64()?,
+            output_tokens: d.u64()?,
+            cost_pico: d.opt(Dec::u64)?,
+            models: d.strs()?,
+            tags: d.strs()?,
+            root: d.opt(|d| {
+                Some(Root {
+                    has_parent: d.bool()?,
+                    start: d.u64()?,
+                    span_id: d.string()?,
+                    name: d.string()?,
+                    session_id: d.opt_string()?,
+                    user_id: d.opt_string()?,
+                    input_preview: d.opt_string()?,
+                    output_preview: d.opt_string()?,
+                })
+            })?,
+            first_error: pick(d)?,
+            first_session: pick(d)?,
+            first_user: pick(d)?,
+            last_llm_output: pick(d)?,
+            terms: TermSet::default(),
+            seen_texts: SeenTexts::default(),
+        };
+        let n = d.count()?;
+        let has_terms = match terms {
+            Terms::Load => {
+                let mut set = TermSet::with_capacity_and_hasher(n as usize, Default::default());
+                for _ in 0..n {
+                    set.insert(d.string()?);
+                }
+                agg.terms = set;
+                true
+            }
+            Terms::Check(wanted) => {
+                // One bit per wanted term still missing (a query has at most
+                // `MAX_QUERY_TERMS`; past 64, the rest are not checked).
+                let mut missing: u64 = match wanted.len() {
+                    len @ 0..64 => (1 << len) - 1,
+                    _ => u64::MAX,
+                };
+                for _ in 0..n {
+                    let term = d.bytes()?;
+                    for (i, w) in wanted.iter().enumerate().take(64) {
+                        if w.as_bytes() == term {
+                            missing &= !(1 << i);
+                        }
+                    }
+                }
+                missing == 0
+            }
+        };
+        Some((agg, has_terms))
+    })
 }
 
 pub(super) fn status_code(s: Status) -> u8 {

@@ -2341,6 +2341,67 @@ fn s(text: &str) -> Option<String> {
 }
 
 #[test]
+fn a_summary_read_for_a_query_skips_the_term_set_but_checks_terms_on_it() {
+    let mut agg = Agg::new("read-trace");
+    for sp in agent_trace("read-trace") {
+        agg.merge(&sp);
+    }
+    let bytes = agg.encode();
+    let mut stored: Vec<&String> = agg.terms.iter().collect();
+    stored.sort();
+    assert!(stored.len() >= 3, "the agent trace has terms: {stored:?}");
+    let (a, b, c) = (
+        stored[0].clone(),
+        stored[1].clone(),
+        stored[stored.len() - 1].clone(),
+    );
+    let absent = "zz-not-a-term-of-this-trace".to_string();
+
+    let read = ReadAgg::decode(b"k", &bytes, &[]).expect("decodes");
+    let mut without_terms = agg.clone();
+    without_terms.terms = TermSet::default();
+    assert_eq!(
+        read.agg(),
+        &without_terms,
+        "every field but the terms is read"
+    );
+    assert!(read.agg().terms.is_empty(), "the term set is not built");
+
+    let q = TraceQuery::default();
+    for (wanted, expect) in [
+        (vec![], true),
+        (vec![a.clone()], true),
+        (vec![c.clone(), a.clone(), b.clone()], true),
+        (vec![absent.clone()], false),
+        (vec![a.clone(), absent.clone()], false),
+        (vec![absent.clone(), c.clone()], false),
+    ] {
+        let read = ReadAgg::decode(b"k", &bytes, &wanted).expect("decodes");
+        assert_eq!(read.matches(&q), expect, "terms {wanted:?}");
+        assert_eq!(
+            expect,
+            wanted.iter().all(|t| agg.terms.contains(t)),
+            "the full set agrees for {wanted:?}"
+        );
+    }
+    // The other filters still apply.
+    let other_model = TraceQuery {
+        model: Some("no-such-model".into()),
+        ..TraceQuery::default()
+    };
+    assert!(!ReadAgg::decode(b"k", &bytes, &[a])
+        .expect("decodes")
+        .matches(&other_model));
+
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            ReadAgg::decode(b"k", &bytes[..cut], &[]).is_err(),
+            "a summary cut to {cut} bytes is reported corrupt when read for a query too"
+        );
+    }
+}
+
+#[test]
 fn binary_summaries_and_call_records_round_trip_and_reject_truncation() {
     let mut agg = Agg::new("codec-trace");
     for sp in agent_trace("codec-trace") {
