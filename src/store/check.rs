@@ -66,6 +66,9 @@ struct Digests {
     calls: Digest,
     /// `t` and `x` keys.
     index: Digest,
+    /// `t` keys with their list rows (an empty row, from a store written before rows, counts
+    /// as the row its trace's summary implies: the list reads the summary for it).
+    rows: Digest,
     /// Postings: the term's key prefix and the position.
     postings: Digest,
 }
@@ -102,14 +105,14 @@ impl Store {
         let mut found = Digests::default();
         self.digest_records(P_SPAN_ID, true, &mut found.span_ids, &mut r.span_ids)?;
         self.digest_records(P_CALL, false, &mut found.calls, &mut r.calls)?;
-        self.digest_records(P_TIME, false, &mut found.index, &mut r.time_index)?;
+        self.digest_time_index(&mut found, &mut r)?;
         self.digest_records(P_INDEX, false, &mut found.index, &mut r.secondary_index)?;
         found.postings = self.check_posting_blocks(&mut r)?;
         self.check_journal(&mut found.postings, &mut r)?;
         self.check_unknown_keys(&mut r)?;
 
         type Locate = fn(&Store, &mut CheckReport) -> Result<(), StoreError>;
-        let relations: [(Digest, Digest, Locate, &str); 4] = [
+        let relations: [(Digest, Digest, Locate, &str); 5] = [
             (
                 expected.span_ids,
                 found.span_ids,
@@ -127,6 +130,12 @@ impl Store {
                 found.index,
                 Store::locate_index_problems,
                 "the `t`/`x` index entries",
+            ),
+            (
+                expected.rows,
+                found.rows,
+                Store::locate_row_problems,
+                "the list rows of the `t` entries",
             ),
             (
                 expected.postings,
@@ -353,6 +362,59 @@ impl Store {
             } else {
                 found.add(&[&key]);
             }
+        }
+        Ok(())
+    }
+
+    /// `t`: every key into `found.index`, and with its list row into `found.rows` (an empty
+    /// row, written before rows existed, as the row of the summary it names, if that exists).
+    fn digest_time_index(
+        &self,
+        found: &mut Digests,
+        r: &mut CheckReport,
+    ) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([P_TIME]) {
+            let (key, value) = item?;
+            r.time_index += 1;
+            found.index.add(&[&key]);
+            if !value.is_empty() {
+                found.rows.add(&[&key, &value]);
+                continue;
+            }
+            let stored = match key.get(1..).and_then(parse_position) {
+                Some((_, trace_id)) => self.load_agg(trace_id).ok().flatten(),
+                None => None, // malformed: reported with the index entries
+            };
+            match stored {
+                Some(agg) if agg.time_key() == key.as_ref() => {
+                    found.rows.add(&[&key, &agg.row()]);
+                }
+                _ => found.rows.add(&[&key, &value]),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each `t` entry's list row is the one its trace's summary implies (an entry no summary
+    /// lists is reported with the index entries).
+    fn locate_row_problems(&self, r: &mut CheckReport) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([P_TIME]) {
+            let (key, value) = item?;
+            if value.is_empty() {
+                continue;
+            }
+            let Some((_, trace_id)) = key.get(1..).and_then(parse_position) else {
+                continue; // reported with the index entries
+            };
+            let Some(true) = self.summary_says(trace_id, r, |agg| {
+                agg.time_key() == key.as_ref() && agg.row() != value.as_ref()
+            }) else {
+                continue;
+            };
+            r.problem(format!(
+                "time index entry {} holds a list row that differs from trace {trace_id}'s summary",
+                show_key(&key)
+            ));
         }
         Ok(())
     }
@@ -657,11 +719,12 @@ impl Store {
     }
 }
 
-/// The `t`/`x` keys and postings a stored summary implies.
+/// The `t`/`x` keys, the list row and the postings a stored summary implies.
 fn expect_summary_records(agg: &Agg, expected: &mut Digests) {
     for key in agg.index_keys() {
         expected.index.add(&[&key]);
     }
+    expected.rows.add(&[&agg.time_key(), &agg.row()]);
     let position = agg.position();
     for term in &agg.terms {
         expected.postings.add(&[&term_prefix(term), &position]);

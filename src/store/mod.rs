@@ -5,8 +5,8 @@
 //!
 //! All calls block: callers on the runtime use `spawn_blocking`.
 //!
-//! Layout: ONE sled tree (`v3`, schema 6; schemas 1 and 2 used `v1` and `v2` and are migrated at
-//! open, schemas 3 to 5 are upgraded in place)
+//! Layout: ONE sled tree (`v3`, schema 7; schemas 1 and 2 used `v1` and `v2` and are migrated at
+//! open, schemas 3 to 6 are upgraded in place)
 //! whose keys carry a one-byte prefix per logical key space, so every
 //! write (`put_spans`, `delete_trace`) is a single atomic `apply_batch` and a crash never leaves an
 //! index disagreeing with the spans. Keys are built by hand, never with serde, because their byte
@@ -14,11 +14,11 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `m` | `m` `schema_version` | `"6"` |
+//! | `m` | `m` `schema_version` | `"7"` |
 //! | `s` | `s` trace_id 0x00 start_us(be) span_id | span JSON |
 //! | `i` | `i` span_id | trace_id 0x00 start_us(be) (enough to rebuild the `s` key) |
 //! | `u` | `u` trace_id | stored summary, binary (`codec::Enc`: public fields' inputs + merge bookkeeping + terms) |
-//! | `t` | `t` inv(trace start) trace_id | empty |
+//! | `t` | `t` inv(trace start) trace_id | the trace's list row, binary (its public summary: the list without filters reads no `u`; empty when written before schema 7) |
 //! | `x` | `x` field escaped(value) 0x00 inv(trace start) trace_id | empty |
 //! | `l` | `l` start_us(be) trace_id 0x00 span_id | call record (stats), binary, only for `Kind::is_call` spans |
 //! | `w` | `w` term 0x00 last position | a block of up to 32 positions (inv(trace start) trace_id), ascending, compact (start gaps, hex ids packed): the term's full-text posting list (see `search`, `postings`) |
@@ -165,7 +165,10 @@ impl Default for StoreOptions {
     }
 }
 
-/// The schema this binary writes and understands. 6: the same records as 5, but sled's log may
+/// The schema this binary writes and understands. 7: each `t` value holds its trace's list row
+/// (see `summary::encode_row`), written with the summary; a schema-6 store is upgraded in place
+/// at open (its empty `t` values are read from the summaries until a write rewrites them; the
+/// version key keeps an older binary, which would leave rows stale, from opening it). 6: the same records as 5, but sled's log may
 /// hold `Link::Batch` fragments (vendor/sled/PATCHED.md), which an older binary's sled cannot read;
 /// a schema-5 store is upgraded in place at open, before anything is written. 5: postings are journalled (`j` records, see
 /// `journal`) and folded into the blocks many writes at a time; a store of schema 4 or 3 (tree
@@ -175,9 +178,9 @@ impl Default for StoreOptions {
 /// in format 2 as they change). 3: full-text postings in blocks (`w`); 2 (tree `v2`): one key
 /// per posting; 1 (tree `v1`): JSON summaries and call records, no postings. Schemas 1 and 2
 /// are migrated at open.
-const SCHEMA_VERSION: u32 = 6;
+const SCHEMA_VERSION: u32 = 7;
 /// The schemas of tree `v3` before this one: upgraded by rewriting the version key.
-const SCHEMAS_IN_PLACE: [u32; 3] = [3, 4, 5];
+const SCHEMAS_IN_PLACE: [u32; 4] = [3, 4, 5, 6];
 const SCHEMA_KEY: &[u8] = b"mschema_version";
 const TREE: &str = "v3";
 /// The layout number of [`TREE`]: a tree `v<N>` with a higher N was written by a newer binary.

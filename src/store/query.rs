@@ -8,8 +8,9 @@ impl Store {
     /// session, user, tag, model, status) is a newest-first list of trace positions; with one
     /// list it is walked in order, with several they are intersected by leapfrogging (each list
     /// seeks to the furthest position any list has reached, so a rare list skips the common
-    /// ones' entries), with none the time index is walked. Every filter is checked again on the
-    /// summary. Never reads spans. At most [`MAX_EXAMINED`] index entries (or seeks) per call:
+    /// ones' entries), with none the time index is walked and each trace's row read from its
+    /// entry (a store written before rows has empty ones: then from the summary). Every filter
+    /// is checked again on the summary. Never reads spans. At most [`MAX_EXAMINED`] index entries (or seeks) per call:
     /// past that the page is returned as it is, with a `next_cursor` to go on from. `limit` is
     /// validated 1..=1000 by the caller (0 is treated as 1).
     pub fn list_traces(&self, q: &TraceQuery) -> Result<TracePage, StoreError> {
@@ -44,31 +45,44 @@ impl Store {
         let mut more = false;
         let mut last_examined: Option<Cursor> = None;
         let mut examined = 0usize;
-        // Looks at one position found in every list; `true` when the page is full.
-        let mut visit = |position: &[u8], traces: &mut Vec<TraceSummary>| {
-            let Some((start, trace_id)) = parse_position(position) else {
-                return Err(corrupt(position, "index key has no start and trace id"));
-            };
-            last_examined = Some(Cursor {
-                start_us: start,
-                trace_id: trace_id.to_string(),
-            });
-            if let Some(read) = self.load_read_agg(trace_id, &terms)? {
-                // The batch keeps indexes and summaries in step; the start check is a guard only.
-                if read.agg().start == start && read.matches(q) {
+        // Looks at one position found in every list; `true` when the page is full. `row`: the
+        // `t` record (key, value) when the time index is walked without filters: its value is
+        // the trace's list row, unless a store from before rows wrote it empty.
+        let mut visit =
+            |position: &[u8], row: Option<(&[u8], &[u8])>, traces: &mut Vec<TraceSummary>| {
+                let Some((start, trace_id)) = parse_position(position) else {
+                    return Err(corrupt(position, "index key has no start and trace id"));
+                };
+                last_examined = Some(Cursor {
+                    start_us: start,
+                    trace_id: trace_id.to_string(),
+                });
+                // The batch keeps indexes, rows and summaries in step; the start checks are guards.
+                let summary = match row.filter(|(_, value)| !value.is_empty()) {
+                    Some((key, value)) => {
+                        let row = decode_row(key, value, trace_id)?;
+                        let within = q.since.is_none_or(|t| start >= t.micros())
+                            && q.until.is_none_or(|t| start < t.micros());
+                        (row.start_time.micros() == start && within).then_some(row)
+                    }
+                    None => self
+                        .load_read_agg(trace_id, &terms)?
+                        .filter(|read| read.agg().start == start && read.matches(q))
+                        .map(|read| read.agg().summary()),
+                };
+                if let Some(summary) = summary {
                     if traces.len() == limit {
                         return Ok(true);
                     }
-                    traces.push(read.agg().summary());
+                    traces.push(summary);
                 }
-            }
-            Ok(false)
-        };
+                Ok(false)
+            };
 
         if let [prefix] = lists.as_slice() {
             if prefix.first() == Some(&P_TERM) {
                 self.posting_walk(prefix, &lower, &upper, |position| {
-                    if visit(position, &mut traces)? {
+                    if visit(position, None, &mut traces)? {
                         more = true;
                         return Ok(true);
                     }
@@ -84,9 +98,12 @@ impl Store {
                     Bound::Included([prefix.as_slice(), &lower].concat()),
                     Bound::Excluded([prefix.as_slice(), &upper].concat()),
                 );
+                let rows = prefix.as_slice() == [P_TIME];
                 for item in self.tree.range::<Vec<u8>, _>(range) {
-                    let (key, _) = item?;
-                    if visit(key.get(prefix.len()..).unwrap_or_default(), &mut traces)? {
+                    let (key, value) = item?;
+                    let position = key.get(prefix.len()..).unwrap_or_default();
+                    let row = rows.then_some((key.as_ref(), value.as_ref()));
+                    if visit(position, row, &mut traces)? {
                         more = true;
                         break;
                     }
@@ -122,7 +139,7 @@ impl Store {
                     }
                     i += 1;
                 }
-                if visit(&candidate, &mut traces)? {
+                if visit(&candidate, None, &mut traces)? {
                     more = true;
                     break;
                 }

@@ -28,7 +28,7 @@ impl Store {
             .tree
             .range::<Vec<u8>, _>((Bound::Included(lower), Bound::Excluded(upper)))
         {
-            let (key, _) = item?;
+            let (key, value) = item?;
             let Some((start, trace_id)) = key.get(1..).and_then(parse_position) else {
                 return Err(corrupt(&key, "time index key has no start and trace id"));
             };
@@ -37,22 +37,30 @@ impl Store {
                 start_us: start,
                 trace_id: trace_id.to_string(),
             };
-            if let Some(read) = self.load_read_agg(trace_id, &[])? {
-                let agg = read.agg();
-                if let Some(session) = agg.session_id().filter(|_| agg.start == start) {
-                    let wanted = needle.as_deref().is_none_or(|n| {
-                        session.to_lowercase().contains(n)
-                            || agg.user_id().is_some_and(|u| u.to_lowercase().contains(n))
-                    });
-                    if wanted && self.is_newest_in_session(session, &position, q.until)? {
-                        if sessions.len() == limit {
-                            more = true;
-                            break;
-                        }
-                        let (summary, _) = self.session_traces(session, MAX_SESSION_TRACES)?;
-                        if let Some(summary) = summary {
-                            sessions.push((summary, position.clone()));
-                        }
+            // The trace's list row, or (a store written before rows) its summary.
+            let row = if value.is_empty() {
+                self.load_read_agg(trace_id, &[])?
+                    .map(|read| read.agg().summary())
+            } else {
+                Some(decode_row(&key, &value, trace_id)?)
+            };
+            let session = row
+                .as_ref()
+                .filter(|row| row.start_time.micros() == start)
+                .and_then(|row| Some((row.session_id.as_deref()?, row.user_id.as_deref())));
+            if let Some((session, user)) = session {
+                let wanted = needle.as_deref().is_none_or(|n| {
+                    session.to_lowercase().contains(n)
+                        || user.is_some_and(|u| u.to_lowercase().contains(n))
+                });
+                if wanted && self.is_newest_in_session(session, &position, q.until)? {
+                    if sessions.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    let (summary, _) = self.session_traces(session, MAX_SESSION_TRACES)?;
+                    if let Some(summary) = summary {
+                        sessions.push((summary, position.clone()));
                     }
                 }
             }

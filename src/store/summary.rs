@@ -220,6 +220,18 @@ impl Agg {
         }
     }
 
+    /// The trace's `t` key (its value is [`encode_row`] of [`Agg::summary`]).
+    pub(super) fn time_key(&self) -> Vec<u8> {
+        let mut key = vec![P_TIME];
+        key.extend_from_slice(&self.position());
+        key
+    }
+
+    /// The `t` value: the list row.
+    pub(super) fn row(&self) -> Vec<u8> {
+        encode_row(&self.summary())
+    }
+
     /// The trace's position in every newest-first list: inv(start)(be) ++ trace id.
     pub(super) fn position(&self) -> Vec<u8> {
         let mut position = Vec::with_capacity(8 + self.trace_id.len());
@@ -237,7 +249,7 @@ impl Agg {
             prefix
         };
         let mut keys = BTreeSet::new();
-        keys.insert(with_position(vec![P_TIME]));
+        keys.insert(self.time_key());
         keys.insert(with_position(index_prefix(F_STATUS, self.status.as_str())));
         for model in &self.models {
             keys.insert(with_position(index_prefix(F_MODEL, model)));
@@ -340,6 +352,73 @@ pub fn from_pico(pico: u64) -> f64 {
 
 /// First byte of an encoded summary, so a later layout can tell its records apart.
 const AGG_FORMAT: u8 = 1;
+
+/// First byte of a list row (a `t` value), so a later layout can tell its records apart.
+const ROW_FORMAT: u8 = 1;
+
+/// A `t` value: the trace's public summary, as a page of the trace list shows it. The list
+/// without filters then reads one range of `t` (a page's rows sit together, newest first)
+/// instead of looking up each trace's `u` summary, whose random keys made every row of a
+/// page on a large store a page-in of its own (bench/RESULTS.md, session 22). Written with the
+/// summary in the same batch, so the two always agree (`check` verifies it). An empty `t`
+/// value is a store written before rows existed: the list reads `u` for it.
+pub(super) fn encode_row(s: &TraceSummary) -> Vec<u8> {
+    let mut e = Enc::with_capacity(256);
+    e.u8(ROW_FORMAT);
+    e.str(&s.name);
+    e.u64(s.start_time.micros());
+    e.u64(s.end_time.micros());
+    e.u8(status_code(s.status));
+    e.opt_str(s.error.as_deref());
+    e.u64(s.span_count);
+    e.u64(s.llm_calls);
+    e.u64(s.input_tokens);
+    e.u64(s.output_tokens);
+    e.opt_u64(s.cost_usd.map(f64::to_bits));
+    e.strs(s.models.iter());
+    e.opt_str(s.session_id.as_deref());
+    e.opt_str(s.user_id.as_deref());
+    e.strs(s.tags.iter());
+    e.opt_str(s.input_preview.as_deref());
+    e.opt_str(s.output_preview.as_deref());
+    e.0
+}
+
+/// Reads what [`encode_row`] wrote; the trace id comes from the key.
+pub(super) fn decode_row(
+    key: &[u8],
+    value: &[u8],
+    trace_id: &str,
+) -> Result<TraceSummary, StoreError> {
+    decode_bin(key, value, |d| {
+        if d.u8()? != ROW_FORMAT {
+            return None;
+        }
+        let name = d.string()?;
+        let start_time = Timestamp(d.u64()?);
+        let end_time = Timestamp(d.u64()?);
+        Some(TraceSummary {
+            trace_id: trace_id.to_string(),
+            name,
+            start_time,
+            end_time,
+            duration_ms: start_time.ms_until(end_time),
+            status: status_of(d.u8()?)?,
+            error: d.opt_string()?,
+            span_count: d.u64()?,
+            llm_calls: d.u64()?,
+            input_tokens: d.u64()?,
+            output_tokens: d.u64()?,
+            cost_usd: d.opt(Dec::u64)?.map(f64::from_bits),
+            models: d.string_list()?,
+            session_id: d.opt_string()?,
+            user_id: d.opt_string()?,
+            tags: d.string_list()?,
+            input_preview: d.opt_string()?,
+            output_preview: d.opt_string()?,
+        })
+    })
+}
 
 impl Agg {
     /// The `u` value (see [`Enc`]).

@@ -1374,6 +1374,16 @@ fn check_reports_each_kind_of_corruption() {
             Box::new(|s: &Store| s.insert_raw(&[P_TIME, 1, 2], b"")),
             "is malformed",
         ),
+        (
+            "stale list row",
+            Box::new(|s: &Store| {
+                let agg = s.load_agg("a").expect("load").expect("a exists");
+                let mut row = agg.summary();
+                row.span_count += 1;
+                s.insert_raw(&agg.time_key(), &encode_row(&row));
+            }),
+            "holds a list row that differs",
+        ),
     ];
     for (name, corrupt_it, expected) in cases {
         let (_dir, store) = busy_store();
@@ -1386,6 +1396,89 @@ fn check_reports_each_kind_of_corruption() {
             report.problems
         );
     }
+}
+
+/// The trace list without filters reads each trace's row from its `t` entry; the row follows
+/// every change of the summary, and an empty row (a store written before rows) is read from
+/// the summary instead, which `check` accepts.
+#[test]
+fn list_rows_in_the_time_index_follow_the_summary_and_empty_ones_fall_back() {
+    let (_dir, store) = busy_store();
+    let rows = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .tree
+            .scan_prefix([P_TIME])
+            .map(|item| {
+                let (k, v) = item.expect("scan");
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    };
+    let page = |store: &Store| {
+        store
+            .list_traces(&TraceQuery {
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .expect("list")
+            .traces
+    };
+    for (key, value) in rows(&store) {
+        let (_, trace_id) = parse_position(&key[1..]).expect("a position");
+        let agg = store.load_agg(trace_id).expect("load").expect("summary");
+        assert_eq!(value, agg.row(), "trace {trace_id}'s row is its summary's");
+        assert_eq!(
+            decode_row(&key, &value, trace_id).expect("decodes"),
+            agg.summary()
+        );
+    }
+    let listed = page(&store);
+    assert_eq!(listed.len(), 3);
+    for t in &listed {
+        assert_eq!(
+            t,
+            &summary(&store, &t.trace_id),
+            "a listed row is the trace's summary"
+        );
+    }
+
+    // A later span that keeps the trace's position changes its row.
+    let before = summary(&store, "a");
+    store
+        .put_spans(&[llm("a", "late-call", 900, 5, "o3-mini", (7, 3), Some(0.25))])
+        .expect("put");
+    let after = summary(&store, "a");
+    assert_eq!(after.start_time, before.start_time, "same position");
+    assert_eq!(after.span_count, before.span_count + 1);
+    let listed_a = page(&store)
+        .into_iter()
+        .find(|t| t.trace_id == "a")
+        .expect("a is listed");
+    assert_eq!(listed_a, after, "the list shows the updated row");
+
+    // Rows emptied as an older version wrote them: the list reads the summaries instead.
+    let expected = page(&store);
+    for (key, _) in rows(&store) {
+        store.insert_raw(&key, b"");
+    }
+    assert_eq!(page(&store), expected, "empty rows list the same page");
+    let report = store.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "empty rows are not a problem: {report:?}"
+    );
+    // The next write of a trace gives it a row again.
+    store
+        .put_spans(&[span("b", "late-b", 950, 1)])
+        .expect("put");
+    let agg = store.load_agg("b").expect("load").expect("b");
+    let row = store
+        .tree
+        .get(agg.time_key())
+        .expect("get")
+        .expect("t entry");
+    assert_eq!(row.as_ref(), agg.row().as_slice());
+    assert!(store.check().expect("check").is_clean());
 }
 
 #[test]
@@ -1523,7 +1616,7 @@ fn reopen_from_schema(store: Store, dir: &Path, old: &str) -> Store {
     let store = reopen(dir).unwrap_or_else(|e| panic!("a schema-{old} store opens: {e}"));
     assert_eq!(
         store.tree.get(SCHEMA_KEY).expect("get").as_deref(),
-        Some(&b"6"[..]),
+        Some(&b"7"[..]),
         "upgraded in place"
     );
     store
@@ -1533,14 +1626,14 @@ fn reopen_from_schema(store: Store, dir: &Path, old: &str) -> Store {
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    store.tree.insert(SCHEMA_KEY, &b"7"[..]).expect("insert");
+    store.tree.insert(SCHEMA_KEY, &b"8"[..]).expect("insert");
     store.flush().expect("flush");
     drop(store);
     let err = reopen(dir.path())
         .err()
         .expect("a newer schema must not open");
     assert!(
-        matches!(err, StoreError::Schema { ref found, supported: 6 } if found == "7"),
+        matches!(err, StoreError::Schema { ref found, supported: 7 } if found == "8"),
         "the error names both versions: {err}"
     );
 }
@@ -1682,14 +1775,14 @@ fn a_tree_of_a_newer_layout_is_refused() {
             .open()
             .expect("sled opens");
         let newer = db.open_tree("v4").expect("tree v4");
-        newer.insert(SCHEMA_KEY, &b"6"[..]).expect("insert");
+        newer.insert(SCHEMA_KEY, &b"7"[..]).expect("insert");
         db.flush().expect("flush");
     }
     let err = reopen(dir.path())
         .err()
         .expect("a store written by a newer binary must not open");
     assert!(
-        matches!(err, StoreError::NewerTree { ref tree, supported: 6 } if tree == "v4"),
+        matches!(err, StoreError::NewerTree { ref tree, supported: 7 } if tree == "v4"),
         "the error names the tree and this binary's schema: {err}"
     );
 }
@@ -2675,6 +2768,44 @@ fn posting_blocks_round_trip_every_id_shape_and_reject_bad_ones() {
     ] {
         assert!(decode_block(b"k", &bad).is_err(), "{bad:?} is refused");
     }
+}
+
+/// A schema-6 store (empty `t` values) is upgraded in place: its traces list as before (from
+/// their summaries), `check` finds it clean, and a trace written again gets its row.
+#[test]
+fn a_schema_6_store_is_upgraded_in_place_and_lists_from_its_summaries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    store.put_spans(&agent_trace("old-a")).expect("put");
+    store
+        .put_spans(
+            &agent_trace("old-b")
+                .into_iter()
+                .map(|s| s.with(|s| s.span_id.push_str("-b")))
+                .collect::<Vec<_>>(),
+        )
+        .expect("put");
+    let listed = list(&store, |_| {});
+    let keys = keys_with_prefix(&store, P_TIME);
+    for key in &keys {
+        store.insert_raw(key, b""); // as schema 6 wrote them
+    }
+    let store = reopen_from_schema(store, dir.path(), "6");
+    assert_eq!(
+        list(&store, |_| {}),
+        listed,
+        "the same traces, in the same order"
+    );
+    assert!(store.check().expect("check").is_clean());
+    store
+        .put_spans(&[span("old-a", "again", 999, 1)])
+        .expect("put");
+    let agg = store.load_agg("old-a").expect("load").expect("old-a");
+    assert_eq!(
+        store.tree.get(agg.time_key()).expect("get").as_deref(),
+        Some(agg.row().as_slice()),
+        "a trace written again gets its row"
+    );
 }
 
 /// A schema-5 store (written before sled could log `Link::Batch` fragments) is upgraded in place

@@ -140,6 +140,8 @@ impl Store {
                     }
                 }
             }
+            // The list row, written whenever the summary is (the key may be new or kept).
+            batch.insert(agg.time_key(), agg.row());
             batch.insert(ukey, agg.encode());
         }
         let (update, _) = self.write_postings(&mut batch, postings, false)?;
