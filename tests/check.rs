@@ -56,7 +56,7 @@ async fn check_passes_a_served_store_and_names_a_stray_key() {
     // Corrupt it from outside, as a bad disk or a foreign writer would.
     {
         let db = open_sled(&dir);
-        let tree = db.open_tree("v3").unwrap(); // the store's tree (schema 6)
+        let tree = db.open_tree("v3").unwrap(); // the store's tree (schema 7)
         tree.insert(b"qstray", b"x").unwrap();
         tree.remove(b"ucheck-1").unwrap();
         db.flush().unwrap();

@@ -168,7 +168,8 @@ impl Default for StoreOptions {
 /// The schema this binary writes and understands. 7: each `t` value holds its trace's list row
 /// (see `summary::encode_row`), written with the summary; a schema-6 store is upgraded in place
 /// at open (its empty `t` values are read from the summaries until a write rewrites them; the
-/// version key keeps an older binary, which would leave rows stale, from opening it). 6: the same records as 5, but sled's log may
+/// version key keeps an older binary, which would leave rows stale, from opening it).
+/// 6: the same records as 5, but sled's log may
 /// hold `Link::Batch` fragments (vendor/sled/PATCHED.md), which an older binary's sled cannot read;
 /// a schema-5 store is upgraded in place at open, before anything is written. 5: postings are journalled (`j` records, see
 /// `journal`) and folded into the blocks many writes at a time; a store of schema 4 or 3 (tree

@@ -57,7 +57,9 @@ impl Store {
                     start_us: start,
                     trace_id: trace_id.to_string(),
                 });
-                // The batch keeps indexes, rows and summaries in step; the start checks are guards.
+                // The batch keeps indexes, rows and summaries in step; the start checks are guards
+                // only. (A row is listed without its summary being read: in a store corrupted so
+                // that a `t` entry outlived its summary, the list shows it and `check` reports it.)
                 let summary = match row.filter(|(_, value)| !value.is_empty()) {
                     Some((key, value)) => {
                         let row = decode_row(key, value, trace_id)?;

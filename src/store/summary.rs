@@ -312,6 +312,11 @@ impl ReadAgg {
     }
 }
 
+const _: () = assert!(
+    MAX_QUERY_TERMS < 64,
+    "ReadAgg checks query terms with a u64 mask"
+);
+
 /// What [`decode_agg`] does with the stored term set.
 enum Terms<'a> {
     /// Build the set.
@@ -361,7 +366,10 @@ const ROW_FORMAT: u8 = 1;
 /// instead of looking up each trace's `u` summary, whose random keys made every row of a
 /// page on a large store a page-in of its own (bench/RESULTS.md, session 22). Written with the
 /// summary in the same batch, so the two always agree (`check` verifies it). An empty `t`
-/// value is a store written before rows existed: the list reads `u` for it.
+/// value is a store written before rows existed: the list reads `u` for it. A row is a stored
+/// copy of [`Agg::summary`]: a change to how that derives a field leaves every stored row stale
+/// until its trace is written again, so it needs a schema version (and an upgrade that rewrites
+/// the rows, or empties them).
 pub(super) fn encode_row(s: &TraceSummary) -> Vec<u8> {
     let mut e = Enc::with_capacity(256);
     e.u8(ROW_FORMAT);
@@ -528,7 +536,8 @@ fn decode_agg(key: &[u8], value: &[u8], terms: Terms<'_>) -> Result<(Agg, bool),
         let n = d.count()?;
         let has_terms = match terms {
             Terms::Load => {
-                let mut set = TermSet::with_capacity_and_hasher(n as usize, Default::default());
+                let capacity = usize::try_from(n).ok()?;
+                let mut set = TermSet::with_capacity_and_hasher(capacity, Default::default());
                 for _ in 0..n {
                     set.insert(d.string()?);
                 }
@@ -536,21 +545,28 @@ fn decode_agg(key: &[u8], value: &[u8], terms: Terms<'_>) -> Result<(Agg, bool),
                 true
             }
             Terms::Check(wanted) => {
-                // One bit per wanted term still missing (a query has at most
-                // `MAX_QUERY_TERMS`; past 64, the rest are not checked).
-                let mut missing: u64 = match wanted.len() {
-                    len @ 0..64 => (1 << len) - 1,
-                    _ => u64::MAX,
+                // One bit per wanted term still missing. A query has at most `MAX_QUERY_TERMS`
+                // (asserted below 64); a longer list would not be a query's, and never matches.
+                let checkable = wanted.len() < 64;
+                let mut missing: u64 = if checkable {
+                    (1 << wanted.len()) - 1
+                } else {
+                    u64::MAX
                 };
                 for _ in 0..n {
+                    // Compared as bytes: a stored term that is not UTF-8 (which `check` and
+                    // the writes' full decode report) simply matches no query term.
                     let term = d.bytes()?;
-                    for (i, w) in wanted.iter().enumerate().take(64) {
+                    if !checkable {
+                        continue;
+                    }
+                    for (i, w) in wanted.iter().enumerate() {
                         if w.as_bytes() == term {
                             missing &= !(1 << i);
                         }
                     }
                 }
-                missing == 0
+                checkable && missing == 0
             }
         };
         Some((agg, has_terms))

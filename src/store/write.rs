@@ -201,7 +201,13 @@ impl Store {
         let mut update = JournalUpdate::Nothing;
         if let (Some(agg), Some(position)) = (&agg, &position) {
             for key in agg.index_keys() {
-                count(&key, 0);
+                // `x` values are empty; the `t` value is the list row (empty before schema 7).
+                let value_len = if key.first() == Some(&P_TIME) {
+                    self.tree.get(&key)?.map_or(0, |row| row.len())
+                } else {
+                    0
+                };
+                count(&key, value_len);
                 batch.remove(key);
             }
             // Folded, not journalled, and the journal first on its own: retention counts the
