@@ -10,7 +10,7 @@
 //! with point lookups, to name the records to blame. A clean store thus costs sequential reads
 //! only, where a lookup per span, posting and index key made `check` of a 1M-span store take
 //! minutes. (Except for the empty rows of a store written before schema 7: each is read as the
-//! row of the summary it names, a lookup per trace written before the upgrade.)
+//! row of the summary it names: a lookup per trace not written since the upgrade.)
 
 use std::hash::Hasher;
 
@@ -421,7 +421,8 @@ impl Store {
     }
 
     /// The list row of `trace_id`'s stored summary when the summary's `t` key is `time_key`;
-    /// `None` when there is no summary, it does not decode (reported by the summaries' pass) or
+    /// `None` when there is no summary, it does not decode for a read (the summaries' pass reports
+    /// every decode error, a term that is not UTF-8 included) or
     /// it sits elsewhere (reported with the index entries).
     fn summary_row(&self, trace_id: &str, time_key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = summary_key(trace_id);

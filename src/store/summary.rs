@@ -305,7 +305,8 @@ impl ReadAgg {
     }
 
     /// Reads what [`Agg::encode`] wrote, skipping the term set; `wanted` are the terms checked
-    /// for [`ReadAgg::matches`].
+    /// for [`ReadAgg::matches`] (a query has at most `MAX_QUERY_TERMS`; a list of 64 or more
+    /// never matches).
     pub(super) fn decode(key: &[u8], value: &[u8], wanted: &[String]) -> Result<Self, StoreError> {
         let (agg, has_terms) = decode_agg(key, value, Terms::Check(wanted))?;
         Ok(ReadAgg { agg, has_terms })
