@@ -60,12 +60,13 @@ impl Store {
                 // The batch keeps indexes, rows and summaries in step; the start checks are guards
                 // only. (A row is listed without its summary being read: in a store corrupted so
                 // that a `t` entry outlived its summary, the list shows it and `check` reports it.)
-                let summary = match row.filter(|(_, value)| !value.is_empty()) {
+                let summary = match row {
+                    // No filters here, and since / until are the window's (checked again).
                     Some((key, value)) => {
-                        let row = decode_row(key, value, trace_id)?;
                         let within = q.since.is_none_or(|t| start >= t.micros())
                             && q.until.is_none_or(|t| start < t.micros());
-                        (row.start_time.micros() == start && within).then_some(row)
+                        self.time_entry_row(key, value, trace_id)?
+                            .filter(|row| row.start_time.micros() == start && within)
                     }
                     None => self
                         .load_read_agg(trace_id, &terms)?
@@ -222,6 +223,22 @@ impl Store {
             Some(value) => Ok(Some(decode_json(&key, &value)?)),
             None => Ok(None),
         }
+    }
+
+    /// The list row a `t` entry (`key`, `value`) holds for `trace_id`, or, when the value is
+    /// empty (a store written before rows), the trace's summary; `None`: no summary either.
+    pub(super) fn time_entry_row(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        trace_id: &str,
+    ) -> Result<Option<TraceSummary>, StoreError> {
+        if value.is_empty() {
+            return Ok(self
+                .load_read_agg(trace_id, &[])?
+                .map(|read| read.agg().summary()));
+        }
+        decode_row(key, value, trace_id).map(Some)
     }
 
     /// The stored summary, term set included: what a write starts from.

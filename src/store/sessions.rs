@@ -37,13 +37,7 @@ impl Store {
                 start_us: start,
                 trace_id: trace_id.to_string(),
             };
-            // The trace's list row, or (a store written before rows) its summary.
-            let row = if value.is_empty() {
-                self.load_read_agg(trace_id, &[])?
-                    .map(|read| read.agg().summary())
-            } else {
-                Some(decode_row(&key, &value, trace_id)?)
-            };
+            let row = self.time_entry_row(&key, &value, trace_id)?;
             let session = row
                 .as_ref()
                 .filter(|row| row.start_time.micros() == start)
