@@ -113,6 +113,87 @@ async fn a_client_too_slow_to_send_its_head_is_disconnected() {
     assert_eq!(upstream.hits(), 0, "nothing reached the upstream");
 }
 
+/// Reads one `content-length` response from a kept-alive connection: (status, body).
+async fn read_response(sock: &mut TcpStream) -> (u16, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a response with a content-length");
+            if got.len() >= end + 4 + length {
+                let status = status_of(&got).expect("an HTTP/1.1 status line");
+                return (status, got[end + 4..end + 4 + length].to_vec());
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf))
+            .await
+            .expect("the server neither answered nor closed the connection")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection mid-response");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The head timer is reset for each request of a keep-alive connection (vendor/hyper/PATCHED.md):
+/// one that went off while a long request was served must not cut the next head short, and it
+/// must still go off for a later head that never completes.
+#[tokio::test]
+async fn the_head_timeout_holds_on_every_request_of_a_keep_alive_connection() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(tmp.path(), &upstream.url());
+    config.header_read_timeout = Duration::from_millis(300);
+    let proxy = TestProxy::start_with(config).await;
+    let addr = proxy.running.as_ref().unwrap().proxy_addr;
+    let request = |delay_ms: u64, prompt: &str| {
+        let body = chat_body("gpt-4o-mini", prompt, false).to_string();
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             x-mock-delay-ms: {delay_ms}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+
+    // 1. Served for three times the head timeout: the stopped head timer goes off meanwhile.
+    sock.write_all(request(900, "slow").as_bytes())
+        .await
+        .unwrap();
+    let (status, body) = read_response(&mut sock).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // 2. The next head on the same connection is read, not refused by that old deadline.
+    sock.write_all(request(0, "next").as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut sock).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert!(answer["choices"].is_array(), "a chat answer: {answer}");
+    // 3. Half a head, then nothing: the re-armed timer still closes the connection.
+    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the half head was still waited on after 20 s (header_read_timeout 300 ms)"
+    );
+    assert!(
+        rest.is_empty() || status_of(&rest) == Some(408),
+        "a slow head is closed (or answered 408): {}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_eq!(
+        upstream.hits(),
+        2,
+        "only the two complete requests went upstream"
+    );
+}
+
 #[tokio::test]
 async fn beyond_max_connections_new_clients_wait_for_a_free_slot() {
     let upstream = MockUpstream::start().await.unwrap();

@@ -22,8 +22,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::{config::TlsFiles, error::StartError};
 
 mod drain;
+mod head_timer;
 
 use drain::{Drain, Tracked};
+use head_timer::HeadTimer;
 
 /// Largest request head (request line + headers) a client may send over HTTP/1.1.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -131,7 +133,7 @@ pub async fn serve<S, B>(
     let drain = Drain::new();
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
-        .timer(TokioTimer::new())
+        .timer(HeadTimer)
         .header_read_timeout(opts.header_read_timeout)
         // Bounds each connection's head buffer (hyper's default is ~400 KiB): a head larger than
         // this is refused (431, or 414 for the URI) instead of buffered.
