@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod clickhouse;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod forward;

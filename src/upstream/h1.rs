@@ -30,6 +30,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use super::{Pool, RequestBody};
+use crate::deadline::Deadline;
 
 /// The most headers a response head may carry (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -48,10 +49,9 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(super) struct Conn {
     pub(super) io: tokio::net::TcpStream,
     buf: BytesMut,
-    /// Re-armed per exchange. Moving a registered timer's deadline later is a compare-and-swap
-    /// in tokio (the wheel re-files it only when the old deadline comes round), where a new
-    /// timer per request took the driver's lock twice.
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Re-armed per exchange, for the price of a store (`deadline`), where a new timer per
+    /// request took tokio's timer-driver lock twice.
+    timer: Deadline,
 }
 
 impl Conn {
@@ -59,7 +59,7 @@ impl Conn {
         Self {
             io,
             buf: BytesMut::new(),
-            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+            timer: Deadline::new(deadline),
         }
     }
 
@@ -113,7 +113,7 @@ pub(super) async fn exchange(
     pool: Weak<Pool>,
     deadline: Instant,
 ) -> Result<Response<PlainBody>, Result<Unsent, ExchangeError>> {
-    conn.timer.as_mut().reset(deadline.into());
+    conn.timer.reset(deadline);
     let head_only = req.method() == Method::HEAD;
     let (parts, mut body) = req.into_parts();
     let framing = Framing::of(&parts.headers, &body);
@@ -153,7 +153,7 @@ pub(super) async fn exchange(
                 // unless the upstream already sent one, so stop waiting for it.
                 Poll::Pending => match out.failed.take() {
                     Some(e) => return Poll::Ready(Err(e)),
-                    None if conn.timer.as_mut().poll(cx).is_ready() => {
+                    None if Pin::new(&mut conn.timer).poll(cx).is_ready() => {
                         return Poll::Ready(Err(ExchangeError::TimedOut))
                     }
                     None => return Poll::Pending,

@@ -1,0 +1,172 @@
+//! Deadline: a timer that many deadlines in a row can share, each re-arm costing a store.
+//!
+//! Both HTTP/1 sides of the proxy keep one timer per connection and move it later before each
+//! request: the server's header-read timeout (`listener/head_timer.rs`) and the upstream's
+//! response-head deadline (`upstream/h1.rs`). With a bare `tokio::time::Sleep` each move converts
+//! the deadline to a wheel tick and each poll re-registers the task's waker, a few hundred
+//! instructions a request for timers that almost never fire. A [`Deadline`] only records a later
+//! deadline. Its tokio timer stays armed at the earlier one; when that comes round the deadline
+//! re-arms itself at the recorded one, so it fires late by nothing and goes back to the timer
+//! wheel once per timeout period rather than once per request. A poll by the task it is already
+//! registered with returns at once.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+    time::Instant,
+};
+
+/// A sleep whose deadline can move later for the price of a store (see the module doc).
+pub struct Deadline {
+    /// When this sleep completes.
+    deadline: Instant,
+    /// Armed at `deadline` or earlier, never later.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The waker `timer` was last polled with, while it is armed.
+    polled_by: Option<Waker>,
+}
+
+impl Deadline {
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+            polled_by: None,
+        }
+    }
+
+    /// Completes at `deadline` instead. A later deadline (every request's) is only recorded; an
+    /// earlier one re-arms the tokio timer so that it is not missed.
+    pub fn reset(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if deadline < self.timer.deadline().into_std() {
+            self.timer.as_mut().reset(deadline.into());
+            self.polled_by = None;
+        }
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        // Armed, and registered with this very task: it will be woken when the timer fires.
+        if this
+            .polled_by
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+            && !this.timer.is_elapsed()
+        {
+            return Poll::Pending;
+        }
+        loop {
+            // Out of budget, tokio's poll returns Pending without registering the waker (the task
+            // is woken to yield instead): only a poll made with budget left is remembered.
+            let budget = tokio::task::coop::has_budget_remaining();
+            match this.timer.as_mut().poll(cx) {
+                Poll::Pending => {
+                    this.polled_by = budget.then(|| cx.waker().clone());
+                    return Poll::Pending;
+                }
+                // Fired at an earlier deadline: re-armed at the one recorded since.
+                Poll::Ready(()) if this.timer.deadline().into_std() < this.deadline => {
+                    this.timer.as_mut().reset(this.deadline.into());
+                }
+                Poll::Ready(()) => {
+                    this.polled_by = None;
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use std::{task::Wake, time::Duration};
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll(sleep: &mut Deadline, waker: &Waker) -> Poll<()> {
+        Pin::new(sleep).poll(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_deadline_is_kept_and_reached_after_the_first_passes() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let start = Instant::now();
+        let mut sleep = Deadline::new(start + Duration::from_secs(1));
+        assert!(poll(&mut sleep, &waker).is_pending());
+        sleep.reset(start + Duration::from_secs(3));
+        assert!(poll(&mut sleep, &waker).is_pending());
+
+        // The first deadline passes: the task is woken, the sleep re-arms and is still pending.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken at the old deadline"
+        );
+        assert!(poll(&mut sleep, &waker).is_pending(), "not done before 3 s");
+
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(poll(&mut sleep, &waker).is_pending(), "not done at 2.5 s");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            2,
+            "woken at the new deadline"
+        );
+        assert!(poll(&mut sleep, &waker).is_ready(), "done after 3 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_rearms_the_timer() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let start = Instant::now();
+        let mut sleep = Deadline::new(start + Duration::from_secs(10));
+        assert!(poll(&mut sleep, &waker).is_pending());
+        sleep.reset(start + Duration::from_secs(1));
+        assert!(poll(&mut sleep, &waker).is_pending());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken at the earlier deadline"
+        );
+        assert!(poll(&mut sleep, &waker).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_task_polling_is_registered_too() {
+        let first = Arc::new(Count(AtomicUsize::new(0)));
+        let second = Arc::new(Count(AtomicUsize::new(0)));
+        let start = Instant::now();
+        let mut sleep = Deadline::new(start + Duration::from_secs(1));
+        assert!(poll(&mut sleep, &Waker::from(first.clone())).is_pending());
+        assert!(poll(&mut sleep, &Waker::from(second.clone())).is_pending());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            second.0.load(Ordering::SeqCst),
+            1,
+            "the last poller is woken"
+        );
+        assert!(poll(&mut sleep, &Waker::from(second.clone())).is_ready());
+    }
+}
