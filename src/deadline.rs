@@ -23,7 +23,8 @@ pub struct Deadline {
     deadline: Instant,
     /// Armed at `deadline` or earlier, never later.
     timer: Pin<Box<tokio::time::Sleep>>,
-    /// The waker `timer` was last polled with, while it is armed.
+    /// The waker `timer` was last registered with (by a poll with coop budget left); cleared
+    /// when it fires, is re-armed earlier, or [`Deadline::forget_waker`] is called.
     polled_by: Option<Waker>,
 }
 
@@ -44,6 +45,16 @@ impl Deadline {
             self.timer.as_mut().reset(deadline.into());
             self.polled_by = None;
         }
+    }
+}
+
+impl Deadline {
+    /// Lets go of the last poller's waker, which keeps that task's memory allocated: for a
+    /// deadline that outlives its poller (an upstream connection going back to the pool after
+    /// a request's task). tokio's timer holds its own copy only until it fires. The next poll
+    /// takes the slow path once.
+    pub fn forget_waker(&mut self) {
+        self.polled_by = None;
     }
 }
 
@@ -149,6 +160,54 @@ mod tests {
             count.0.load(Ordering::SeqCst),
             1,
             "woken at the earlier deadline"
+        );
+        assert!(poll(&mut sleep, &waker).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_fired_can_be_moved_later_and_fires_again() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let start = Instant::now();
+        let mut sleep = Deadline::new(start + Duration::from_secs(1));
+        assert!(poll(&mut sleep, &waker).is_pending());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(poll(&mut sleep, &waker).is_ready());
+        sleep.reset(start + Duration::from_secs(3));
+        assert!(
+            poll(&mut sleep, &waker).is_pending(),
+            "re-armed at the later deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "woken again at 3 s");
+        assert!(poll(&mut sleep, &waker).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_out_of_coop_budget_is_not_taken_for_a_registration() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let start = Instant::now();
+        let mut sleep = Deadline::new(start + Duration::from_secs(1));
+        // Spend this task's budget: tokio's timer then answers Pending without registering.
+        let mut spent = 0;
+        while tokio::task::coop::has_budget_remaining() && spent < 10_000 {
+            std::future::poll_fn(|cx| {
+                tokio::task::coop::poll_proceed(cx).map(|restore| restore.made_progress())
+            })
+            .await;
+            spent += 1;
+        }
+        assert!(!tokio::task::coop::has_budget_remaining(), "budget spent");
+        assert!(poll(&mut sleep, &waker).is_pending());
+        // The same waker again, with budget back: this poll must register it.
+        tokio::task::yield_now().await;
+        assert!(tokio::task::coop::has_budget_remaining());
+        assert!(poll(&mut sleep, &waker).is_pending());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            count.0.load(Ordering::SeqCst) >= 1,
+            "the timer woke the task at its deadline"
         );
         assert!(poll(&mut sleep, &waker).is_ready());
     }

@@ -1,8 +1,7 @@
 //! Head timer: the [`hyper::rt::Timer`] behind HTTP/1's `header_read_timeout`, cheap to re-arm.
 //!
 //! hyper (patched, vendor/hyper/PATCHED.md) keeps one header-read timer per connection and resets
-//! it to a later deadline before each request head, then polls it whenever the socket has nothing
-//! to read. With tokio's timer (hyper-util's `TokioTimer`) that reset and poll cost ~250
+//! it to a later deadline before each request head, then polls it while it waits for the head. With tokio's timer (hyper-util's `TokioTimer`) that reset and poll cost ~250
 //! instructions a request (callgrind); this timer hands hyper a [`Deadline`], whose later re-arm
 //! is a store.
 
@@ -19,7 +18,13 @@ pub struct HeadTimer;
 
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
+        self.sleep_until(self.now() + duration)
+    }
+
+    /// tokio's clock, as hyper-util's `TokioTimer` (the same instant, except under tokio's
+    /// paused test time).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {

@@ -49,8 +49,8 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(super) struct Conn {
     pub(super) io: tokio::net::TcpStream,
     buf: BytesMut,
-    /// Re-armed per exchange, for the price of a store (`deadline`), where a new timer per
-    /// request took tokio's timer-driver lock twice.
+    /// Re-armed per exchange, for the price of a store (`deadline`): a tokio `Sleep` reset
+    /// converted the deadline to a wheel tick and re-registered the waker every time.
     timer: Deadline,
 }
 
@@ -593,9 +593,10 @@ impl PlainBody {
         if !self.done() {
             return;
         }
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             if self.reusable && conn.buf.is_empty() {
                 if let Some(pool) = self.pool.upgrade() {
+                    conn.timer.forget_waker();
                     pool.checkin(conn);
                 }
             }
