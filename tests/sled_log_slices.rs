@@ -38,7 +38,19 @@ fn write_and_count(dir: &Path, segment_size: usize) -> u64 {
         db.flush().expect("flush");
     }
     let calls = IO_YIELD_CALLS.load(Relaxed) - before;
-    let db = config().open().expect("reopen");
+    // sled's background threads let go of the directory lock a moment after the handle is
+    // dropped (`Store::open` retries the same way): retry the reopen on that for up to 5 s.
+    let mut tries = 0;
+    let db = loop {
+        match config().open() {
+            Ok(db) => break db,
+            Err(e) if e.to_string().contains("could not acquire lock") && tries < 250 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen: {e:?}"),
+        }
+    };
     assert_eq!(db.len(), 2000);
     for i in 0u32..2000 {
         let got = db.get(i.to_be_bytes()).expect("get");
