@@ -112,65 +112,65 @@ mod tests {
         }
     }
 
+    impl Count {
+        fn wakes(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A wake counter and its waker.
+    fn counted() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        (count, waker)
+    }
+
+    /// A deadline `secs` after now (paused time), polled once.
+    fn armed(secs: u64, waker: &Waker) -> (Instant, Deadline) {
+        let start = Instant::now();
+        let mut sleep = Deadline::new(start + Duration::from_secs(secs));
+        assert!(poll(&mut sleep, waker).is_pending());
+        (start, sleep)
+    }
+
     fn poll(sleep: &mut Deadline, waker: &Waker) -> Poll<()> {
         Pin::new(sleep).poll(&mut Context::from_waker(waker))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_later_deadline_is_kept_and_reached_after_the_first_passes() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let start = Instant::now();
-        let mut sleep = Deadline::new(start + Duration::from_secs(1));
-        assert!(poll(&mut sleep, &waker).is_pending());
+        let (count, waker) = counted();
+        let (start, mut sleep) = armed(1, &waker);
         sleep.reset(start + Duration::from_secs(3));
         assert!(poll(&mut sleep, &waker).is_pending());
 
         // The first deadline passes: the task is woken, the sleep re-arms and is still pending.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "woken at the old deadline"
-        );
+        assert_eq!(count.wakes(), 1, "woken at the old deadline");
         assert!(poll(&mut sleep, &waker).is_pending(), "not done before 3 s");
 
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert!(poll(&mut sleep, &waker).is_pending(), "not done at 2.5 s");
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            2,
-            "woken at the new deadline"
-        );
+        assert_eq!(count.wakes(), 2, "woken at the new deadline");
         assert!(poll(&mut sleep, &waker).is_ready(), "done after 3 s");
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_rearms_the_timer() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let start = Instant::now();
-        let mut sleep = Deadline::new(start + Duration::from_secs(10));
-        assert!(poll(&mut sleep, &waker).is_pending());
+        let (count, waker) = counted();
+        let (start, mut sleep) = armed(10, &waker);
         sleep.reset(start + Duration::from_secs(1));
         assert!(poll(&mut sleep, &waker).is_pending());
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "woken at the earlier deadline"
-        );
+        assert_eq!(count.wakes(), 1, "woken at the earlier deadline");
         assert!(poll(&mut sleep, &waker).is_ready());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_deadline_that_fired_can_be_moved_later_and_fires_again() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let start = Instant::now();
-        let mut sleep = Deadline::new(start + Duration::from_secs(1));
-        assert!(poll(&mut sleep, &waker).is_pending());
+        let (count, waker) = counted();
+        let (start, mut sleep) = armed(1, &waker);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(poll(&mut sleep, &waker).is_ready());
         sleep.reset(start + Duration::from_secs(3));
@@ -179,16 +179,14 @@ mod tests {
             "re-armed at the later deadline"
         );
         tokio::time::sleep(Duration::from_millis(2000)).await;
-        assert_eq!(count.0.load(Ordering::SeqCst), 2, "woken again at 3 s");
+        assert_eq!(count.wakes(), 2, "woken again at 3 s");
         assert!(poll(&mut sleep, &waker).is_ready());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_poll_out_of_coop_budget_is_not_taken_for_a_registration() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let start = Instant::now();
-        let mut sleep = Deadline::new(start + Duration::from_secs(1));
+        let (count, waker) = counted();
+        let mut sleep = Deadline::new(Instant::now() + Duration::from_secs(1));
         // Spend this task's budget: tokio's timer then answers Pending without registering.
         let mut spent = 0;
         while tokio::task::coop::has_budget_remaining() && spent < 10_000 {
@@ -206,7 +204,7 @@ mod tests {
         assert!(poll(&mut sleep, &waker).is_pending());
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(
-            count.0.load(Ordering::SeqCst) >= 1,
+            count.wakes() >= 1,
             "the timer woke the task at its deadline"
         );
         assert!(poll(&mut sleep, &waker).is_ready());
@@ -214,18 +212,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn another_task_polling_is_registered_too() {
-        let first = Arc::new(Count(AtomicUsize::new(0)));
-        let second = Arc::new(Count(AtomicUsize::new(0)));
-        let start = Instant::now();
-        let mut sleep = Deadline::new(start + Duration::from_secs(1));
-        assert!(poll(&mut sleep, &Waker::from(first.clone())).is_pending());
-        assert!(poll(&mut sleep, &Waker::from(second.clone())).is_pending());
+        let (_, first) = counted();
+        let (second_count, second) = counted();
+        let (_, mut sleep) = armed(1, &first);
+        assert!(poll(&mut sleep, &second).is_pending());
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(
-            second.0.load(Ordering::SeqCst),
-            1,
-            "the last poller is woken"
-        );
-        assert!(poll(&mut sleep, &Waker::from(second.clone())).is_ready());
+        assert_eq!(second_count.wakes(), 1, "the last poller is woken");
+        assert!(poll(&mut sleep, &second).is_ready());
     }
 }

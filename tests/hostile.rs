@@ -94,13 +94,19 @@ async fn header_floods_and_huge_headers_are_refused_and_the_proxy_keeps_serving(
     still_serves(&proxy, "after the flood").await;
 }
 
-#[tokio::test]
-async fn a_client_too_slow_to_send_its_head_is_disconnected() {
+/// A proxy whose clients get `ms` to send a request head, its mock upstream and its data dir.
+async fn proxy_with_head_timeout(ms: u64) -> (MockUpstream, tempfile::TempDir, TestProxy) {
     let upstream = MockUpstream::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut config = test_config(tmp.path(), &upstream.url());
-    config.header_read_timeout = Duration::from_millis(300);
+    config.header_read_timeout = Duration::from_millis(ms);
     let proxy = TestProxy::start_with(config).await;
+    (upstream, tmp, proxy)
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_head_is_disconnected() {
+    let (upstream, _tmp, proxy) = proxy_with_head_timeout(300).await;
     let addr = proxy.running.as_ref().unwrap().proxy_addr;
 
     // Half a head, then nothing: the server must give up on it.
@@ -144,11 +150,7 @@ async fn read_response(sock: &mut TcpStream) -> (u16, Vec<u8>) {
 /// must still go off for a later head that never completes.
 #[tokio::test]
 async fn the_head_timeout_holds_on_every_request_of_a_keep_alive_connection() {
-    let upstream = MockUpstream::start().await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut config = test_config(tmp.path(), &upstream.url());
-    config.header_read_timeout = Duration::from_millis(300);
-    let proxy = TestProxy::start_with(config).await;
+    let (upstream, _tmp, proxy) = proxy_with_head_timeout(300).await;
     let addr = proxy.running.as_ref().unwrap().proxy_addr;
     let request = |delay_ms: u64, prompt: &str| {
         let body = chat_body("gpt-4o-mini", prompt, false).to_string();
