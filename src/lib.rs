@@ -8,7 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod clickhouse;
 pub mod config;
-pub mod deadline;
+mod deadline;
 pub mod demo;
 pub mod error;
 pub mod forward;
