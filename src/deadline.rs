@@ -46,9 +46,7 @@ impl Deadline {
             self.polled_by = None;
         }
     }
-}
 
-impl Deadline {
     /// Lets go of the last poller's waker, which keeps that task's memory allocated: for a
     /// deadline that outlives its poller (an upstream connection going back to the pool after
     /// a request's task). tokio's timer holds its own copy only until it fires. The next poll
