@@ -96,6 +96,11 @@ struct Args {
     /// digits), instead of fully random ones as apps send (W3C `traceparent`, OTLP).
     #[arg(long, conflicts_with = "queries_only")]
     time_ordered_ids: bool,
+    /// LLM spans' ids as the proxy mints them (`propagate::new_span_id`: a sequence counting up
+    /// from a random start), instead of fully random ones as OTLP exporters send. Chain roots
+    /// (the app's own spans, with `--spans-per-trace` > 1) keep random ids.
+    #[arg(long, conflicts_with = "queries_only")]
+    proxy_span_ids: bool,
 }
 
 const MODELS: [&str; 5] = [
@@ -341,6 +346,7 @@ fn load(
                 args.spans_per_trace,
                 base_us,
                 args.time_ordered_ids,
+                args.proxy_span_ids,
             ));
             next += 1;
         }
@@ -378,8 +384,15 @@ fn minted_trace_id(t: usize, start_us: u64) -> String {
 
 /// Span `i`: trace `i / per_trace`; the first span of a trace is its chain root, the rest LLM
 /// calls under it (with one span per trace, each is a parentless LLM call, as the proxy records). A few models (one rare), 2% errors, realistic bodies.
-/// `time_ordered`: the trace's id is [`minted_trace_id`], else [`trace_id`].
-fn span(i: usize, per_trace: usize, base_us: u64, time_ordered: bool) -> Span {
+/// `time_ordered`: the trace's id is [`minted_trace_id`], else [`trace_id`]. `proxy_span_ids`:
+/// an LLM span's id is number `i` of a sequence from a random start, as the proxy mints them.
+fn span(
+    i: usize,
+    per_trace: usize,
+    base_us: u64,
+    time_ordered: bool,
+    proxy_span_ids: bool,
+) -> Span {
     let per_trace = per_trace.max(1);
     let (t, k) = (i / per_trace, i % per_trace);
     let trace_start = base_us + t as u64 * TRACE_EVERY_US;
@@ -403,7 +416,11 @@ fn span(i: usize, per_trace: usize, base_us: u64, time_ordered: bool) -> Span {
     let answer = format!("The second charge for customer {t} is a pending authorization that drops off within 3 business days.");
     Span {
         trace_id,
-        span_id: format!("{:016x}", mix(i as u64 ^ 0x5eed)),
+        span_id: if proxy_span_ids && !root {
+            propagate::span_id_from(mix(0x5eed).wrapping_add(i as u64))
+        } else {
+            format!("{:016x}", mix(i as u64 ^ 0x5eed))
+        },
         parent_span_id: (k != 0).then(|| format!("{:016x}", mix((t * per_trace) as u64 ^ 0x5eed))),
         name: if root {
             "support-answer".into()

@@ -20,7 +20,7 @@ use crate::{
     config::{Config, RouteConfig},
     error::StartError,
     mock::MockUpstream,
-    propagate::new_span_id,
+    propagate::{new_span_id, new_trace_id},
     span::Timestamp,
 };
 
@@ -85,7 +85,8 @@ pub async fn send_sample_traffic(proxy: &str, admin: &str) -> Result<usize, Stri
     let mut calls = 0;
 
     // 1. An agent run: chain → (LLM plan, tool search, LLM streamed answer).
-    let trace_id = format!("demo-{}", &new_span_id()[..8]);
+    // The trace id's random tail: span ids count up, so their first digits repeat.
+    let trace_id = format!("demo-{}", &new_trace_id()[24..]);
     let chain_id = new_span_id();
     let chain_start = Timestamp::now();
     let common = |name: &str| {

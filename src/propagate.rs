@@ -253,14 +253,55 @@ pub fn time_first_trace_id(millis: u64, random_hi: u16, random_lo: u64) -> Strin
     hex_string(&buf)
 }
 
-/// 16 lowercase hex chars (never all zeros).
+/// 16 lowercase hex chars (never all zeros): the next number of this process's span-id
+/// sequence, which starts at a random 64-bit number and counts up (each thread takes blocks of
+/// [`SPAN_ID_BLOCK`]). The ids stay unique within a process (no clock involved, so a clock step
+/// cannot repeat one) and, with random starts 2^64 apart in range, across processes and restarts
+/// as well as random ids do; and the store's span-id records (`i`) of the spans the proxy
+/// records land next to each other instead of at random places, where each insert read a leaf
+/// back from disk once the store outgrew sled's cache (bench/RESULTS.md, session 24). Like
+/// snowflake ids, two ids tell roughly how many calls the proxy recorded between them; span ids
+/// are not secrets.
 pub fn new_span_id() -> String {
+    span_id_from(next_span_number())
+}
+
+/// `n` as a span id: 16 lowercase hex digits (`n` = 0 gives 1: all zeros is not a valid W3C
+/// id). Public for benchmarks that need the proxy's ids deterministically.
+pub fn span_id_from(n: u64) -> String {
     let mut buf = [0u8; 16];
-    hex_into(fast_random().max(1), &mut buf);
+    hex_into(n.max(1), &mut buf);
     hex_string(&buf)
 }
 
+/// How many span ids a thread takes from the process's sequence at a time.
+pub const SPAN_ID_BLOCK: u64 = 256;
+
+/// The next unused number of the process's span-id sequence (never 0).
+fn next_span_number() -> u64 {
+    static SEQUENCE: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
+        std::sync::LazyLock::new(|| std::sync::atomic::AtomicU64::new(fast_random()));
+    SPAN_BLOCK.with(|block| {
+        let (mut next, mut end) = block.get();
+        loop {
+            if next == end {
+                next = SEQUENCE.fetch_add(SPAN_ID_BLOCK, std::sync::atomic::Ordering::Relaxed);
+                end = next.wrapping_add(SPAN_ID_BLOCK);
+            }
+            let n = next;
+            next = next.wrapping_add(1);
+            if n != 0 {
+                block.set((next, end));
+                return n;
+            }
+        }
+    })
+}
+
 thread_local! {
+    /// This thread's block of the span-id sequence: (next, end).
+    static SPAN_BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+
     /// wyrand state, seeded per thread from the standard library's random hash keys (which come
     /// from the OS). IDs must be unique, not secret: a 64-bit generator per thread is plenty and
     /// costs a handful of instructions, where a UUID went through a CSPRNG and `fmt`.
@@ -443,6 +484,48 @@ mod tests {
             );
             assert!(seen.insert(s), "span ids do not repeat");
         }
+    }
+
+    #[test]
+    fn span_ids_count_up_per_thread_and_stay_unique_across_threads() {
+        let number = |id: &str| u64::from_str_radix(id, 16).expect("hex span id");
+        // One thread: consecutive numbers within a block, so they sort in the order minted
+        // (unless the sequence wraps past 2^64, which a random start makes vanishingly rare).
+        let first = number(&new_span_id());
+        let second = number(&new_span_id());
+        assert_eq!(second, first.wrapping_add(1), "{first:x} then {second:x}");
+        // Four threads each minting three blocks' worth: no id repeats, and each thread's ids
+        // fall in blocks of SPAN_ID_BLOCK consecutive numbers.
+        let per_thread = 3 * SPAN_ID_BLOCK as usize;
+        let minted: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(move || {
+                        (0..per_thread)
+                            .map(|_| number(&new_span_id()))
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("minting thread"))
+                .collect()
+        });
+        let mut seen = std::collections::HashSet::new();
+        for ids in &minted {
+            let runs = ids
+                .windows(2)
+                .filter(|w| w[1] != w[0].wrapping_add(1))
+                .count();
+            assert!(runs <= 3, "a thread's ids come in blocks: {runs} jumps");
+            for &id in ids {
+                assert!(id != 0, "never all zeros");
+                assert!(seen.insert(id), "span id {id:x} minted twice");
+            }
+        }
+        assert_eq!(span_id_from(0), "0000000000000001");
+        assert_eq!(span_id_from(0xabc), "0000000000000abc");
     }
 
     #[test]

@@ -213,3 +213,65 @@ async fn traces_the_proxy_starts_have_ids_that_begin_with_the_time() {
         assert_eq!(trace["spans"][0]["trace_id"], id.as_str());
     }
 }
+
+#[tokio::test]
+async fn span_ids_the_proxy_mints_are_unique_and_count_up_from_one_start() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = TestProxy::start(&upstream.url()).await;
+    // Four clients at once, five calls each, so more than one runtime thread mints ids.
+    let calls = (0..4).map(|_| {
+        let url = proxy.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..5 {
+                let rsp = client()
+                    .post(&url)
+                    .json(&chat_body("gpt-4o-mini", "hi", false))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(rsp.status(), 200);
+                let header = |name: &str| rsp.headers()[name].to_str().unwrap().to_string();
+                let ids_of_call = (header("x-tracer-trace-id"), header("x-tracer-span-id"));
+                rsp.bytes().await.unwrap();
+                ids.push(ids_of_call);
+            }
+            ids
+        })
+    });
+    let mut minted = Vec::new();
+    for call in calls {
+        minted.extend(call.await.unwrap());
+    }
+    let numbers: Vec<u64> = minted
+        .iter()
+        .map(|(_, span)| {
+            assert!(
+                span.len() == 16
+                    && span
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "a span id is 16 lowercase hex digits: {span}"
+            );
+            u64::from_str_radix(span, 16).unwrap()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        numbers.len(),
+        "span ids never repeat: {minted:?}"
+    );
+    assert!(!distinct.contains(&0), "never all zeros");
+    // One sequence from one random start, each thread taking 256 at a time: the 20 ids sit
+    // within a few blocks of each other (random ids would be ~2^63 apart).
+    let (lo, hi) = (numbers.iter().min().unwrap(), numbers.iter().max().unwrap());
+    assert!(
+        hi.wrapping_sub(*lo) < 1 << 16,
+        "span ids count up from one start: {lo:x}..{hi:x}"
+    );
+    for (trace_id, span_id) in &minted {
+        let trace = proxy.wait_for_trace(trace_id, 1).await;
+        assert_eq!(trace["spans"][0]["span_id"], span_id.as_str());
+    }
+}
