@@ -6,6 +6,8 @@
 #   bench/store.sh                  # 1M spans in 100k traces (a few minutes; capped at 10 min)
 #   bench/store.sh --spans 20000    # smoke run
 #   bench/store.sh --help
+#   bench/store.sh --random-span-ids  # every span id random (OTLP-like); before session 24 the
+#                                     # only shape, so compare older rows with this
 #
 # Not part of CI's pass/fail. The store lives in a temp dir that is removed at the end; the
 # server it starts is stopped (SIGTERM) after each phase.

@@ -14,6 +14,8 @@
 //! without span generation. Queries go through the real binary's admin API over loopback (one
 //! keep-alive connection, sequential), so they include HTTP and JSON: the latency a UI sees.
 //! Bounded: every phase has a count and the whole run a deadline (`--max-seconds`).
+//! A trace is a chain root (the app's span, random id) and LLM calls under it, whose span ids
+//! count up as the proxy mints them (`--random-span-ids`: random, as OTLP exporters send).
 #![allow(clippy::print_stdout)] // stdout carries the report
 
 use std::{
@@ -96,11 +98,12 @@ struct Args {
     /// digits), instead of fully random ones as apps send (W3C `traceparent`, OTLP).
     #[arg(long, conflicts_with = "queries_only")]
     time_ordered_ids: bool,
-    /// LLM spans' ids as the proxy mints them (`propagate::new_span_id`: a sequence counting up
-    /// from a random start), instead of fully random ones as OTLP exporters send. Chain roots
-    /// (the app's own spans, with `--spans-per-trace` > 1) keep random ids.
+    /// Every span id fully random, as OTLP exporters send them, instead of LLM spans' ids as
+    /// the proxy mints them (`propagate::new_span_id`: a sequence counting up from a random
+    /// start; the default). Chain roots (the app's own spans, with `--spans-per-trace` > 1) have
+    /// random ids either way.
     #[arg(long, conflicts_with = "queries_only")]
-    proxy_span_ids: bool,
+    random_span_ids: bool,
 }
 
 const MODELS: [&str; 5] = [
@@ -346,7 +349,7 @@ fn load(
                 args.spans_per_trace,
                 base_us,
                 args.time_ordered_ids,
-                args.proxy_span_ids,
+                !args.random_span_ids,
             ));
             next += 1;
         }
@@ -417,7 +420,10 @@ fn span(
     Span {
         trace_id,
         span_id: if proxy_span_ids && !root {
-            propagate::span_id_from(mix(0x5eed).wrapping_add(i as u64))
+            propagate::span_id_from(
+                std::num::NonZeroU64::new(mix(0x5eed).wrapping_add(i as u64))
+                    .unwrap_or(std::num::NonZeroU64::MIN),
+            )
         } else {
             format!("{:016x}", mix(i as u64 ^ 0x5eed))
         },

@@ -3,6 +3,14 @@
 //! Owns the SPEC's propagation rules (`x-tracer-trace-id` > `traceparent` > fresh), the hygiene of
 //! `x-tracer-*` headers (never forwarded) and the response ID headers. Pure: no I/O.
 
+use std::{
+    num::NonZeroU64,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        LazyLock,
+    },
+};
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
@@ -254,52 +262,70 @@ pub fn time_first_trace_id(millis: u64, random_hi: u16, random_lo: u64) -> Strin
 }
 
 /// 16 lowercase hex chars (never all zeros): the next number of this process's span-id
-/// sequence, which starts at a random 64-bit number and counts up (each thread takes blocks of
-/// [`SPAN_ID_BLOCK`]). The ids stay unique within a process (no clock involved, so a clock step
-/// cannot repeat one) and, with random starts 2^64 apart in range, across processes and restarts
-/// as well as random ids do; and the store's span-id records (`i`) of the spans the proxy
-/// records land next to each other instead of at random places, where each insert read a leaf
-/// back from disk once the store outgrew sled's cache (bench/RESULTS.md, session 24). Like
-/// snowflake ids, two ids tell roughly how many calls the proxy recorded between them; span ids
-/// are not secrets.
+/// sequence, which starts at a random point of the 64-bit range and counts up (a thread that
+/// mints ids takes them [`SPAN_ID_BLOCK`] at a time). The ids stay unique within a process (no
+/// clock is involved, so a clock step cannot repeat one), and two processes' sequences start at
+/// independent random points, so across restarts and instances two runs of ids overlap only
+/// with a probability of about their combined length over 2^64. The store's span-id records
+/// (`i`) of the spans the proxy records then land next to each other instead of at random
+/// places, where each insert read a leaf back from disk once the store outgrew sled's cache
+/// (bench/RESULTS.md, session 24). Like snowflake ids, two ids tell roughly how many requests
+/// the proxy received between them: span ids are identifiers, not secrets.
 pub fn new_span_id() -> String {
     span_id_from(next_span_number())
 }
 
-/// `n` as a span id: 16 lowercase hex digits (`n` = 0 gives 1: all zeros is not a valid W3C
-/// id). Public for benchmarks that need the proxy's ids deterministically.
-pub fn span_id_from(n: u64) -> String {
+/// `n` as a span id: 16 lowercase hex digits. Public for benchmarks that need the proxy's ids
+/// deterministically.
+pub fn span_id_from(n: NonZeroU64) -> String {
     let mut buf = [0u8; 16];
-    hex_into(n.max(1), &mut buf);
+    hex_into(n.get(), &mut buf);
     hex_string(&buf)
 }
 
 /// How many span ids a thread takes from the process's sequence at a time.
-pub const SPAN_ID_BLOCK: u64 = 256;
+const SPAN_ID_BLOCK: u64 = 256;
 
-/// The next unused number of the process's span-id sequence (never 0).
-fn next_span_number() -> u64 {
-    static SEQUENCE: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
-        std::sync::LazyLock::new(|| std::sync::atomic::AtomicU64::new(fast_random()));
-    SPAN_BLOCK.with(|block| {
-        let (mut next, mut end) = block.get();
-        loop {
-            if next == end {
-                next = SEQUENCE.fetch_add(SPAN_ID_BLOCK, std::sync::atomic::Ordering::Relaxed);
-                end = next.wrapping_add(SPAN_ID_BLOCK);
-            }
-            let n = next;
-            next = next.wrapping_add(1);
-            if n != 0 {
-                block.set((next, end));
-                return n;
-            }
-        }
+/// The process's span-id sequence: the first number of the next block any thread takes.
+static SPAN_SEQUENCE: LazyLock<AtomicU64> = LazyLock::new(|| AtomicU64::new(sequence_start()));
+
+/// Where a process's span-id sequence starts: a random 64-bit number (the minting thread's
+/// generator, seeded from the OS through the standard library's hash keys and the clock).
+fn sequence_start() -> u64 {
+    fast_random()
+}
+
+/// The next number of this thread's block of the process's sequence.
+fn next_span_number() -> NonZeroU64 {
+    SPAN_BLOCK.with(|cell| {
+        let (n, rest) = take_span_number(cell.get(), &SPAN_SEQUENCE);
+        cell.set(rest);
+        n
     })
 }
 
+/// The next number of `block` (next, end), after taking a new block of [`SPAN_ID_BLOCK`]
+/// numbers from `sequence` if it is used up; 0 (all-zero ids are invalid in W3C trace context)
+/// is skipped. Returns the number and what is left of the block.
+fn take_span_number(
+    (mut next, mut end): (u64, u64),
+    sequence: &AtomicU64,
+) -> (NonZeroU64, (u64, u64)) {
+    loop {
+        if next == end {
+            next = sequence.fetch_add(SPAN_ID_BLOCK, Ordering::Relaxed);
+            end = next.wrapping_add(SPAN_ID_BLOCK);
+        }
+        let n = next;
+        next = next.wrapping_add(1);
+        if let Some(n) = NonZeroU64::new(n) {
+            return (n, (next, end));
+        }
+    }
+}
+
 thread_local! {
-    /// This thread's block of the span-id sequence: (next, end).
+    /// This thread's block of the span-id sequence: (next, end); empty at first.
     static SPAN_BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
 
     /// wyrand state, seeded per thread from the standard library's random hash keys (which come
@@ -486,21 +512,64 @@ mod tests {
         }
     }
 
+    /// Takes `count` numbers through `take_span_number` from `block`, returning them and the
+    /// block left.
+    fn take_n(mut block: (u64, u64), seq: &AtomicU64, count: usize) -> (Vec<u64>, (u64, u64)) {
+        let mut taken = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (n, rest) = take_span_number(block, seq);
+            taken.push(n.get());
+            block = rest;
+        }
+        (taken, block)
+    }
+
     #[test]
-    fn span_ids_count_up_per_thread_and_stay_unique_across_threads() {
+    fn a_block_is_256_consecutive_numbers_taken_from_the_sequence() {
+        let seq = AtomicU64::new(1_000);
+        let (taken, block) = take_n((0, 0), &seq, 256);
+        let expected: Vec<u64> = (1_000..1_256).collect();
+        assert_eq!(taken, expected, "the first block, in order");
+        assert_eq!(seq.load(Ordering::Relaxed), 1_256, "one block taken");
+        // Another thread takes the next block meanwhile; this one's next block follows it.
+        let (other, _) = take_n((0, 0), &seq, 1);
+        assert_eq!(other, vec![1_256]);
+        let (after, _) = take_n(block, &seq, 2);
+        assert_eq!(
+            after,
+            vec![1_512, 1_513],
+            "a used-up block takes the next free one"
+        );
+    }
+
+    #[test]
+    fn the_sequence_wraps_past_the_top_and_never_yields_zero_or_a_repeat() {
+        // A start near 2^64: the block that crosses it wraps, skips 0, and gives 1 only once.
+        let seq = AtomicU64::new(u64::MAX - 99);
+        let (taken, _) = take_n((0, 0), &seq, 600);
+        assert!(!taken.contains(&0), "0 is skipped");
+        let distinct: std::collections::HashSet<u64> = taken.iter().copied().collect();
+        assert_eq!(distinct.len(), taken.len(), "no number twice");
+        assert_eq!(taken[..2], [u64::MAX - 99, u64::MAX - 98]);
+        assert_eq!(taken[99], u64::MAX, "the top of the range");
+        assert_eq!(taken[100], 1, "then past 0 to 1");
+        assert_eq!(taken[599], 500);
+    }
+
+    #[test]
+    fn span_ids_count_up_within_a_thread_and_never_repeat_across_threads() {
         let number = |id: &str| u64::from_str_radix(id, 16).expect("hex span id");
-        // One thread: consecutive numbers within a block, so they sort in the order minted
-        // (unless the sequence wraps past 2^64, which a random start makes vanishingly rare).
         let first = number(&new_span_id());
         let second = number(&new_span_id());
         assert_eq!(second, first.wrapping_add(1), "{first:x} then {second:x}");
-        // Four threads each minting three blocks' worth: no id repeats, and each thread's ids
-        // fall in blocks of SPAN_ID_BLOCK consecutive numbers.
-        let per_thread = 3 * SPAN_ID_BLOCK as usize;
+        // Eight threads minting four blocks' worth each, released together.
+        let per_thread = 4 * SPAN_ID_BLOCK as usize;
+        let start = std::sync::Barrier::new(8);
         let minted: Vec<Vec<u64>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..4)
+            let handles: Vec<_> = (0..8)
                 .map(|_| {
-                    scope.spawn(move || {
+                    scope.spawn(|| {
+                        start.wait();
                         (0..per_thread)
                             .map(|_| number(&new_span_id()))
                             .collect::<Vec<u64>>()
@@ -513,19 +582,14 @@ mod tests {
                 .collect()
         });
         let mut seen = std::collections::HashSet::new();
-        for ids in &minted {
-            let runs = ids
-                .windows(2)
-                .filter(|w| w[1] != w[0].wrapping_add(1))
-                .count();
-            assert!(runs <= 3, "a thread's ids come in blocks: {runs} jumps");
-            for &id in ids {
-                assert!(id != 0, "never all zeros");
-                assert!(seen.insert(id), "span id {id:x} minted twice");
-            }
+        for id in minted.iter().flatten() {
+            assert!(seen.insert(*id), "span id {id:x} minted twice");
         }
-        assert_eq!(span_id_from(0), "0000000000000001");
-        assert_eq!(span_id_from(0xabc), "0000000000000abc");
+        assert_eq!(span_id_from(NonZeroU64::MIN), "0000000000000001");
+        assert_eq!(
+            span_id_from(NonZeroU64::new(0xabc).expect("non-zero")),
+            "0000000000000abc"
+        );
     }
 
     #[test]

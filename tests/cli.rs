@@ -111,6 +111,85 @@ async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
     reopened.child.kill().await.unwrap();
 }
 
+/// Span ids count up within a process; a restarted proxy must not count from where the last one
+/// started, or its spans would reuse ids already in the store (and a re-sent id moves the span).
+#[tokio::test]
+async fn a_restarted_proxy_mints_span_ids_far_from_the_last_runs() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut minted = Vec::new();
+    for run in ["restart-a", "restart-b"] {
+        let mut cmd = bin();
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+        ])
+        .arg(upstream.url())
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .stderr(Stdio::null());
+        let mut served = spawn_served(cmd).await;
+        let rsp = client()
+            .post(format!("{}/v1/chat/completions", served.proxy))
+            .header("x-tracer-trace-id", run)
+            .json(&chat_body("gpt-4o-mini", "hi", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 200);
+        let span_id = rsp.headers()["x-tracer-span-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        rsp.bytes().await.unwrap();
+        let status = served.terminate().await;
+        assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
+        minted.push(u64::from_str_radix(&span_id, 16).unwrap());
+    }
+    let gap = minted[0]
+        .wrapping_sub(minted[1])
+        .min(minted[1].wrapping_sub(minted[0]));
+    assert!(
+        gap > 1 << 32,
+        "the second run's sequence starts elsewhere: {:016x} then {:016x}",
+        minted[0],
+        minted[1]
+    );
+    // Both spans are in the store, each in its own trace.
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(tmp.path().join("data"))
+    .stderr(Stdio::null());
+    let mut reopened = spawn_served(cmd).await;
+    for (run, span_id) in ["restart-a", "restart-b"].iter().zip(&minted) {
+        let trace: serde_json::Value = client()
+            .get(format!("{}/api/traces/{run}", reopened.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            trace["spans"][0]["span_id"],
+            format!("{span_id:016x}").as_str(),
+            "{run}: {trace}"
+        );
+    }
+    reopened.child.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn demo_serves_a_full_sample_trace_with_no_network() {
     let tmp = tempfile::tempdir().unwrap();

@@ -214,11 +214,12 @@ async fn traces_the_proxy_starts_have_ids_that_begin_with_the_time() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn span_ids_the_proxy_mints_are_unique_and_count_up_from_one_start() {
     let upstream = MockUpstream::start().await.unwrap();
     let proxy = TestProxy::start(&upstream.url()).await;
-    // Four clients at once, five calls each, so more than one runtime thread mints ids.
+    // Four clients at once, five calls each, on a runtime of four workers: more than one
+    // thread may mint ids, each from its own block.
     let calls = (0..4).map(|_| {
         let url = proxy.url("/v1/chat/completions");
         tokio::spawn(async move {
