@@ -197,6 +197,43 @@ async fn the_head_timeout_holds_on_every_request_of_a_keep_alive_connection() {
     );
 }
 
+/// A keep-alive connection left idle after its answer is closed by the head timeout: the timer
+/// starts when the connection goes idle (vendor/hyper/PATCHED.md), also after a request that
+/// outlasted the timeout, during which the stopped timer went off.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
+    let (upstream, _tmp, proxy) = proxy_with_head_timeout(1000).await;
+    let addr = proxy.running.as_ref().unwrap().proxy_addr;
+    let served_then_idle = |delay_ms: u64| async move {
+        let body = chat_body("gpt-4o-mini", "then idle", false).to_string();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             x-mock-delay-ms: {delay_ms}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        sock.write_all(request.as_bytes()).await.unwrap();
+        let (status, body) = read_response(&mut sock).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        // Nothing more is sent: the server must close the connection by itself.
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "an idle connection (first request {delay_ms} ms) was still open after 20 s \
+             (header_read_timeout 1 s)"
+        );
+        assert!(
+            rest.is_empty() || status_of(&rest) == Some(408),
+            "an idle connection is closed (or answered 408): {}",
+            String::from_utf8_lossy(&rest)
+        );
+    };
+    tokio::join!(served_then_idle(0), served_then_idle(2500));
+    assert_eq!(upstream.hits(), 2);
+}
+
 #[tokio::test]
 async fn beyond_max_connections_new_clients_wait_for_a_free_slot() {
     let upstream = MockUpstream::start().await.unwrap();

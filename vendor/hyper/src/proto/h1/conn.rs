@@ -221,23 +221,7 @@ where
         trace!("Conn::read_head");
 
         #[cfg(feature = "server")]
-        if !self.state.h1_header_read_timeout_running {
-            if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
-                let deadline = self.state.timer.now() + h1_header_read_timeout;
-                self.state.h1_header_read_timeout_running = true;
-                match &mut self.state.h1_header_read_timeout_fut {
-                    Some(h1_header_read_timeout_fut) => {
-                        trace!("resetting h1 header read timeout timer");
-                        self.state.timer.reset(h1_header_read_timeout_fut, deadline);
-                    }
-                    None => {
-                        trace!("setting h1 header read timeout timer");
-                        self.state.h1_header_read_timeout_fut =
-                            Some(self.state.timer.sleep_until(deadline));
-                    }
-                }
-            }
-        }
+        self.start_header_read_timer();
 
         let msg = match self.io.parse::<T>(
             cx,
@@ -570,8 +554,48 @@ where
         }
     }
 
+    /// Starts the header-read timer unless it is running (a server with a header read
+    /// timeout): reset to now + the timeout if the connection has one, else created.
+    #[cfg(feature = "server")]
+    fn start_header_read_timer(&mut self) {
+        if self.state.h1_header_read_timeout_running {
+            return;
+        }
+        if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
+            let deadline = self.state.timer.now() + h1_header_read_timeout;
+            self.state.h1_header_read_timeout_running = true;
+            match &mut self.state.h1_header_read_timeout_fut {
+                Some(h1_header_read_timeout_fut) => {
+                    trace!("resetting h1 header read timeout timer");
+                    self.state.timer.reset(h1_header_read_timeout_fut, deadline);
+                }
+                None => {
+                    trace!("setting h1 header read timeout timer");
+                    self.state.h1_header_read_timeout_fut =
+                        Some(self.state.timer.sleep_until(deadline));
+                }
+            }
+        }
+    }
+
     fn try_keep_alive(&mut self, cx: &mut Context<'_>) {
+        #[cfg(feature = "server")]
+        let was_idle = self.state.is_idle();
         self.state.try_keep_alive::<T>();
+        // llm-tracer patch (vendor/hyper/PATCHED.md): a server connection that has just gone
+        // idle starts its header-read timer here, and polls it so that the task is woken when it
+        // goes off, instead of `State::idle` asking the dispatcher for one more read pass to get
+        // `poll_read_head` to start it (a whole extra pass of the poll loop per request).
+        #[cfg(feature = "server")]
+        if !was_idle && self.state.is_idle() && self.state.h1_header_read_timeout.is_some() {
+            self.start_header_read_timer();
+            if let Some(h1_header_read_timeout_fut) = &mut self.state.h1_header_read_timeout_fut {
+                if Pin::new(h1_header_read_timeout_fut).poll(cx).is_ready() {
+                    // Already due (a zero timeout): let `poll_read_head` report it.
+                    self.state.notify_read = true;
+                }
+            }
+        }
         self.maybe_notify(cx);
     }
 
@@ -1155,13 +1179,9 @@ impl State {
             self.notify_read = true;
         }
 
-        #[cfg(feature = "server")]
-        if self.h1_header_read_timeout.is_some() {
-            // Next read will start and poll the header read timeout,
-            // so we can close the connection if another header isn't
-            // received in a timely manner.
-            self.notify_read = true;
-        }
+        // llm-tracer patch (vendor/hyper/PATCHED.md): a server with a header read timeout used
+        // to set `notify_read` here, so that the next read pass started the timer; that timer is
+        // now started by `Conn::try_keep_alive`, the one caller outside hyper's unit tests.
     }
 
     fn is_idle(&self) -> bool {
