@@ -119,6 +119,33 @@ async fn a_client_too_slow_to_send_its_head_is_disconnected() {
     assert_eq!(upstream.hits(), 0, "nothing reached the upstream");
 }
 
+/// A client that connects and sends nothing, or only the start of the HTTP/2 preface, is
+/// disconnected by the head timeout too (before it, hyper-util waited for the bytes that tell
+/// HTTP/1 from HTTP/2 with no timer, and the connection held its slot until shutdown).
+#[tokio::test]
+async fn a_client_that_sends_nothing_or_half_a_preface_is_disconnected() {
+    let (upstream, _tmp, proxy) = proxy_with_head_timeout(300).await;
+    let addr = proxy.running.as_ref().unwrap().proxy_addr;
+    let silent_then_closed = |first: &'static [u8]| async move {
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        sock.write_all(first).await.unwrap();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a connection that sent {first:?} was still open after 20 s (header_read_timeout 300 ms)"
+        );
+    };
+    tokio::join!(
+        silent_then_closed(b""),
+        silent_then_closed(b"PRI * HTTP/2"),
+        silent_then_closed(b"P"),
+    );
+    still_serves(&proxy, "after the silent clients").await;
+    assert_eq!(upstream.hits(), 1, "only still_serves' call went upstream");
+}
+
 /// Reads one `content-length` response from a kept-alive connection: (status, body).
 async fn read_response(sock: &mut TcpStream) -> (u16, Vec<u8>) {
     let mut got = Vec::new();

@@ -150,6 +150,44 @@ async fn a_failed_or_stalled_handshake_never_affects_other_clients() {
 }
 
 #[tokio::test]
+async fn a_tls_client_that_sends_nothing_after_its_handshake_is_disconnected() {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_certs(tmp.path());
+    let mut config = test_config(&tmp.path().join("data"), &upstream.url());
+    config.tls = Some(files(&cert, &key, false));
+    config.header_read_timeout = Duration::from_millis(300);
+    let proxy = TestProxy::start_with(config).await;
+    let addr = proxy.running.as_ref().unwrap().proxy_addr;
+
+    common::install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("the handshake completes");
+    // Handshake done, then not a byte: the head timeout applies from here too.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a TLS client silent after its handshake was still connected after 20 s \
+         (header_read_timeout 300 ms)"
+    );
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
 async fn bad_tls_files_are_start_up_errors_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, cert, key) = write_certs(tmp.path());

@@ -22,9 +22,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::{config::TlsFiles, error::StartError};
 
 mod drain;
+mod first_bytes;
 mod head_timer;
 
 use drain::{Drain, Tracked};
+use first_bytes::FirstBytesDeadline;
 use head_timer::HeadTimer;
 
 /// Largest request head (request line + headers) a client may send over HTTP/1.1.
@@ -188,10 +190,14 @@ pub async fn serve<S, B>(
                 let http = http.clone();
                 let service = service.clone();
                 let tls = opts.tls.clone();
+                let first_bytes = opts.header_read_timeout;
                 tokio::spawn(async move {
                     let _permit = permit;
                     match tls {
-                        None => run_connection(&http, TokioIo::new(tcp), service, &mut tracked, peer).await,
+                        None => {
+                            let io = TokioIo::new(FirstBytesDeadline::new(tcp, first_bytes));
+                            run_connection(&http, io, service, &mut tracked, peer).await
+                        }
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                             // A drain lets the handshake finish (the connection then closes after
@@ -208,7 +214,8 @@ pub async fn serve<S, B>(
                                 }
                                 None => return,
                             };
-                            run_connection(&http, TokioIo::new(tls_stream), service, &mut tracked, peer).await;
+                            let io = TokioIo::new(FirstBytesDeadline::new(tls_stream, first_bytes));
+                            run_connection(&http, io, service, &mut tracked, peer).await;
                         }
                     }
                 });
