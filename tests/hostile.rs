@@ -242,6 +242,22 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
         sock.write_all(request.as_bytes()).await.unwrap();
         let (status, body) = read_response(&mut sock).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        // Idle for a while within the timeout: the connection is still there for the next call.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sock.write_all(
+            request
+                .replace(&format!("delay-ms: {delay_ms}"), "delay-ms: 0 ")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (status, body) = read_response(&mut sock).await;
+        assert_eq!(
+            status,
+            200,
+            "a connection idle for less than the timeout is kept: {}",
+            String::from_utf8_lossy(&body)
+        );
         // Nothing more is sent: the server must close the connection by itself.
         let mut rest = Vec::new();
         let closed =
@@ -258,7 +274,7 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
         );
     };
     tokio::join!(served_then_idle(0), served_then_idle(2500));
-    assert_eq!(upstream.hits(), 2);
+    assert_eq!(upstream.hits(), 4);
 }
 
 #[tokio::test]

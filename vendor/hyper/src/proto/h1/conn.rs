@@ -1181,7 +1181,8 @@ impl State {
 
         // llm-tracer patch (vendor/hyper/PATCHED.md): a server with a header read timeout used
         // to set `notify_read` here, so that the next read pass started the timer; that timer is
-        // now started by `Conn::try_keep_alive`, the one caller outside hyper's unit tests.
+        // now started by `Conn::try_keep_alive`, through `State::try_keep_alive`, this method's
+        // one caller outside hyper's unit tests.
     }
 
     fn is_idle(&self) -> bool {
