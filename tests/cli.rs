@@ -50,10 +50,9 @@ async fn a_typo_in_the_config_stops_start_up_naming_the_key() {
     );
 }
 
-#[tokio::test]
-async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
-    let upstream = MockUpstream::start().await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+/// `serve` on 127.0.0.1:0 (both listeners) with its store in `data`, routed to `upstream` if
+/// given; stderr discarded.
+async fn serve(upstream: Option<&str>, data: &std::path::Path) -> common::Served {
     let mut cmd = bin();
     cmd.args([
         "serve",
@@ -61,13 +60,19 @@ async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
-        "--upstream",
-    ])
-    .arg(upstream.url())
-    .arg("--data-dir")
-    .arg(tmp.path().join("data"))
-    .stderr(Stdio::null());
-    let mut served = spawn_served(cmd).await;
+    ]);
+    if let Some(upstream) = upstream {
+        cmd.arg("--upstream").arg(upstream);
+    }
+    cmd.arg("--data-dir").arg(data).stderr(Stdio::null());
+    spawn_served(cmd).await
+}
+
+#[tokio::test]
+async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut served = serve(Some(&upstream.url()), &tmp.path().join("data")).await;
     assert!(
         served.proxy.starts_with("http://") && served.admin.starts_with("http://"),
         "plain listeners print http:// URLs"
@@ -86,18 +91,7 @@ async fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
 
     // Reopen the store with a second process: the call made before SIGTERM was stored.
-    let mut cmd = bin();
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ])
-    .arg(tmp.path().join("data"))
-    .stderr(Stdio::null());
-    let mut reopened = spawn_served(cmd).await;
+    let mut reopened = serve(None, &tmp.path().join("data")).await;
     let rsp = client()
         .get(format!("{}/api/traces/cli-1", reopened.admin))
         .send()
@@ -119,20 +113,7 @@ async fn a_restarted_proxy_mints_span_ids_far_from_the_last_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let mut minted = Vec::new();
     for run in ["restart-a", "restart-b"] {
-        let mut cmd = bin();
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-        ])
-        .arg(upstream.url())
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .stderr(Stdio::null());
-        let mut served = spawn_served(cmd).await;
+        let mut served = serve(Some(&upstream.url()), &tmp.path().join("data")).await;
         let rsp = client()
             .post(format!("{}/v1/chat/completions", served.proxy))
             .header("x-tracer-trace-id", run)
@@ -160,18 +141,7 @@ async fn a_restarted_proxy_mints_span_ids_far_from_the_last_runs() {
         minted[1]
     );
     // Both spans are in the store, each in its own trace.
-    let mut cmd = bin();
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ])
-    .arg(tmp.path().join("data"))
-    .stderr(Stdio::null());
-    let mut reopened = spawn_served(cmd).await;
+    let mut reopened = serve(None, &tmp.path().join("data")).await;
     for (run, span_id) in ["restart-a", "restart-b"].iter().zip(&minted) {
         let trace: serde_json::Value = client()
             .get(format!("{}/api/traces/{run}", reopened.admin))
