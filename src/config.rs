@@ -91,7 +91,8 @@ pub struct Config {
     pub admin_tls: Option<TlsFiles>,
     /// Connections each listener serves at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// A client gets this long to send a request head (slow-loris guard).
+    /// A client gets this long to send its first bytes and each HTTP/1.1 request head
+    /// (slow-loris guard; see `listener::first_bytes`).
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub flush_every_ms: Option<u64>,

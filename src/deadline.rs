@@ -9,6 +9,8 @@
 //! re-arms itself at the recorded one, so it fires late by nothing and goes back to the timer
 //! wheel once per timeout period rather than once per request. A poll by the task it is already
 //! registered with returns at once.
+//!
+//! A new connection's first-bytes deadline (`listener/first_bytes.rs`) is one too, set once.
 
 use std::{
     future::Future,

@@ -146,6 +146,31 @@ async fn a_client_that_sends_nothing_or_half_a_preface_is_disconnected() {
     assert_eq!(upstream.hits(), 1, "only still_serves' call went upstream");
 }
 
+/// The first-bytes deadline steps aside once an HTTP/2 client has sent its preface: a call that
+/// takes longer than the head timeout, and a second one on the same connection, are served.
+#[tokio::test]
+async fn an_http2_connection_outlives_the_head_timeout_once_its_preface_is_in() {
+    let (upstream, _tmp, proxy) = proxy_with_head_timeout(300).await;
+    let h2c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for delay_ms in ["1000", "0"] {
+        let rsp = h2c
+            .post(proxy.url("/v1/chat/completions"))
+            .header("x-mock-delay-ms", delay_ms)
+            .json(&chat_body("gpt-4o-mini", "h2 after the deadline", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rsp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(rsp.status(), 200, "delay {delay_ms} ms");
+        rsp.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.hits(), 2);
+}
+
 /// Reads one `content-length` response from a kept-alive connection: (status, body).
 async fn read_response(sock: &mut TcpStream) -> (u16, Vec<u8>) {
     let mut got = Vec::new();
@@ -229,7 +254,8 @@ async fn the_head_timeout_holds_on_every_request_of_a_keep_alive_connection() {
 /// outlasted the timeout, during which the stopped timer went off.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
-    let (upstream, _tmp, proxy) = proxy_with_head_timeout(1000).await;
+    // 2 s: room for the test to send its second call after reading an answer on a busy machine.
+    let (upstream, _tmp, proxy) = proxy_with_head_timeout(2000).await;
     let addr = proxy.running.as_ref().unwrap().proxy_addr;
     let served_then_idle = |delay_ms: u64| async move {
         let body = chat_body("gpt-4o-mini", "then idle", false).to_string();
@@ -242,8 +268,7 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
         sock.write_all(request.as_bytes()).await.unwrap();
         let (status, body) = read_response(&mut sock).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        // Idle for a while within the timeout: the connection is still there for the next call.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Going idle does not close the connection: the next call is served.
         sock.write_all(
             request
                 .replace(&format!("delay-ms: {delay_ms}"), "delay-ms: 0 ")
@@ -255,7 +280,7 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
         assert_eq!(
             status,
             200,
-            "a connection idle for less than the timeout is kept: {}",
+            "a connection that just went idle is kept: {}",
             String::from_utf8_lossy(&body)
         );
         // Nothing more is sent: the server must close the connection by itself.
@@ -265,7 +290,7 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
         assert!(
             closed.is_ok(),
             "an idle connection (first request {delay_ms} ms) was still open after 20 s \
-             (header_read_timeout 1 s)"
+             (header_read_timeout 2 s)"
         );
         assert!(
             rest.is_empty() || status_of(&rest) == Some(408),
@@ -273,6 +298,7 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
             String::from_utf8_lossy(&rest)
         );
     };
+    // 2.5 s: longer than the timeout, so the stopped timer goes off during the first call.
     tokio::join!(served_then_idle(0), served_then_idle(2500));
     assert_eq!(upstream.hits(), 4);
 }

@@ -7,7 +7,10 @@
 //! connection slot (`max_connections`) until shutdown. [`FirstBytesDeadline`] wraps the
 //! connection's stream and fails its reads with `TimedOut` once the timeout has passed while
 //! every byte read so far is still a prefix of the HTTP/2 preface. From the first byte that is
-//! not (an HTTP/1 request) hyper's own timer takes over, and after a whole preface HTTP/2 does.
+//! not (an HTTP/1 request) hyper's own header-read timer takes over, so an HTTP/1 client gets the
+//! timeout for its first bytes and then the timeout again for the rest of its head. After a whole
+//! preface nothing times an HTTP/2 connection: hyper's HTTP/2 server has no idle or first-request
+//! timeout (a gap left open; bench/RESULTS.md, session 24).
 
 use std::{
     future::Future,
@@ -87,6 +90,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<I> {
         let Some(undecided) = &mut this.pending else {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         };
+        if buf.remaining() == 0 {
+            // Nothing can be read into a full buffer, and its empty read is not an end of stream.
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

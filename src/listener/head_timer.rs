@@ -1,7 +1,8 @@
 //! Head timer: the [`hyper::rt::Timer`] behind HTTP/1's `header_read_timeout`, cheap to re-arm.
 //!
-//! hyper (patched, vendor/hyper/PATCHED.md) keeps one header-read timer per connection and resets
-//! it to a later deadline before each request head, then polls it while it waits for the head.
+//! hyper (patched, vendor/hyper/PATCHED.md) keeps one header-read timer per connection, resets it
+//! to a later deadline and polls it once when the connection goes idle after a response, then
+//! polls it while it waits for the next head.
 //! With tokio's timer (hyper-util's `TokioTimer`) that reset and poll cost about 150 more
 //! instructions a request (callgrind, 40–220 between runs) than this timer, which hands hyper a
 //! [`Deadline`], whose later re-arm is a store.

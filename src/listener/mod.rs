@@ -46,7 +46,8 @@ pub struct ServeOptions {
     /// Connections served at once; further ones wait in the kernel's accept queue (the backlog),
     /// so memory stays bounded however many clients connect.
     pub max_connections: usize,
-    /// A slow client gets this long to send its request head (HTTP/1.1), then it is closed.
+    /// A slow client gets this long to send its first bytes (which tell HTTP/1 from HTTP/2), and
+    /// then, over HTTP/1.1, this long again for the rest of each request head; then it is closed.
     pub header_read_timeout: Duration,
 }
 
@@ -190,14 +191,11 @@ pub async fn serve<S, B>(
                 let http = http.clone();
                 let service = service.clone();
                 let tls = opts.tls.clone();
-                let first_bytes = opts.header_read_timeout;
+                let first_bytes_timeout = opts.header_read_timeout;
                 tokio::spawn(async move {
                     let _permit = permit;
                     match tls {
-                        None => {
-                            let io = TokioIo::new(FirstBytesDeadline::new(tcp, first_bytes));
-                            run_connection(&http, io, service, &mut tracked, peer).await
-                        }
+                        None => run_connection(&http, tcp, first_bytes_timeout, service, &mut tracked, peer).await,
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                             // A drain lets the handshake finish (the connection then closes after
@@ -214,8 +212,7 @@ pub async fn serve<S, B>(
                                 }
                                 None => return,
                             };
-                            let io = TokioIo::new(FirstBytesDeadline::new(tls_stream, first_bytes));
-                            run_connection(&http, io, service, &mut tracked, peer).await;
+                            run_connection(&http, tls_stream, first_bytes_timeout, service, &mut tracked, peer).await;
                         }
                     }
                 });
@@ -237,10 +234,12 @@ pub async fn serve<S, B>(
 }
 
 /// Serves one accepted connection (plain or TLS) until it ends, shutdown asks it to, or the
-/// grace period runs out.
+/// grace period runs out. Its first bytes must come within `first_bytes_timeout` (see
+/// `first_bytes`).
 async fn run_connection<I, S, B>(
     http: &auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
+    stream: I,
+    first_bytes_timeout: Duration,
     service: S,
     tracked: &mut Tracked,
     peer: SocketAddr,
@@ -254,6 +253,7 @@ async fn run_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let io = TokioIo::new(FirstBytesDeadline::new(stream, first_bytes_timeout));
     let conn = http.serve_connection(io, service);
     match tracked.run(conn, |conn| conn.graceful_shutdown()).await {
         Some(Ok(())) => {}
