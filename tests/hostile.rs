@@ -129,13 +129,8 @@ async fn a_client_that_sends_nothing_or_half_a_preface_is_disconnected() {
     let silent_then_closed = |first: &'static [u8]| async move {
         let mut sock = TcpStream::connect(addr).await.unwrap();
         sock.write_all(first).await.unwrap();
-        let mut rest = Vec::new();
-        let closed =
-            tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut rest)).await;
-        assert!(
-            closed.is_ok(),
-            "a connection that sent {first:?} was still open after 20 s (header_read_timeout 300 ms)"
-        );
+        let what = format!("a connection that sent {first:?} (header_read_timeout 300 ms)");
+        read_until_closed(&mut sock, &what).await;
     };
     tokio::join!(
         silent_then_closed(b""),
@@ -169,6 +164,25 @@ async fn an_http2_connection_outlives_the_head_timeout_once_its_preface_is_in() 
         rsp.bytes().await.unwrap();
     }
     assert_eq!(upstream.hits(), 2);
+}
+
+/// A raw HTTP/1.1 chat completion request whose mock answer comes after `delay_ms`.
+fn delayed_chat(delay_ms: u64, prompt: &str) -> String {
+    let body = chat_body("gpt-4o-mini", prompt, false).to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-mock-delay-ms: {delay_ms}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Reads until the server closes `sock` (bounded: a hang guard, not a timing assertion) and
+/// returns what came; `what` names the connection in the failure message.
+async fn read_until_closed(sock: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "{what} was still open after 20 s");
+    rest
 }
 
 /// Reads one `content-length` response from a kept-alive connection: (status, body).
@@ -205,24 +219,18 @@ async fn the_head_timeout_holds_on_every_request_of_a_keep_alive_connection() {
     // 1 s: room for the test to read one answer and send the next request on a busy machine.
     let (upstream, _tmp, proxy) = proxy_with_head_timeout(1000).await;
     let addr = proxy.running.as_ref().unwrap().proxy_addr;
-    let request = |delay_ms: u64, prompt: &str| {
-        let body = chat_body("gpt-4o-mini", prompt, false).to_string();
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-             x-mock-delay-ms: {delay_ms}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
     let mut sock = TcpStream::connect(addr).await.unwrap();
 
     // 1. Served for 2.5 times the head timeout: the stopped head timer goes off meanwhile.
-    sock.write_all(request(2500, "slow").as_bytes())
+    sock.write_all(delayed_chat(2500, "slow").as_bytes())
         .await
         .unwrap();
     let (status, body) = read_response(&mut sock).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     // 2. The next head on the same connection is read, not refused by that old deadline.
-    sock.write_all(request(0, "next").as_bytes()).await.unwrap();
+    sock.write_all(delayed_chat(0, "next").as_bytes())
+        .await
+        .unwrap();
     let (status, body) = read_response(&mut sock).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let answer: Value = serde_json::from_slice(&body).unwrap();
@@ -231,12 +239,11 @@ async fn the_head_timeout_holds_on_every_request_of_a_keep_alive_connection() {
     sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut rest)).await;
-    assert!(
-        closed.is_ok(),
-        "the half head was still waited on after 20 s (header_read_timeout 1 s)"
-    );
+    let rest = read_until_closed(
+        &mut sock,
+        "a connection with half a head (header_read_timeout 1 s)",
+    )
+    .await;
     assert!(
         rest.is_empty() || status_of(&rest) == Some(408),
         "a slow head is closed (or answered 408): {}",
@@ -258,24 +265,16 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
     let (upstream, _tmp, proxy) = proxy_with_head_timeout(2000).await;
     let addr = proxy.running.as_ref().unwrap().proxy_addr;
     let served_then_idle = |delay_ms: u64| async move {
-        let body = chat_body("gpt-4o-mini", "then idle", false).to_string();
-        let request = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-             x-mock-delay-ms: {delay_ms}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
         let mut sock = TcpStream::connect(addr).await.unwrap();
-        sock.write_all(request.as_bytes()).await.unwrap();
+        sock.write_all(delayed_chat(delay_ms, "then idle").as_bytes())
+            .await
+            .unwrap();
         let (status, body) = read_response(&mut sock).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         // Going idle does not close the connection: the next call is served.
-        sock.write_all(
-            request
-                .replace(&format!("delay-ms: {delay_ms}"), "delay-ms: 0 ")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+        sock.write_all(delayed_chat(0, "then idle").as_bytes())
+            .await
+            .unwrap();
         let (status, body) = read_response(&mut sock).await;
         assert_eq!(
             status,
@@ -284,14 +283,9 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_head_timeout() {
             String::from_utf8_lossy(&body)
         );
         // Nothing more is sent: the server must close the connection by itself.
-        let mut rest = Vec::new();
-        let closed =
-            tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut rest)).await;
-        assert!(
-            closed.is_ok(),
-            "an idle connection (first request {delay_ms} ms) was still open after 20 s \
-             (header_read_timeout 2 s)"
-        );
+        let what =
+            format!("an idle connection (first request {delay_ms} ms, header_read_timeout 2 s)");
+        let rest = read_until_closed(&mut sock, &what).await;
         assert!(
             rest.is_empty() || status_of(&rest) == Some(408),
             "an idle connection is closed (or answered 408): {}",
